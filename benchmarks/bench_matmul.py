@@ -1,0 +1,106 @@
+"""TFLOP/s of the batch-invariant matmul vs torch.mm (cuBLAS) on Llama-8B linear shapes.
+
+    python benchmarks/bench_matmul.py            # the table (bf16)
+    python benchmarks/bench_matmul.py --sweep    # also time alternative tile configs (BLOCK_K fixed)
+
+Both sides compute x @ W.t() with W an (N, K) nn.Linear weight, like F.linear. Timing is
+triton.testing.do_bench (median; it flushes L2 before every call) over rotating input buffers.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import triton
+import triton.testing
+
+try:
+    import detllm_kernels as km
+except ImportError:  # running from a checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))
+    import kernel_checks
+
+    km = kernel_checks.load_kernels()
+from detllm_kernels.matmul import MatmulConfig, matmul_config  # noqa: E402
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
+MS = [1, 16, 64, 256, 1024, 4096, 8192]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def sweep_configs(m: int) -> list[MatmulConfig]:
+    if m <= 64:
+        return [MatmulConfig(bm, bn, 8, 4, s) for bm, bn, s in
+                itertools.product((16, 64), (32, 64, 128), (4, 6))]
+    if m <= 256:
+        return [MatmulConfig(64, 128, 8, 4, 4), MatmulConfig(64, 64, 8, 4, 5),
+                MatmulConfig(128, 128, 8, 8, 3), MatmulConfig(64, 256, 8, 8, 3),
+                MatmulConfig(128, 64, 8, 4, 4)]
+    return [MatmulConfig(128, 256, 8, 8, 3), MatmulConfig(128, 128, 8, 8, 4),
+            MatmulConfig(128, 128, 8, 4, 4), MatmulConfig(256, 128, 8, 8, 3),
+            MatmulConfig(128, 256, 16, 8, 3), MatmulConfig(128, 128, 16, 8, 4)]
+
+
+def bench(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
+    it = itertools.count()
+    return triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200,
+                                   return_mode="median")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--ms", type=int, nargs="*", default=MS)
+    args = ap.parse_args()
+    dtype = DTYPES[args.dtype]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
+          f" | {args.dtype}")
+    print(f"{'K':>6} {'N':>7} {'M':>5} | {'inv TF/s':>8} {'torch TF/s':>10} {'ratio':>6} | config")
+    rows = []
+    for k, n in SHAPES:
+        # enough weight copies that consecutive calls never share a weight (>= 256 MB in all)
+        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        ws = [torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
+        for m in args.ms:
+            xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
+            flops = 2.0 * m * n * k
+            t_ref = bench(lambda i: torch.mm(xs[i], ws[i].t()), nbuf)
+            cfg = matmul_config(m, n, dtype)
+            t_inv = bench(lambda i: km.mm(xs[i], ws[i].t()), nbuf)
+            tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
+            rows.append((k, n, m, tf_inv, tf_ref))
+            print(f"{k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
+                  f"{cfg.block_m}x{cfg.block_n}x{km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} s{cfg.num_stages}",
+                  flush=True)
+            if args.sweep:
+                ref = km.mm(xs[0], ws[0].t())
+                for c in sweep_configs(m):
+                    try:
+                        t = bench(lambda i: km.mm(xs[i], ws[i].t(), config=c), nbuf)
+                        same = torch.equal(km.mm(xs[0], ws[0].t(), config=c), ref)
+                        print(f"    sweep {c.block_m}x{c.block_n} g{c.group_m} w{c.num_warps} "
+                              f"s{c.num_stages}: {flops / t * 1e-9:7.1f} TF/s ratio "
+                              f"{t_ref / t:5.2f} same_bits={same}", flush=True)
+                    except Exception as e:  # a config may not fit in shared memory
+                        print(f"    sweep {c}: failed {type(e).__name__}: {str(e)[:80]}")
+            del xs
+        del ws
+        torch.cuda.empty_cache()
+    dec = [r[3] / r[4] for r in rows if r[2] <= 64]
+    pre = [r[3] / r[4] for r in rows if r[2] >= 1024]
+    if dec:
+        print(f"decode  (M<=64):   min ratio {min(dec):.2f}, geomean "
+              f"{torch.tensor(dec).log().mean().exp().item():.2f} (goal >= 0.80)")
+    if pre:
+        print(f"prefill (M>=1024): min ratio {min(pre):.2f}, geomean "
+              f"{torch.tensor(pre).log().mean().exp().item():.2f} (goal >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()

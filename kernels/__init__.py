@@ -1,0 +1,36 @@
+"""Batch-invariant Triton kernels (installed as `detllm_kernels`).
+
+Submodules import triton and torch; this package imports neither until an attribute is used,
+so `import detllm_kernels` works on machines without triton or CUDA.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "mm": "matmul",
+    "addmm": "matmul",
+    "bmm": "matmul",
+    "MatmulConfig": "matmul",
+    "matmul_config": "matmul",
+    "mean_lastdim": "mean",
+    "rms_norm": "rmsnorm",
+    "softmax_lastdim": "softmax",
+    "log_softmax_lastdim": "softmax",
+    "invariant_attention": "attention",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'detllm_kernels' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

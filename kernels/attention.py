@@ -1,0 +1,131 @@
+"""Batch-invariant attention for prefill and KV-cache decode (GQA, causal, left padding).
+
+One program = one (batch, head, BLOCK_M query rows). It walks the keys in blocks of BLOCK_N
+whose boundaries start at key_start[b] (the sequence's first real key), so left padding never
+moves them, and keeps an fp32 online softmax in a fixed block order. A query row's bits depend
+only on its own keys: blocks past its causal end are fully masked, and a fully masked block
+leaves the state unchanged bit for bit (max unchanged -> rescale by exp2(0) = 1, p = 0). So
+decode of token t (Tq = 1) reproduces row t of a fresh prefill.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
+
+# Fixed for every shape: BLOCK_N is the KV split size that anchors the reduction order.
+ATTN_BLOCK_M = 64
+ATTN_BLOCK_N = 64
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attn_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+    so_b, so_t, so_h, so_d,
+    H, GROUP, Tq, Tk, D, scale, softcap,
+    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    LOG2E: tl.constexpr = 1.4426950408889634
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    ks = tl.load(ks_ptr + b).to(tl.int32)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    pos_q = Tk - Tq + offs_m  # absolute key position of each query row
+    b64 = b.to(tl.int64)
+    q = tl.load(q_ptr + b64 * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d,
+                mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:  # interpreter only: its bf16 dot is broken; bf16 products are exact in fp32
+        q = q.to(tl.float32)
+    k_base = k_ptr + b64 * sk_b + hk * sk_h
+    v_base = v_ptr + b64 * sv_b + hk * sv_h
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if CAUSAL:
+        hi = tl.minimum(Tk, Tk - Tq + (pid_m + 1) * BLOCK_M)
+    else:
+        hi = Tk
+    for start in range(ks, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
+        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        if HAS_SOFTCAP:
+            t = s * (scale / softcap)
+            # tanh via exp keeps the interpreter and the GPU on the same formula
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)) * LOG2E
+        else:
+            s = s * (scale * LOG2E)
+        valid = offs_n[None, :] < Tk
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= pos_q[:, None])
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None]
+        pv = p.to(v.dtype)
+        if UPCAST:
+            pv = pv.to(tl.float32)
+            v = v.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(pv, v, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(pv, v, acc)
+        m_i = m_new
+    # rows with no visible key (queries inside the left padding) output zeros
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(o_ptr + b64 * so_b + offs_m[:, None] * so_t + h * so_h + offs_d[None, :] * so_d,
+             out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D))
+
+
+def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
+              scale: float | None = None, causal: bool = True,
+              softcap: float | None = None) -> torch.Tensor:
+    """q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) -> (B,Tq,H,d) in q.dtype.
+
+    Query i sits at key position Tk - Tq + i; keys before key_start[b] are padding.
+    """
+    bsz, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    if h % hkv:
+        raise ValueError(f"attention: {h} query heads not a multiple of {hkv} kv heads")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError("attention: q, k, v must share a dtype")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
+    upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
+    grid = (triton.cdiv(tq, ATTN_BLOCK_M), bsz * h)
+    _attn_kernel[grid](
+        q, k, v, out, ks,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        h, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0,
+        CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
+        UPCAST=upcast,
+        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        num_warps=4, num_stages=2,
+    )
+    return out

@@ -1,0 +1,41 @@
+"""Batch-invariant mean over the last dim: one row per program, fixed chunks of row_block(N).
+
+Serves aten `mean.dim` for HF RMSNorm's `x.pow(2).mean(-1, keepdim=True)`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._rows import row_block, row_warps
+
+__all__ = ["mean_lastdim"]
+
+
+@triton.jit
+def _mean_kernel(x_ptr, out_ptr, N, stride_row, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    # chunks in ascending order, each lane sums its column of chunks; one tree at the end
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + row * stride_row + offs, mask=offs < N, other=0.0).to(tl.float32)
+    total = tl.sum(acc, axis=0)
+    tl.store(out_ptr + row, (total / N).to(out_ptr.dtype.element_ty))
+
+
+def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean over the last dim, fp32 accumulation; returns shape x.shape[:-1] in out_dtype."""
+    out_dtype = out_dtype or x.dtype
+    n = x.shape[-1]
+    rows = x.reshape(-1, n) if n else x.reshape(-1, 1)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], device=x.device, dtype=out_dtype)
+    if n == 0:
+        return out.fill_(float("nan")).reshape(x.shape[:-1])
+    if rows.shape[0]:
+        _mean_kernel[(rows.shape[0],)](rows, out, n, rows.stride(0), BLOCK=row_block(n),
+                                       num_warps=row_warps(n))
+    return out.reshape(x.shape[:-1])

@@ -1,0 +1,56 @@
+"""Batch-invariant RMSNorm over the last dim: y = x * rsqrt(mean(x^2) + eps) * w, all in fp32.
+
+One row per program, fixed chunks of row_block(N). Serves aten `_fused_rms_norm` / `rms_norm`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._rows import row_block, row_warps
+
+__all__ = ["rms_norm"]
+
+
+@triton.jit
+def _rmsnorm_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, N, sx, sy, eps,
+                    HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * sx + offs, mask=offs < N, other=0.0).to(tl.float32)
+        acc += x * x
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+    tl.store(rstd_ptr + row, rstd)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < N
+        y = tl.load(x_ptr + row * sx + offs, mask=mask, other=0.0).to(tl.float32) * rstd
+        if HAS_W:
+            y = y * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row * sy + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
+             normalized_ndim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (y in x.dtype, rstd fp32 of shape x.shape[:-nd] + (1,)*nd) like aten::_fused_rms_norm."""
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    lead = x.shape[: x.dim() - normalized_ndim]
+    n = 1
+    for s in x.shape[x.dim() - normalized_ndim:]:
+        n *= s
+    rows = x.reshape(-1, n)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    w = weight.reshape(-1).contiguous() if weight is not None else None
+    y = torch.empty((rows.shape[0], n), device=x.device, dtype=x.dtype)
+    rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
+    if rows.shape[0] and n:
+        _rmsnorm_kernel[(rows.shape[0],)](rows, w if w is not None else rows, y, rstd, n,
+                                          rows.stride(0), y.stride(0), float(eps),
+                                          HAS_W=w is not None, BLOCK=row_block(n),
+                                          num_warps=row_warps(n))
+    return y.reshape(x.shape), rstd.reshape(*lead, *([1] * normalized_ndim))

@@ -1,0 +1,66 @@
+"""Batch-invariant softmax / log_softmax over the last dim, one row per program, fp32 math.
+
+Pass 1: row max (exact in any order). Pass 2: sum of exp in fixed chunks of row_block(N).
+Pass 3: write. Serves aten `_softmax` and `_log_softmax` (half_to_float honoured by the caller
+through out_dtype).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._rows import row_block, row_warps
+
+__all__ = ["softmax_lastdim", "log_softmax_lastdim"]
+
+
+@triton.jit
+def _softmax_kernel(x_ptr, y_ptr, N, sx, sy, LOG: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    mx = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * sx + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+        mx = tl.maximum(mx, x)
+    m = tl.max(mx, axis=0)
+    # an all -inf row gives NaN like torch; keep m finite only for the exp below
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * sx + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+        acc += tl.exp(x - m_safe)
+    s = tl.sum(acc, axis=0)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < N
+        x = tl.load(x_ptr + row * sx + offs, mask=mask, other=0.0).to(tl.float32)
+        if LOG:
+            y = x - m_safe - tl.log(s)
+        else:
+            y = tl.exp(x - m_safe) / s
+        tl.store(y_ptr + row * sy + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _run(x: torch.Tensor, out_dtype: torch.dtype | None, log: bool) -> torch.Tensor:
+    n = x.shape[-1]
+    out_dtype = out_dtype or x.dtype
+    rows = x.reshape(-1, max(n, 1))
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    y = torch.empty(rows.shape, device=x.device, dtype=out_dtype)
+    if rows.shape[0] and n:
+        _softmax_kernel[(rows.shape[0],)](rows, y, n, rows.stride(0), y.stride(0), LOG=log,
+                                          BLOCK=row_block(n), num_warps=row_warps(n))
+    return y.reshape(x.shape)
+
+
+def softmax_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Softmax over the last dim."""
+    return _run(x, out_dtype, log=False)
+
+
+def log_softmax_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Log-softmax over the last dim."""
+    return _run(x, out_dtype, log=True)

@@ -1,0 +1,281 @@
+"""Kernel checks shared by the GPU tests (tests/gpu) and the Triton-interpreter run on CPU
+(tests/interpret/run_checks.py). Each check raises AssertionError with a message on failure.
+
+Invariance claims are bitwise (torch.equal); closeness to the torch op is a relative-error bound.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+GPU_MS = (1, 2, 3, 7, 16, 33, 64, 127, 256, 1000, 2048, 4096)
+INTERP_MS = (1, 2, 3, 7, 16, 33)
+# relative Frobenius error vs an fp64 reference
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def load_kernels() -> ModuleType:
+    """`detllm_kernels`, installed or straight from the repository's kernels/ directory."""
+    try:
+        import detllm_kernels
+
+        return detllm_kernels
+    except ImportError:
+        root = Path(__file__).resolve().parents[2] / "kernels"
+        spec = importlib.util.spec_from_file_location(
+            "detllm_kernels", root / "__init__.py", submodule_search_locations=[str(root)])
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["detllm_kernels"] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert not torch.isnan(out).any(), f"{what}: NaN in output"
+    err = rel_err(out, ref)
+    assert err < TOL[dtype], f"{what}: relative error {err:.2e} >= {TOL[dtype]:.0e}"
+
+
+def rows_of(m: int) -> list[int]:
+    return sorted({0, m // 2, m - 1})
+
+
+def _gen(device: str, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _randn(shape: Sequence[int], dtype: torch.dtype, device: str, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(dtype)
+
+
+def check_rows(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ms: Sequence[int],
+               what: str) -> None:
+    """Row r of op(x[:m]) equals op(x[r:r+1]) bitwise, for every m and several r."""
+    solo: dict[int, torch.Tensor] = {}
+    for m in ms:
+        out = op(x[:m])
+        for r in rows_of(m):
+            if r not in solo:
+                solo[r] = op(x[r:r + 1])[0]
+            assert torch.equal(out[r], solo[r]), (
+                f"{what}: row {r} of a {m}-row launch differs from the row alone "
+                f"(max diff {(out[r].float() - solo[r].float()).abs().max().item():.3g})")
+
+
+# ---------------------------------------------------------------- matmul
+def check_mm(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int], seed: int = 0) -> None:
+    km = load_kernels()
+    g = _gen(device, seed)
+    a = _randn((max(ms), k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)  # nn.Linear weight: linear passes w.t()
+    bias = _randn((n,), dtype, device, g)
+    for name, b in (("w.t()", w.t()), ("contiguous", w.t().contiguous())):
+        check_rows(lambda x: km.mm(x, b), a, ms, f"mm {dtype} K={k} N={n} b={name}")
+    check_rows(lambda x: km.addmm(bias, x, w.t()), a, ms, f"addmm {dtype} K={k} N={n}")
+    m = max(ms)
+    assert_close(km.mm(a, w.t()), a.double() @ w.double().t(), dtype, f"mm {dtype} vs fp64")
+    ref = 0.5 * bias.double() + 2.0 * (a.double() @ w.double().t())
+    assert_close(km.addmm(bias, a, w.t(), beta=0.5, alpha=2.0), ref, dtype, "addmm beta/alpha")
+    # beta == 0 ignores the input entirely, NaN included, like aten
+    nan_in = torch.full((m, n), float("nan"), device=device, dtype=dtype)
+    out = km.addmm(nan_in, a, w.t(), beta=0.0)
+    assert_close(out, a.double() @ w.double().t(), dtype, "addmm beta=0")
+    col = _randn((m, 1), dtype, device, g)
+    assert_close(km.addmm(col, a, w.t()), col.double() + a.double() @ w.double().t(), dtype,
+                 "addmm column bias")
+    assert km.mm(a[:3], w.t()).dtype == dtype
+
+
+def check_bmm(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int], seed: int = 1) -> None:
+    km = load_kernels()
+    g = _gen(device, seed)
+    nb = 3
+    a = _randn((nb, max(ms), k), dtype, device, g)
+    b = _randn((nb, k, n), dtype, device, g)
+    solo = {}
+    for m in ms:
+        out = km.bmm(a[:, :m], b)
+        for r in rows_of(m):
+            for i in (0, nb - 1):
+                if (r, i) not in solo:
+                    solo[(r, i)] = km.bmm(a[i:i + 1, r:r + 1], b[i:i + 1])[0, 0]
+                assert torch.equal(out[i, r], solo[(r, i)]), f"bmm {dtype}: batch {i} row {r} at M={m}"
+    assert_close(km.bmm(a, b), a.double() @ b.double(), dtype, f"bmm {dtype} vs fp64")
+    # rotary-embedding shape: K = 1, fp32
+    f = _randn((2, 8, 1), torch.float32, device, g)
+    p = _randn((2, 1, 5), torch.float32, device, g)
+    assert_close(km.bmm(f, p), f.double() @ p.double(), torch.float32, "bmm K=1")
+
+
+def check_mm_configs(device: str, dtype: torch.dtype, k: int, n: int, m: int, seed: int = 2) -> list[str]:
+    """Every tile config of the table (and both load paths) gives the same bits."""
+    km = load_kernels()
+    from detllm_kernels.matmul import candidate_configs
+
+    g = _gen(device, seed)
+    a = _randn((m, k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)
+    variants: list[tuple[str, torch.Tensor]] = []
+    tma_options: list[bool | None] = [False]
+    if device == "cuda" and dtype != torch.float32:
+        tma_options.append(True)
+    for cfg in candidate_configs(dtype):
+        for tma in tma_options:
+            for lay, b in (("w.t()", w.t()), ("contig", w.t().contiguous())):
+                variants.append((f"{cfg} tma={tma} b={lay}", km.mm(a, b, config=cfg, use_tma=tma)))
+    name0, ref = variants[0]
+    for name, out in variants[1:]:
+        assert torch.equal(out, ref), f"mm {dtype}: config {name} differs from {name0}"
+    return [name for name, _ in variants]
+
+
+def stock_mm_differs(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int],
+                     seed: int = 3) -> list[int]:
+    """Negative control: the Ms at which stock F.linear gives row 0 different bits than alone."""
+    g = _gen(device, seed)
+    a = _randn((max(ms), k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)
+    alone = F.linear(a[:1], w)[0]
+    return [m for m in ms if not torch.equal(F.linear(a[:m], w)[0], alone)]
+
+
+# ---------------------------------------------------------------- reductions
+def check_reductions(device: str, dtype: torch.dtype, n: int, ms: Sequence[int], seed: int = 4) -> None:
+    km = load_kernels()
+    g = _gen(device, seed)
+    x = _randn((max(ms), n), dtype, device, g) * 3
+    w = _randn((n,), dtype, device, g)
+    check_rows(lambda t: km.mean_lastdim(t), x, ms, f"mean {dtype} N={n}")
+    check_rows(lambda t: km.mean_lastdim(t.float().pow(2)), x, ms, f"mean(x^2) fp32 N={n}")
+    check_rows(lambda t: km.rms_norm(t, w, 1e-6)[0], x, ms, f"rms_norm {dtype} N={n}")
+    check_rows(lambda t: km.softmax_lastdim(t), x, ms, f"softmax {dtype} N={n}")
+    check_rows(lambda t: km.log_softmax_lastdim(t), x, ms, f"log_softmax {dtype} N={n}")
+    xd = x.double()
+    assert_close(km.mean_lastdim(x), xd.mean(-1), dtype, "mean vs fp64")
+    y, rstd = km.rms_norm(x, w, 1e-6)
+    ref_rstd = torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6)
+    assert_close(y, xd * ref_rstd * w.double(), dtype, "rms_norm vs fp64")
+    assert_close(rstd, ref_rstd, torch.float32, "rms_norm rstd")
+    assert rstd.dtype == torch.float32 and rstd.shape == (x.shape[0], 1)
+    assert_close(km.softmax_lastdim(x), xd.softmax(-1), dtype, "softmax vs fp64")
+    assert_close(km.log_softmax_lastdim(x), xd.log_softmax(-1), dtype, "log_softmax vs fp64")
+    if dtype != torch.float32:  # half_to_float
+        out = km.log_softmax_lastdim(x, torch.float32)
+        assert out.dtype == torch.float32
+        assert_close(out, xd.log_softmax(-1), torch.float32, "log_softmax half_to_float")
+
+
+def check_cuda_impls(device: str, seed: int = 5) -> None:
+    """The aten-signature wrappers of pytest_detllm.invariant.cuda against the torch ops."""
+    from pytest_detllm.invariant.cuda import CUDA_IMPLS
+
+    load_kernels()
+    g = _gen(device, seed)
+    x = _randn((2, 5, 48), torch.float32, device, g)
+    i = CUDA_IMPLS
+    assert_close(i["mean.dim"](x, [-1], True), x.double().mean(-1, keepdim=True), torch.float32, "mean.dim")
+    assert i["mean.dim"](x, [-1], True).shape == (2, 5, 1)
+    assert_close(i["mean.dim"](x, [1]), x.double().mean(1), torch.float32, "mean.dim middle")
+    assert_close(i["mean.dim"](x, [1, 2]), x.double().mean((1, 2)), torch.float32, "mean.dim trailing")
+    assert_close(i["mean.dim"](x, None), x.double().mean(), torch.float32, "mean.dim all")
+    try:
+        i["mean.dim"](x, [0, 2])
+        raise AssertionError("mean.dim over non-trailing dims must raise NotImplementedError")
+    except NotImplementedError:
+        pass
+    xb = x.to(torch.bfloat16)
+    sm = i["_softmax"](xb, 1, True)
+    assert sm.dtype == torch.float32 and sm.shape == x.shape
+    assert_close(sm, xb.double().softmax(1), torch.float32, "_softmax dim=1 half_to_float")
+    assert_close(i["_log_softmax"](x, -1, False), x.double().log_softmax(-1), torch.float32, "_log_softmax")
+    w = _randn((48,), torch.float32, device, g)
+    y, rstd = i["_fused_rms_norm"](x, [48], w, 1e-5)
+    ref = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5) * w.double()
+    assert_close(y, ref, torch.float32, "_fused_rms_norm")
+    assert rstd.shape == (2, 5, 1)
+    a = _randn((7, 48), torch.float32, device, g)
+    bt = _randn((24, 48), torch.float32, device, g).t()
+    bias = _randn((24,), torch.float32, device, g)
+    assert_close(i["addmm"](bias, a, bt, beta=1, alpha=1), bias.double() + a.double() @ bt.double(),
+                 torch.float32, "addmm impl")
+    assert_close(i["mm"](a, bt), a.double() @ bt.double(), torch.float32, "mm impl")
+    assert_close(i["bmm"](x, x.transpose(1, 2)), x.double() @ x.double().transpose(1, 2),
+                 torch.float32, "bmm impl")
+
+
+# ---------------------------------------------------------------- attention
+def _ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor,
+                   scale: float, softcap: float | None) -> torch.Tensor:
+    """fp64 causal attention over keys ks[b]..pos; rows inside the padding -> 0. (B,Tq,H,d)."""
+    bsz, h, tq, _ = q.shape
+    tk = k.shape[2]
+    rep = h // k.shape[1]
+    kk = k.double().repeat_interleave(rep, 1)
+    vv = v.double().repeat_interleave(rep, 1)
+    s = q.double() @ kk.transpose(-1, -2) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    pos_q = torch.arange(tq, device=q.device) + tk - tq
+    key = torch.arange(tk, device=q.device)
+    ok = (key[None, None, :] <= pos_q[None, :, None]) & (key[None, None, :] >= ks[:, None, None])
+    s = s.masked_fill(~ok[:, None], float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return (p @ vv).transpose(1, 2)
+
+
+def check_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
+                    pads: Sequence[int], batch: int, softcap: float | None = None,
+                    seed: int = 6) -> None:
+    """A sequence alone == the same sequence left-padded in a batch (several slots and pads);
+    decode of token i == prefill row i; close to an fp64 reference."""
+    km = load_kernels()
+    g = _gen(device, seed)
+    scale = d ** -0.5
+    q, k, v = (_randn((1, n, t, d), dtype, device, g) for n in (h, hkv, hkv))
+    ks0 = torch.zeros(1, dtype=torch.int32, device=device)
+    solo = km.invariant_attention(q, k, v, ks0, scale, True, softcap)
+    assert_close(solo, _ref_attention(q, k, v, ks0, scale, softcap), dtype, f"attention {dtype} vs fp64")
+    for pad in pads:
+        tb = t + pad
+        qb, kb, vb = (_randn((batch, n, tb, d), dtype, device, g) for n in (h, hkv, hkv))
+        ks = torch.randint(0, tb, (batch,), generator=g, device=device, dtype=torch.int32)
+        for slot in sorted({0, batch // 2, batch - 1}):
+            qs, kss, vs = qb.clone(), kb.clone(), vb.clone()
+            qs[slot, :, pad:], kss[slot, :, pad:], vs[slot, :, pad:] = q[0], k[0], v[0]
+            kst = ks.clone()
+            kst[slot] = pad
+            out = km.invariant_attention(qs, kss, vs, kst, scale, True, softcap)
+            assert torch.equal(out[slot, pad:], solo[0]), (
+                f"attention {dtype}: sequence at slot {slot} with {pad} pad tokens differs from alone")
+            assert torch.count_nonzero(out[slot, :pad]) == 0, "padding query rows must be zeros"
+    # decode: query t-1 against a cache of t keys, and a 3-token chunk, equal the prefill rows
+    for i in sorted({1, t // 2, t - 1}):
+        dec = km.invariant_attention(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0, scale, True, softcap)
+        assert torch.equal(dec[0, 0], solo[0, i]), f"attention {dtype}: decode of token {i} != prefill row"
+        if i >= 3:
+            ch = km.invariant_attention(q[:, :, i - 2:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0, scale, True, softcap)
+            assert torch.equal(ch[0], solo[0, i - 2:i + 1]), f"attention {dtype}: chunk ending at {i} != prefill"
+    # decode inside a left-padded batch equals decode alone
+    pad = pads[-1]
+    kb = _randn((batch, hkv, t + pad, d), dtype, device, g)
+    vb = _randn((batch, hkv, t + pad, d), dtype, device, g)
+    qb = _randn((batch, h, 1, d), dtype, device, g)
+    kb[0, :, pad:], vb[0, :, pad:], qb[0] = k[0], v[0], q[0, :, t - 1:t]
+    ks = torch.randint(0, t + pad, (batch,), generator=g, device=device, dtype=torch.int32)
+    ks[0] = pad
+    dec = km.invariant_attention(qb, kb, vb, ks, scale, True, softcap)
+    assert torch.equal(dec[0, 0], solo[0, t - 1]), f"attention {dtype}: padded-batch decode != prefill row"

@@ -1,0 +1,108 @@
+"""Batch-invariance kernel tests on a CUDA device (skipped cleanly without one)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_checks as kc  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+pytest.importorskip("triton")
+
+DEV = "cuda"
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+DTYPES = [BF16, F16, F32]
+# Llama-8B (K, N) shapes plus an odd one (masking on every edge)
+MM_SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (1000, 1500)]
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32() -> None:
+    # The stock-op negative control must see real fp32 GEMMs, not TF32.
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k,n", MM_SHAPES)
+def test_mm_rows_invariant(dtype: torch.dtype, k: int, n: int) -> None:
+    kc.check_mm(DEV, dtype, k, n, kc.GPU_MS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bmm_rows_invariant(dtype: torch.dtype) -> None:
+    kc.check_bmm(DEV, dtype, 512, 384, kc.GPU_MS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 64, 1000])
+def test_mm_every_config_same_bits(dtype: torch.dtype, m: int) -> None:
+    """The configs that vary with M (BLOCK_M/N, warps, stages, TMA or pointer loads) agree bitwise."""
+    kc.check_mm_configs(DEV, dtype, 4096, 1536, m)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_negative_control_stock_matmul_differs(dtype: torch.dtype) -> None:
+    """The checks above would catch cuBLAS: stock F.linear changes row 0 with the batch size."""
+    shapes = [(4096, 4096), (2048, 8192), (4096, 14336)]
+    found = {s: kc.stock_mm_differs(DEV, dtype, *s, kc.GPU_MS) for s in shapes}
+    print(f"stock {dtype}: M where row 0 differs from alone: {found}")
+    assert any(found.values()), f"stock {dtype} matmul never differed: negative control is void"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [4096, 50257])
+def test_reductions_rows_invariant(dtype: torch.dtype, n: int) -> None:
+    kc.check_reductions(DEV, dtype, n, kc.GPU_MS)
+
+
+def test_cuda_impls_match_torch() -> None:
+    kc.check_cuda_impls(DEV)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("h,hkv,d", [(32, 8, 128), (12, 12, 64), (8, 2, 80)])
+def test_attention_padding_and_decode(dtype: torch.dtype, h: int, hkv: int, d: int) -> None:
+    kc.check_attention(DEV, dtype, h, hkv, d, 300, (0, 1, 17, 64, 65, 700), 5)
+
+
+def test_attention_softcap() -> None:
+    kc.check_attention(DEV, BF16, 8, 4, 64, 200, (0, 33), 3, softcap=50.0)
+
+
+def test_registered_overrides_make_stock_calls_invariant() -> None:
+    """Installed through torch.library for the CUDA key, CUDA_IMPLS take over F.linear, matmul,
+    softmax, log_softmax, mean and rms_norm, and rows stop depending on the batch size."""
+    from pytest_detllm.invariant.cuda import CUDA_IMPLS
+
+    kc.load_kernels()
+    g = torch.Generator(device=DEV)
+    g.manual_seed(7)
+    x = torch.randn(300, 4096, generator=g, device=DEV, dtype=F32)
+    w = torch.randn(4096, 4096, generator=g, device=DEV, dtype=F32)
+    b = torch.randn(4096, generator=g, device=DEV, dtype=F32)
+    w3 = torch.randn(4, 64, 4096, generator=g, device=DEV, dtype=F32)
+    ops = {
+        "linear": lambda t: torch.nn.functional.linear(t, w, b),
+        "linear_nobias_3d": lambda t: torch.nn.functional.linear(t.unsqueeze(0), w)[0],
+        "matmul_bmm": lambda t: torch.matmul(w3, t[:, :64].t().unsqueeze(0)).permute(2, 0, 1).flatten(1),
+        "softmax": lambda t: torch.softmax(t, -1),
+        "log_softmax_h2f": lambda t: torch.log_softmax(t.to(BF16), -1, dtype=F32),
+        "mean": lambda t: t.pow(2).mean(-1, keepdim=True),
+        "rms_norm": lambda t: torch.nn.functional.rms_norm(t, (4096,), b, 1e-6),
+    }
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        for name, fn in CUDA_IMPLS.items():
+            lib.impl(name, fn, "CUDA")
+        with torch.inference_mode():
+            for what, op in ops.items():
+                kc.check_rows(op, x, [1, 2, 7, 64, 300], f"registered {what}")
+    finally:
+        lib._destroy()

@@ -1,0 +1,64 @@
+"""Run the kernel checks on CPU through Triton's interpreter (small shapes).
+
+Usage: python tests/interpret/run_checks.py [CHECK ...]   (prints one JSON line per check)
+TRITON_INTERPRET must be 1 before triton is imported, which is why this is a script run in a
+subprocess by tests/test_kernels_interpret.py rather than a test module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+os.environ["TRITON_INTERPRET"] = "1"
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "gpu"))
+sys.path.insert(0, str(HERE.parents[1]))
+
+import torch  # noqa: E402
+
+import kernel_checks as kc  # noqa: E402
+
+DEV = "cpu"
+MS = kc.INTERP_MS
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+
+CHECKS: dict[str, Callable[[], object]] = {
+    "mm_fp32": lambda: kc.check_mm(DEV, F32, 40, 24, MS),
+    "mm_fp16": lambda: kc.check_mm(DEV, F16, 64, 48, MS),
+    "mm_bf16": lambda: kc.check_mm(DEV, BF16, 72, 40, MS),
+    "bmm_fp32": lambda: kc.check_bmm(DEV, F32, 24, 16, MS),
+    "bmm_bf16": lambda: kc.check_bmm(DEV, BF16, 32, 24, MS),
+    "mm_configs_fp16": lambda: kc.check_mm_configs(DEV, F16, 64, 40, 33),
+    "mm_configs_fp32": lambda: kc.check_mm_configs(DEV, F32, 40, 24, 7),
+    "reductions_fp32": lambda: kc.check_reductions(DEV, F32, 50, MS),
+    "reductions_bf16": lambda: kc.check_reductions(DEV, BF16, 1100, MS),
+    "reductions_fp16": lambda: kc.check_reductions(DEV, F16, 64, MS),
+    "cuda_impls": lambda: kc.check_cuda_impls(DEV),
+    "attention_fp32": lambda: kc.check_attention(DEV, F32, 4, 2, 16, 70, (0, 1, 64, 65), 3),
+    "attention_bf16": lambda: kc.check_attention(DEV, BF16, 2, 1, 32, 40, (0, 3), 2),
+    "attention_softcap": lambda: kc.check_attention(DEV, F32, 2, 2, 16, 20, (5,), 2, softcap=30.0),
+}
+
+
+def main(names: list[str]) -> int:
+    failed = 0
+    for name in names or list(CHECKS):
+        t0 = time.time()
+        try:
+            CHECKS[name]()
+            res = {"check": name, "ok": True}
+        except Exception:  # report every failure, keep going
+            res = {"check": name, "ok": False, "error": traceback.format_exc()}
+            failed += 1
+        res["seconds"] = round(time.time() - t0, 2)
+        print(json.dumps(res), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

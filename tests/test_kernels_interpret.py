@@ -1,0 +1,46 @@
+"""The batch-invariance kernel checks, run on CPU through Triton's interpreter (CI has no GPU).
+
+One subprocess runs every check (TRITON_INTERPRET must be set before triton is imported);
+each check is reported as its own test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = Path(__file__).resolve().parent / "interpret" / "run_checks.py"
+NAMES = [
+    "mm_fp32", "mm_fp16", "mm_bf16", "bmm_fp32", "bmm_bf16", "mm_configs_fp16", "mm_configs_fp32",
+    "reductions_fp32", "reductions_bf16", "reductions_fp16", "cuda_impls",
+    "attention_fp32", "attention_bf16", "attention_softcap",
+]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Any]]:
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(SCRIPT), *NAMES], capture_output=True, text=True,
+                          env=env, timeout=600)
+    out: dict[str, dict[str, Any]] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            out[rec["check"]] = rec
+    if not out:
+        pytest.fail(f"interpreter run produced no results (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kernel_check_interpreted(results: dict[str, dict[str, Any]], name: str) -> None:
+    rec = results.get(name)
+    assert rec is not None, f"check {name} did not run (interpreter process died?)"
+    assert rec["ok"], rec.get("error")
