@@ -1,0 +1,110 @@
+"""The ``llm`` callable handed to tests: one prompt in, one verified Completion out."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+from .completion import Completion
+from .errors import DetllmError
+from .runtime import Runtime, derive_seed
+
+
+@dataclass
+class CallOptions:
+    """Per-test overrides from ``@pytest.mark.detllm(...)``."""
+
+    max_new_tokens: int | None = None
+    fuzz_trials: int | None = None
+    model: str | None = None
+    check_prefill: bool | None = None
+
+    @classmethod
+    def from_marker(cls, item: pytest.Item) -> "CallOptions":
+        m = item.get_closest_marker("detllm")
+        if m is None:
+            return cls()
+        if m.args:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.detllm takes keyword arguments only")
+        known = {"max_new_tokens", "fuzz_trials", "model", "check_prefill"}
+        unknown = set(m.kwargs) - known
+        if unknown:
+            raise pytest.UsageError(
+                f"{item.nodeid}: unknown @pytest.mark.detllm argument(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**m.kwargs)
+
+
+def rerun_line(nodeid: str, runtime: Runtime, trials: int, extra: dict[str, Any]) -> str:
+    s = runtime.settings
+    parts = ["pytest", nodeid, f"--detllm-batch-fuzz={trials}", f"--detllm-seed={s.seed}"]
+    for name, value in extra.items():
+        parts.append(f"--detllm-{name}={value}")
+    if s.check_prefill:
+        parts.append("--detllm-check-prefill")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+class LLM:
+    """``llm(prompt, *, max_new_tokens=..., chat=True, temperature=0.0, seed=None) -> Completion``."""
+
+    def __init__(self, runtime: Runtime, item: pytest.Item, progress: Callable[[int, int], None] | None,
+                 rerun_extra: dict[str, Any]) -> None:
+        self._rt = runtime
+        self._item = item
+        self._opts = CallOptions.from_marker(item)
+        self._calls = 0
+        self._progress = progress
+        self._rerun_extra = rerun_extra
+
+    def __call__(self, prompt: str, *, max_new_tokens: int | None = None, chat: bool = True,
+                 temperature: float = 0.0, seed: int | None = None) -> Completion:
+        try:
+            return self._call(prompt, max_new_tokens, chat, temperature, seed)
+        except DetllmError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    def _call(self, prompt: str, max_new_tokens: int | None, chat: bool, temperature: float,
+              seed: int | None) -> Completion:
+        from .engine import Request
+
+        rt, s, o = self._rt, self._rt.settings, self._opts
+        spec = o.model if o.model is not None else s.model
+        n_new = max_new_tokens if max_new_tokens is not None else (o.max_new_tokens or s.max_new_tokens)
+        ids = rt.encode(prompt, chat, spec)
+        rt.check_length(len(ids), n_new, spec)
+        if temperature < 0:
+            raise DetllmError(f"temperature must be >= 0, got {temperature}")
+        req = Request(tuple(ids), max_new_tokens=n_new, temperature=float(temperature),
+                      seed=(seed if seed is not None else 0) if temperature > 0 else None)
+        eng = rt.engine(spec)
+        lm = rt.loaded(spec)
+        solo = eng.generate([req])[0]
+        rt.stats.calls += 1
+        call_index = self._calls
+        self._calls += 1
+        c = rt.completion(lm, prompt, solo)
+        c.env_key = rt.env_key(spec)
+        trials = o.fuzz_trials if o.fuzz_trials is not None else s.fuzz_trials
+        check_prefill = o.check_prefill if o.check_prefill is not None else s.check_prefill
+        if trials or check_prefill:
+            fuzz_seed = derive_seed(s.seed, self._item.nodeid, call_index)
+            extra = dict(self._rerun_extra)
+            if o.model is None and spec is not None:
+                extra.setdefault("model", spec)
+            rerun = rerun_line(self._item.nodeid, rt, max(trials, 1), extra)
+            found = []
+            if trials:
+                found = rt.fuzz(req=req, solo=solo, trials=trials, seed=fuzz_seed, nodeid=self._item.nodeid,
+                                prompt=prompt, rerun=rerun, spec=spec, progress=self._progress)
+            if not found and check_prefill:
+                found = rt.check_prefill(req=req, solo=solo, seed=fuzz_seed, nodeid=self._item.nodeid,
+                                         prompt=prompt, rerun=rerun, spec=spec)
+            if found:
+                rt.stats.divergences += len(found)
+                rt.stats.records.extend(d.to_json() for d in found)
+                pytest.fail("\n\n".join(d.to_text() for d in found), pytrace=False)
+        return c

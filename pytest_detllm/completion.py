@@ -1,0 +1,58 @@
+"""Completion: what one ``llm()`` call returns, and the canonical logit hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+
+def logit_hash(step_logits: "Sequence[torch.Tensor]") -> str:
+    """Hex xxh3-128 of the float32 logits of every generated step, shape included.
+
+    The shape goes first so that e.g. 2 steps x 6 logits never hash like 3 steps x 4.
+    """
+    import torch
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    vocab = int(step_logits[0].numel()) if step_logits else 0
+    h.update(f"detllm-logits-v1:{len(step_logits)}x{vocab}:".encode())
+    for row in step_logits:
+        h.update(row.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class Completion:
+    """A generated continuation. ``str(c)`` is the text; ``c == snapshot`` stores/compares a golden."""
+
+    text: str
+    token_ids: list[int]
+    logit_hash: str
+    prompt: str = ""
+    tokens: list[str] = field(default_factory=list)  # one decoded piece per token id
+    model: str = ""
+    finish_reason: str = "length"  # "stop" (EOS) or "length"
+    env_key: str = field(default="", repr=False)  # which golden folder this completion belongs to
+    # Per-step float32 logits, kept for divergence reports; not part of equality.
+    step_logits: Any = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: object) -> bool:
+        from .snapshot import is_snapshot_assertion, assert_completion
+
+        if is_snapshot_assertion(other):
+            return assert_completion(other, self)
+        if isinstance(other, Completion):
+            return self.token_ids == other.token_ids and self.logit_hash == other.logit_hash
+        if isinstance(other, str):
+            return self.text == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((tuple(self.token_ids), self.logit_hash))

@@ -1,0 +1,126 @@
+"""The one override registry: which implementation serves which aten op on which device.
+
+Both the mode (``batch_invariant()``) and the strict-mode audit read ``covered_ops()``, so "what is
+covered" is written once. Overrides go in through ``torch.library`` (process-global, like
+thinking-machines-lab/batch_invariant_ops); entering is reference-counted, so nesting and
+threads are safe and the stock kernels come back when the last user leaves.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Callable
+
+import torch
+
+_lock = threading.RLock()
+_depth = 0
+_lib: "torch.library.Library | None" = None
+_saved_attention: dict[str, object] = {}
+_installed: dict[str, set[str]] = {}
+
+
+def device_tables() -> dict[str, dict[str, Callable[..., object]]]:
+    """dispatch key -> {aten overload name: impl}. CUDA only where Triton and a GPU are present."""
+    from .cpu import CPU_IMPLS
+
+    tables: dict[str, dict[str, Callable[..., object]]] = {"CPU": CPU_IMPLS}
+    if torch.cuda.is_available():
+        try:
+            from .cuda import CUDA_IMPLS
+        except ImportError as exc:  # triton missing: say so when the user asks for cuda
+            _cuda_error[0] = str(exc)
+        else:
+            tables["CUDA"] = CUDA_IMPLS
+    return tables
+
+
+_cuda_error: list[str] = [""]
+
+
+def covered_ops(device_type: str) -> set[str]:
+    """aten overload names with an invariant implementation on this device ('cpu' or 'cuda')."""
+    return set(device_tables().get(device_type.upper(), {}))
+
+
+def supported_devices() -> set[str]:
+    return {k.lower() for k in device_tables()}
+
+
+def check_device(device_type: str) -> None:
+    """Raise if the mode cannot serve this device: never a silent no-op."""
+    if device_type not in supported_devices():
+        why = f" ({_cuda_error[0]})" if device_type == "cuda" and _cuda_error[0] else ""
+        raise RuntimeError(
+            f"detllm's batch-invariant mode has no kernels for device {device_type!r}{why}; "
+            f"supported here: {sorted(supported_devices())}. Use --detllm-kernels=stock to run without it."
+        )
+
+
+def _install_attention() -> None:
+    from transformers import AttentionInterface
+
+    from .attention import invariant_attention
+
+    mapping = AttentionInterface._global_mapping
+    for name in ("sdpa", "eager"):
+        _saved_attention[name] = mapping.get(name)
+        mapping[name] = invariant_attention
+    mapping["detllm"] = invariant_attention
+
+
+def _remove_attention() -> None:
+    from transformers import AttentionInterface
+
+    mapping = AttentionInterface._global_mapping
+    for name, fn in _saved_attention.items():
+        if fn is None:
+            mapping.pop(name, None)
+        else:
+            mapping[name] = fn
+    _saved_attention.clear()
+
+
+def enter() -> None:
+    global _depth, _lib
+    with _lock:
+        if _depth == 0:
+            lib = torch.library.Library("aten", "IMPL")
+            with warnings.catch_warnings():
+                # torch warns that we override a registered kernel: that is the point.
+                warnings.simplefilter("ignore")
+                for key, table in device_tables().items():
+                    for name, fn in table.items():
+                        lib.impl(name, fn, key)
+                        _installed.setdefault(key, set()).add(name)
+            _lib = lib
+            try:
+                _install_attention()
+            except Exception:
+                lib._destroy()
+                _lib = None
+                _installed.clear()
+                raise
+        _depth += 1
+
+
+def exit() -> None:
+    global _depth, _lib
+    with _lock:
+        _depth -= 1
+        if _depth == 0:
+            _remove_attention()
+            if _lib is not None:
+                _lib._destroy()
+                _lib = None
+            _installed.clear()
+
+
+def active() -> bool:
+    return _depth > 0
+
+
+def installed() -> dict[str, set[str]]:
+    """What is actually registered right now (dispatch key -> op names): for audits and tests."""
+    return {k: set(v) for k, v in _installed.items()}

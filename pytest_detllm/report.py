@@ -1,0 +1,133 @@
+"""Divergence reports: terminal text, JSON records, the session summary line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .engine import Generation
+from .fuzz import Layout, StepDiff
+
+SCHEMA_VERSION = 1
+Decode = Callable[[int], str]
+
+
+def top_k(logits: torch.Tensor, decode: Decode, k: int = 5) -> list[dict[str, Any]]:
+    vals, idx = torch.topk(logits, k=min(k, logits.numel()))
+    return [{"token_id": int(i), "piece": decode(int(i)), "logit": float(v)} for v, i in zip(vals, idx)]
+
+
+@dataclass
+class Divergence:
+    nodeid: str
+    prompt: str
+    check: str  # "batch" or "prefill"
+    seed: int
+    rerun: str
+    step: int
+    tokens_differ: bool
+    max_abs_logit_diff: float
+    layout: Layout | None
+    solo_tokens: list[int]
+    other_tokens: list[int]
+    solo_top: list[dict[str, Any]] = field(default_factory=list)
+    other_top: list[dict[str, Any]] = field(default_factory=list)
+    pieces: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, nodeid: str, prompt: str, check: str, seed: int, rerun: str, diff: StepDiff,
+              layout: Layout | None, solo: Generation, other: Generation, decode: Decode) -> "Divergence":
+        t = diff.step
+        solo_top = top_k(solo.step_logits[t], decode) if t < len(solo.step_logits) else []
+        other_top = top_k(other.step_logits[t], decode) if t < len(other.step_logits) else []
+        pieces = {i: decode(i) for i in set(solo.token_ids) | set(other.token_ids)}
+        return cls(nodeid, prompt, check, seed, rerun, t, diff.tokens_differ, diff.max_abs_logit_diff, layout,
+                   list(solo.token_ids), list(other.token_ids), solo_top, other_top, pieces)
+
+    @property
+    def other_name(self) -> str:
+        return "batched" if self.check == "batch" else "prefill"
+
+    def to_text(self) -> str:
+        what = "co-batched run" if self.check == "batch" else "fresh prefill"
+        kind = "token and logits" if self.tokens_differ else "logits only (same token)"
+        lines = [
+            f"detllm: {what} diverged from the solo run at generated token {self.step} ({kind}; "
+            f"max |logit diff| {self.max_abs_logit_diff:.3g})",
+        ]
+        if self.layout is not None:
+            lines.append(f"  layout: {self.layout.describe()}")
+        lines.append(f"  seed: {self.seed}")
+        lines.append(f"  rerun: {self.rerun}")
+        for name, top in (("solo", self.solo_top), (self.other_name, self.other_top)):
+            if top:
+                gap = top[0]["logit"] - top[1]["logit"] if len(top) > 1 else float("nan")
+                cells = ", ".join(f"{e['piece']!r}({e['token_id']}) {e['logit']:.6g}" for e in top)
+                lines.append(f"  top-5 {name:<7} at step {self.step} (gap {gap:.4g}): {cells}")
+        lines.append(f"  {'step':>4}  {'solo':<24} {self.other_name:<24}")
+        n = max(len(self.solo_tokens), len(self.other_tokens))
+        for i in range(n):
+            a = self._cell(self.solo_tokens, i)
+            b = self._cell(self.other_tokens, i)
+            mark = "  <-- first divergence" if i == self.step else ("  *" if a != b else "")
+            lines.append(f"  {i:>4}  {a:<24} {b:<24}{mark}")
+        return "\n".join(lines)
+
+    def _cell(self, toks: list[int], i: int) -> str:
+        if i >= len(toks):
+            return "-"
+        return f"{self.pieces.get(toks[i], '')!r}({toks[i]})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid, "prompt": self.prompt, "check": self.check, "seed": self.seed,
+            "rerun": self.rerun, "first_divergent_step": self.step, "tokens_differ": self.tokens_differ,
+            "max_abs_logit_diff": None if self.max_abs_logit_diff != self.max_abs_logit_diff else self.max_abs_logit_diff,
+            "layout": self.layout.to_json() if self.layout else None,
+            "solo": {"token_ids": self.solo_tokens, "top5": self.solo_top},
+            "other": {"token_ids": self.other_tokens, "top5": self.other_top},
+        }
+
+
+@dataclass
+class Stats:
+    calls: int = 0
+    trials: int = 0
+    prefill_checks: int = 0
+    divergences: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def merge(self, data: dict[str, Any]) -> None:
+        self.calls += int(data.get("calls", 0))
+        self.trials += int(data.get("trials", 0))
+        self.prefill_checks += int(data.get("prefill_checks", 0))
+        self.divergences += int(data.get("divergences", 0))
+        self.records.extend(data.get("records", []))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": self.calls, "trials": self.trials, "prefill_checks": self.prefill_checks,
+                "divergences": self.divergences, "records": self.records}
+
+    def summary_line(self) -> str:
+        extra = f", {self.prefill_checks} prefill checks" if self.prefill_checks else ""
+        return f"detllm: {self.calls} calls, {self.trials} trials{extra}, {self.divergences} divergences"
+
+
+def write_json_report(path: str, stats: Stats, header: dict[str, Any]) -> None:
+    """Atomically write the JSON report (schema: docs/report.schema.json)."""
+    doc = {"schema_version": SCHEMA_VERSION, **header, **stats.to_json()}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".detllm-report-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
