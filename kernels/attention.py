@@ -24,28 +24,32 @@ ATTN_BLOCK_N = 64
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Tq", "Tk"])
 def _attn_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr,
     sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
     so_b, so_t, so_h, so_d,
-    H, GROUP, Tq, Tk, D, scale, softcap,
+    HKV, GROUP, Tq, Tk, D, scale, softcap,
     CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
     ks = tl.load(ks_ptr + b).to(tl.int32)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # GQA packing: the GROUP query heads sharing kv head hk are rows of one tile (query-major),
+    # so K/V are read once per group. Rows stay independent, so packing changes no bits.
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
     offs_d = tl.arange(0, BLOCK_D)
-    pos_q = Tk - Tq + offs_m  # absolute key position of each query row
+    pos_q = Tk - Tq + qi  # absolute key position of each query row
     b64 = b.to(tl.int64)
-    q = tl.load(q_ptr + b64 * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d,
-                mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D), other=0.0)
+    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
     if UPCAST:  # interpreter only: its bf16 dot is broken; bf16 products are exact in fp32
         q = q.to(tl.float32)
     k_base = k_ptr + b64 * sk_b + hk * sk_h
@@ -54,7 +58,8 @@ def _attn_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if CAUSAL:
-        hi = tl.minimum(Tk, Tk - Tq + (pid_m + 1) * BLOCK_M)
+        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
+        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
     else:
         hi = Tk
     for start in range(ks, hi, BLOCK_N):
@@ -95,8 +100,8 @@ def _attn_kernel(
         m_i = m_new
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(o_ptr + b64 * so_b + offs_m[:, None] * so_t + h * so_h + offs_d[None, :] * so_d,
-             out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < Tq) & (offs_d[None, :] < D))
+    tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
+             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
@@ -118,11 +123,11 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         return out
     ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
     upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
-    grid = (triton.cdiv(tq, ATTN_BLOCK_M), bsz * h)
+    grid = (triton.cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
     _attn_kernel[grid](
         q, k, v, out, ks,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        h, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0,
+        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0,
         CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
         UPCAST=upcast,
         BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)),

@@ -35,6 +35,8 @@ class MatmulConfig:
     group_m: int
     num_warps: int
     num_stages: int
+    persistent: bool = True  # False: one program per tile (more programs in flight for decode)
+    block_k: int | None = None  # None: BLOCK_K[dtype]; other values only in experiments/tests
 
 
 def _interpreting() -> bool:
@@ -79,7 +81,7 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return bat, pid_m, pid_n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["BATCH", "M"])
 def _matmul_kernel(
     a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc,
     BATCH, M, N, K,
@@ -168,7 +170,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     if a.dtype not in BLOCK_K:
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
     cfg = config or matmul_config(m, n, a.dtype)
-    bk = BLOCK_K[a.dtype]
+    bk = cfg.block_k or BLOCK_K[a.dtype]
     tma = _tma_layout(a[0], b[0]) if batch == 1 else None
     if use_tma is False:
         tma = None
@@ -180,7 +182,9 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         b_desc = (TensorDescriptor.from_tensor(b[0].t(), [cfg.block_n, bk]) if tma
                   else TensorDescriptor.from_tensor(b[0], [bk, cfg.block_n]))
     tiles = batch * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    progs = min(tiles, 4 if _interpreting() else _num_sms(a.device.index or 0))
+    progs = tiles
+    if cfg.persistent:
+        progs = min(tiles, 4 if _interpreting() else _num_sms(a.device.index or 0))
     xs = x.stride() if x is not None else (0, 0, 0)
     upcast = _interpreting() and a.dtype == torch.bfloat16
     _matmul_kernel[(progs,)](
