@@ -45,6 +45,59 @@ def sweep_configs(m: int) -> list[MatmulConfig]:
     return [MatmulConfig(128, 256, 8, 8, 3, False), MatmulConfig(128, 256, 16, 8, 3, True)]
 
 
+def probe_configs(m: int) -> list[tuple[MatmulConfig, bool]]:
+    """(config, use_tma) pairs for --probe: decode and the M=1024 single-wave case."""
+    if m <= 64:
+        bm = 16 if m <= 16 else 64
+        return [(MatmulConfig(bm, bn, 8, 4, st, False, bk), tma) for tma in (True, False)
+                for bn, bk, st in ((32, 64, 6), (64, 64, 4), (64, 64, 6), (64, 128, 4), (128, 64, 4))]
+    return [(MatmulConfig(128, 128, 8, 8, 4, p), True) for p in (True, False)] + \
+           [(MatmulConfig(128, 256, 8, 8, 3, p), True) for p in (True, False)] + \
+           [(MatmulConfig(256, 128, 8, 8, 3, False), True), (MatmulConfig(128, 128, 8, 4, 4, False), True)]
+
+
+def host_us(fn: Callable[[int], torch.Tensor], nbuf: int, n: int = 200) -> float:
+    """Host time per call (launch overhead): enqueue n calls, no sync inside the loop."""
+    import time
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(n):
+        fn(i % nbuf)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def graph_ms(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
+    """GPU time per call without host overhead: CUDA-graph replays over rotating buffers."""
+    it = itertools.count()
+    return triton.testing.do_bench_cudagraph(lambda: fn(next(it) % nbuf), rep=100,
+                                             return_mode="median")
+
+
+def probe(dtype: torch.dtype, ms: list[int]) -> None:
+    print("probe: us per call from do_bench | cuda graph | host enqueue")
+    for k, n in SHAPES:
+        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        ws = [torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
+        for m in ms:
+            xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
+            flops = 2.0 * m * n * k
+            ref_fn = lambda i: torch.mm(xs[i], ws[i].t())  # noqa: E731
+            t_ref, g_ref, h_ref = bench(ref_fn, nbuf), graph_ms(ref_fn, nbuf), host_us(ref_fn, nbuf)
+            print(f"{k} {n} M={m}: cuBLAS {t_ref * 1e3:7.1f} {g_ref * 1e3:7.1f} {h_ref:6.1f}")
+            for c, tma in [(matmul_config(m, n, dtype), None)] + probe_configs(m):
+                f = lambda i: km.mm(xs[i], ws[i].t(), config=c, use_tma=tma)  # noqa: E731
+                t, g, h = bench(f, nbuf), graph_ms(f, nbuf), host_us(f, nbuf)
+                print(f"   {c.block_m}x{c.block_n}x{c.block_k or 64} s{c.num_stages} w{c.num_warps} "
+                      f"p{int(c.persistent)} tma={tma}: {t * 1e3:7.1f} {g * 1e3:7.1f} {h:6.1f}  "
+                      f"ratio {t_ref / t:4.2f} graph-ratio {g_ref / g:4.2f}", flush=True)
+            del xs
+        del ws
+        torch.cuda.empty_cache()
+
+
 def bench(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
     it = itertools.count()
     return triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200,
@@ -56,11 +109,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--ms", type=int, nargs="*", default=MS)
+    ap.add_argument("--probe", action="store_true", help="launch overhead and CUDA-graph timing of candidates")
     args = ap.parse_args()
     dtype = DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
           f" | {args.dtype}")
+    if args.probe:
+        probe(dtype, args.ms)
+        return
     print(f"{'K':>6} {'N':>7} {'M':>5} | {'inv TF/s':>8} {'torch TF/s':>10} {'ratio':>6} | config")
     rows = []
     warm = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

@@ -48,6 +48,11 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _has_tma(device_index: int) -> bool:
+    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
 def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
     """Tile config for an (m x K) @ (K x n) product. BLOCK_K is not in here on purpose."""
     if dtype == torch.float32:
@@ -144,11 +149,9 @@ def _matmul_kernel(
 
 def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
     """None if TMA cannot read these 2-D operands, else whether b is read as an (N, K) matrix."""
-    if TensorDescriptor is None or _interpreting() or not a.is_cuda:
+    if _interpreting() or not a.is_cuda or a.dtype not in (torch.bfloat16, torch.float16):
         return None
-    if a.dtype not in (torch.bfloat16, torch.float16):
-        return None
-    if torch.cuda.get_device_capability(a.device)[0] < 9:
+    if not _has_tma(a.device.index or 0):
         return None
     es = a.element_size()
     if a.stride(1) != 1 or (a.stride(0) * es) % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
