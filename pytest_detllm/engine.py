@@ -49,12 +49,13 @@ class Engine:
     """Runs a causal LM on a list of requests in one left-padded batch."""
 
     def __init__(self, model: Any, *, pad_id: int, eos_ids: Sequence[int], device: torch.device,
-                 invariant: bool = True) -> None:
+                 invariant: bool = True, strict: bool = False) -> None:
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = frozenset(eos_ids)
         self.device = device
         self.invariant = invariant
+        self.strict = strict
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         # transformers renamed past_key_values to cache (deprecated in 5.2x); use what this version takes.
         params = inspect.signature(model.forward).parameters
@@ -64,12 +65,20 @@ class Engine:
     def _kernels(self) -> Iterator[None]:
         from .invariant import batch_invariant
 
-        with torch.inference_mode():
-            if not self.invariant:
-                yield
-            else:
-                with batch_invariant(self.device.type):
-                    yield
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            if self.invariant:
+                stack.enter_context(batch_invariant(self.device.type))
+            yield
+
+    def _audit(self, step: int) -> "contextlib.AbstractContextManager[Any]":
+        """Strict mode audits the prefill and the first decode step of every generate call: later
+        steps run the same code path, and auditing every op costs ~50% on CPU."""
+        if not self.strict or step >= 2:
+            return contextlib.nullcontext()
+        from .strict import record
+
+        return record(self.model)
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         if not requests:
@@ -95,9 +104,10 @@ class Engine:
         step_ids = ids
         step_pos = positions
         for step in range(steps):
-            res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                             use_cache=True, logits_to_keep=1, **{self._cache_kw: past})
-            past = getattr(res, "cache", None) or res.past_key_values
+            with self._audit(step):
+                res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: past})
+            past = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
             logits = res.logits[:, -1, :].float().cpu()
             next_ids = []
             for i, r in enumerate(requests):

@@ -71,7 +71,7 @@ class Runtime:
             pad = tok.pad_token_id if tok.pad_token_id is not None else (next(iter(eos)) if eos else 0)
             invariant = self.settings.kernels == "invariant"
             self._engines[spec] = Engine(lm.model, pad_id=int(pad), eos_ids=eos, device=lm.device,
-                                         invariant=invariant)
+                                         invariant=invariant, strict=self.settings.strict)
         return self._engines[spec]
 
     def env_key(self, spec: str | None = None) -> str:

@@ -11,7 +11,10 @@ from typing import Any
 
 import torch
 
+from . import registry
 from .cpu_attention import cpu_attention
+
+ATTENTION_OP = "detllm_attention"  # the name strict mode and coverage reports use
 
 
 class UnsupportedAttentionMask(NotImplementedError):
@@ -90,6 +93,14 @@ def invariant_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention-function signature; returns ((B, Tq, H, d), None)."""
+    registry.count_call(query.device.type, ATTENTION_OP)
+    with registry.trusted_region():
+        return _attention(module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window)
+
+
+def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, scaling: float | None, dropout: float,
+               softcap: float | None, sliding_window: int | None) -> tuple[torch.Tensor, None]:
     if sliding_window is not None and sliding_window < key.shape[2]:
         raise UnsupportedAttentionMask(
             f"sliding-window attention (window {sliding_window}) is not covered by detllm's invariant "

@@ -8,9 +8,12 @@ threads are safe and the stock kernels come back when the last user leaves.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 import warnings
-from typing import Callable
+from collections import Counter
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -19,6 +22,42 @@ _depth = 0
 _lib: "torch.library.Library | None" = None
 _saved_attention: dict[str, object] = {}
 _installed: dict[str, set[str]] = {}
+# How often each override actually ran: (device type, op) -> calls. Strict mode reads it to prove
+# that an op was served by us, not merely that something was registered.
+_calls: Counter = Counter()
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def trusted_region() -> Iterator[None]:
+    """Mark ops issued inside an invariant implementation (e.g. our attention): audits skip them."""
+    depth = getattr(_local, "depth", 0)
+    _local.depth = depth + 1
+    try:
+        yield
+    finally:
+        _local.depth = depth
+
+
+def in_trusted_region() -> bool:
+    return getattr(_local, "depth", 0) > 0
+
+
+def count_call(device_type: str, op: str) -> None:
+    _calls[(device_type, op)] += 1
+
+
+def call_count(device_type: str, op: str) -> int:
+    return _calls[(device_type, op)]
+
+
+def _counted(device_type: str, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        _calls[(device_type, op)] += 1
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def device_tables() -> dict[str, dict[str, Callable[..., object]]]:
@@ -92,7 +131,7 @@ def enter() -> None:
                 warnings.simplefilter("ignore")
                 for key, table in device_tables().items():
                     for name, fn in table.items():
-                        lib.impl(name, fn, key)
+                        lib.impl(name, _counted(key.lower(), name, fn), key)
                         _installed.setdefault(key, set()).add(name)
             _lib = lib
             try:

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.models import build_tiny_model
+
+# The plugin's own runs (pytester) must not inherit a user's DETLLM_* settings.
+for _k in [k for k in os.environ if k.startswith("DETLLM_")]:
+    del os.environ[_k]
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded SmolLM2 converted to safetensors (converted once per machine, then cached)."""
+    from pytest_detllm.model import convert_gguf, default_gguf
+
+    return convert_gguf(default_gguf())
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama", embedded_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-archs")
+    return {arch: build_tiny_model(root / arch, arch, embedded_dir) for arch in ("llama", "qwen3", "gpt2")}
