@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launcher
+
 __all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
 
 # Fixed for every shape: BLOCK_N is the KV split size that anchors the reduction order.
@@ -104,6 +106,8 @@ def _attn_kernel(
              out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
+_LAUNCH = Launcher(_attn_kernel)
+
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
               scale: float | None = None, causal: bool = True,
               softcap: float | None = None) -> torch.Tensor:
@@ -124,8 +128,8 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
     upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
     grid = (triton.cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
-    _attn_kernel[grid](
-        q, k, v, out, ks,
+    _LAUNCH(
+        grid, q, k, v, out, ks,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0,
         CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,

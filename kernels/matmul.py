@@ -1,11 +1,11 @@
-"""Batch-invariant matmul for mm / addmm / bmm (Triton, persistent).
+"""Batch-invariant matmul for mm / addmm / bmm (Triton; persistent for prefill).
 
 Why it is batch-invariant: every output element C[m, n] is produced by one program that walks
 the whole K axis in BLOCK_K steps, in order, into an fp32 accumulator (no split-K). BLOCK_K is
-fixed per dtype and never depends on M, N or the batch; the tensor-core instruction path is the
-same for every config in the table (wgmma on Hopper), so BLOCK_M / BLOCK_N / warps / stages may
-vary with M — tests/gpu proves bitwise that they leave the bits alone. fp32 runs true IEEE fp32
-(`input_precision="ieee"`), never TF32.
+64 for prefill shapes; decode uses 128, which issues the same k16 MMA steps in the same order
+(see matmul_config). BLOCK_M / BLOCK_N / BLOCK_K, warps, stages and the load path (TMA or
+pointers) vary with M only because tests/gpu proves bitwise that they leave a row's bits
+alone. fp32 runs true IEEE fp32 (`input_precision="ieee"`), never TF32.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launcher
+
 try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover
@@ -24,7 +26,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["MatmulConfig", "BLOCK_K", "matmul_config", "candidate_configs", "mm", "addmm", "bmm"]
 
-# The one tile parameter that fixes a row's reduction order. Never varies with the shape.
+# Default K step per dtype (decode overrides it for bf16/fp16 in matmul_config; see there).
 BLOCK_K: dict[torch.dtype, int] = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 32}
 
 
@@ -36,7 +38,8 @@ class MatmulConfig:
     num_warps: int
     num_stages: int
     persistent: bool = True  # False: one program per tile (more programs in flight for decode)
-    block_k: int | None = None  # None: BLOCK_K[dtype]; other values only in experiments/tests
+    block_k: int | None = None  # None: BLOCK_K[dtype]
+    tma: bool = True  # read A/B through TMA descriptors where the layout allows
 
 
 def _interpreting() -> bool:
@@ -54,21 +57,29 @@ def _has_tma(device_index: int) -> bool:
 
 
 def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
-    """Tile config for an (m x K) @ (K x n) product. BLOCK_K is not in here on purpose."""
+    """Tile config for an (m x K) @ (K x n) product.
+
+    Every entry gives the same bits for a row (tests/gpu: test_mm_every_config_same_bits): the
+    K loop is one chain of k16 MMA steps accumulating in order into one fp32 accumulator, and
+    a BLOCK_K=128 step issues exactly the k16 steps of two BLOCK_K=64 steps, in the same order.
+    """
     if dtype == torch.float32:
         # FMA path (IEEE fp32): one config for every shape.
         return MatmulConfig(64, 64, 8, 4, 3)
+    if m <= 16:
+        # Decode: memory-bound on the weight. One program per 64 weight rows, deep K steps,
+        # plain pointer loads (cheaper to launch than TMA descriptors, as fast here).
+        return MatmulConfig(16, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 64:
-        # Decode: memory-bound on the weight; narrow N tiles so every SM streams weight rows.
-        return MatmulConfig(64, 64 if n >= 8192 else 32, 8, 4, 6)
+        return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 256:
-        return MatmulConfig(64, 128, 8, 4, 4)
+        return MatmulConfig(64, 128, 8, 4, 4, persistent=False)
     return MatmulConfig(128, 256, 8, 8, 3)
 
 
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
-    shapes = [(1, 4096), (1, 16384), (128, 4096), (4096, 4096)]
+    shapes = [(1, 4096), (32, 4096), (128, 4096), (4096, 4096)]
     return sorted({matmul_config(m, n, dtype) for m, n in shapes}, key=repr)
 
 
@@ -156,7 +167,7 @@ def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
     es = a.element_size()
     if a.stride(1) != 1 or (a.stride(0) * es) % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
         return None
-    if b.stride(1) == 1 and (b.stride(0) * es) % 16 == 0 and b.shape[1] > 0:
+    if b.stride(1) == 1 and (b.stride(0) * es) % 16 == 0:
         return False
     if b.stride(0) == 1 and (b.stride(1) * es) % 16 == 0:
         return True  # weight arriving as W.t() through linear: read W rows directly
@@ -164,43 +175,42 @@ def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor | None,
-            alpha: float, beta: float, config: MatmulConfig | None, use_tma: bool | None) -> None:
-    """a (B,M,K) @ b (B,K,N) -> out (B,M,N); x (B,M,N)-broadcastable strides or None."""
-    batch, m, k = a.shape
-    n = b.shape[2]
+            batch: int, m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int],
+            sc: tuple[int, int, int], sx: tuple[int, int, int], alpha: float, beta: float,
+            config: MatmulConfig | None, use_tma: bool | None) -> None:
+    """a (B,M,K) @ b (B,K,N) -> out (B,M,N) given as base tensors plus (batch, row, col) strides."""
     if m == 0 or n == 0 or batch == 0:
         return
     if a.dtype not in BLOCK_K:
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
     cfg = config or matmul_config(m, n, a.dtype)
     bk = cfg.block_k or BLOCK_K[a.dtype]
-    tma = _tma_layout(a[0], b[0]) if batch == 1 else None
-    if use_tma is False:
-        tma = None
-    elif use_tma and tma is None:
+    want = cfg.tma if use_tma is None else use_tma
+    tma = _tma_layout(a, b) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
+    if use_tma and tma is None:
         raise ValueError("TMA path requested but operands do not allow it")
     a_desc = b_desc = None
     if tma is not None:
-        a_desc = TensorDescriptor.from_tensor(a[0], [cfg.block_m, bk])
-        b_desc = (TensorDescriptor.from_tensor(b[0].t(), [cfg.block_n, bk]) if tma
-                  else TensorDescriptor.from_tensor(b[0], [bk, cfg.block_n]))
+        a_desc = TensorDescriptor(a, [m, k], [sa[1], 1], [cfg.block_m, bk])
+        b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [cfg.block_n, bk]) if tma
+                  else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, cfg.block_n]))
     tiles = batch * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     progs = tiles
     if cfg.persistent:
         progs = min(tiles, 4 if _interpreting() else _num_sms(a.device.index or 0))
-    xs = x.stride() if x is not None else (0, 0, 0)
     upcast = _interpreting() and a.dtype == torch.bfloat16
-    _matmul_kernel[(progs,)](
+    _LAUNCH(
+        (progs,),
         a, b, out, x if x is not None else out, a_desc, b_desc,
-        batch, m, n, k,
-        *a.stride(), *b.stride(), *out.stride(), *xs,
-        float(alpha), float(beta),
+        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=progs, USE_TMA=tma is not None, B_NK=bool(tma),
         HAS_X=x is not None and beta != 0, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
-        UPCAST=upcast,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+
+
+_LAUNCH = Launcher(_matmul_kernel)
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, op: str) -> None:
@@ -210,14 +220,27 @@ def _check(a: torch.Tensor, b: torch.Tensor, op: str) -> None:
         raise RuntimeError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
 
 
+def _bias_strides(bias: torch.Tensor, m: int, n: int) -> tuple[int, int, int]:
+    """(0, row, col) strides that broadcast bias to (m, n) like aten::addmm (expand rules)."""
+    shape = list(bias.shape)
+    if len(shape) > 2 or any(s not in (1, t) for s, t in zip(shape[::-1], (n, m))):
+        raise RuntimeError(f"addmm: bias of shape {tuple(shape)} does not broadcast to {(m, n)}")
+    st = list(bias.stride())
+    full = [1] * (2 - len(shape)) + shape
+    strides = [0] * (2 - len(st)) + st
+    return (0, strides[0] if full[0] != 1 else 0, strides[1] if full[1] != 1 else 0)
+
+
 def mm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None,
        use_tma: bool | None = None) -> torch.Tensor:
     """(M,K) @ (K,N) -> (M,N) in a.dtype, any strides."""
     _check(a, b, "mm")
-    out = torch.empty((a.shape[0], b.shape[1]), device=a.device, dtype=a.dtype)
-    if a.shape[1] == 0:
+    (m, k), n = a.shape, b.shape[1]
+    out = torch.empty((m, n), device=a.device, dtype=a.dtype)
+    if k == 0:
         return out.zero_()
-    _launch(a.unsqueeze(0), b.unsqueeze(0), out.unsqueeze(0), None, 1.0, 0.0, config, use_tma)
+    _launch(a, b, out, None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, n, 1), (0, 0, 0),
+            1.0, 0.0, config, use_tma)
     return out
 
 
@@ -226,24 +249,26 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float =
           use_tma: bool | None = None) -> torch.Tensor:
     """beta * bias + alpha * (a @ b), bias broadcast to (M,N) like aten::addmm; fp32 epilogue."""
     _check(a, b, "addmm")
-    m, n = a.shape[0], b.shape[1]
+    (m, k), n = a.shape, b.shape[1]
+    sx = _bias_strides(bias, m, n)
     out = torch.empty((m, n), device=a.device, dtype=a.dtype)
-    xb = bias.expand(m, n) if beta != 0 else None
-    if a.shape[1] == 0:
-        out.copy_(xb * beta if xb is not None else torch.zeros_like(out))
+    if k == 0:
+        out.copy_(bias.expand(m, n) * beta if beta != 0 else torch.zeros_like(out))
         return out
-    _launch(a.unsqueeze(0), b.unsqueeze(0), out.unsqueeze(0),
-            xb.unsqueeze(0) if xb is not None else None, alpha, beta, config, use_tma)
+    _launch(a, b, out, bias if beta != 0 else None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()),
+            (0, n, 1), sx, alpha, beta, config, use_tma)
     return out
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None) -> torch.Tensor:
-    """(B,M,K) @ (B,K,N) -> (B,M,N); one launch, tiles of every batch entry in one persistent grid."""
+    """(B,M,K) @ (B,K,N) -> (B,M,N); one launch, tiles of every batch entry in one grid."""
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0]:
         raise RuntimeError(f"bmm: bad shapes {tuple(a.shape)} and {tuple(b.shape)}")
     _check(a, b, "bmm")
-    out = torch.empty((a.shape[0], a.shape[1], b.shape[2]), device=a.device, dtype=a.dtype)
-    if a.shape[2] == 0:
+    (nb, m, k), n = a.shape, b.shape[2]
+    out = torch.empty((nb, m, n), device=a.device, dtype=a.dtype)
+    if k == 0:
         return out.zero_()
-    _launch(a, b, out, None, 1.0, 0.0, config, False)
+    _launch(a, b, out, None, nb, m, n, k, a.stride(), b.stride(), (m * n, n, 1), (0, 0, 0),
+            1.0, 0.0, config, False)
     return out

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launcher
+
 from ._rows import row_block, row_warps
 
 __all__ = ["mean_lastdim"]
@@ -25,6 +27,8 @@ def _mean_kernel(x_ptr, out_ptr, N, stride_row, BLOCK: tl.constexpr):
     tl.store(out_ptr + row, (total / N).to(out_ptr.dtype.element_ty))
 
 
+_LAUNCH = Launcher(_mean_kernel)
+
 def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mean over the last dim, fp32 accumulation; returns shape x.shape[:-1] in out_dtype."""
     out_dtype = out_dtype or x.dtype
@@ -36,6 +40,6 @@ def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch
     if n == 0:
         return out.fill_(float("nan")).reshape(x.shape[:-1])
     if rows.shape[0]:
-        _mean_kernel[(rows.shape[0],)](rows, out, n, rows.stride(0), BLOCK=row_block(n),
+        _LAUNCH((rows.shape[0],), rows, out, n, rows.stride(0), BLOCK=row_block(n),
                                        num_warps=row_warps(n))
     return out.reshape(x.shape[:-1])

@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launcher
+
 from ._rows import row_block, row_warps
 
 __all__ = ["rms_norm"]
@@ -33,6 +35,8 @@ def _rmsnorm_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, N, sx, sy, eps,
         tl.store(y_ptr + row * sy + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+_LAUNCH = Launcher(_rmsnorm_kernel)
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
              normalized_ndim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (y in x.dtype, rstd fp32 of shape x.shape[:-nd] + (1,)*nd) like aten::_fused_rms_norm."""
@@ -49,7 +53,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
     y = torch.empty((rows.shape[0], n), device=x.device, dtype=x.dtype)
     rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
     if rows.shape[0] and n:
-        _rmsnorm_kernel[(rows.shape[0],)](rows, w if w is not None else rows, y, rstd, n,
+        _LAUNCH((rows.shape[0],), rows, w if w is not None else rows, y, rstd, n,
                                           rows.stride(0), y.stride(0), float(eps),
                                           HAS_W=w is not None, BLOCK=row_block(n),
                                           num_warps=row_warps(n))

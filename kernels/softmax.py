@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launcher
+
 from ._rows import row_block, row_warps
 
 __all__ = ["softmax_lastdim", "log_softmax_lastdim"]
@@ -43,6 +45,8 @@ def _softmax_kernel(x_ptr, y_ptr, N, sx, sy, LOG: tl.constexpr, BLOCK: tl.conste
         tl.store(y_ptr + row * sy + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+_LAUNCH = Launcher(_softmax_kernel)
+
 def _run(x: torch.Tensor, out_dtype: torch.dtype | None, log: bool) -> torch.Tensor:
     n = x.shape[-1]
     out_dtype = out_dtype or x.dtype
@@ -51,7 +55,7 @@ def _run(x: torch.Tensor, out_dtype: torch.dtype | None, log: bool) -> torch.Ten
         rows = rows.contiguous()
     y = torch.empty(rows.shape, device=x.device, dtype=out_dtype)
     if rows.shape[0] and n:
-        _softmax_kernel[(rows.shape[0],)](rows, y, n, rows.stride(0), y.stride(0), LOG=log,
+        _LAUNCH((rows.shape[0],), rows, y, n, rows.stride(0), y.stride(0), LOG=log,
                                           BLOCK=row_block(n), num_warps=row_warps(n))
     return y.reshape(x.shape)
 

@@ -91,7 +91,8 @@ def test_registered_overrides_make_stock_calls_invariant() -> None:
     ops = {
         "linear": lambda t: torch.nn.functional.linear(t, w, b),
         "linear_nobias_3d": lambda t: torch.nn.functional.linear(t.unsqueeze(0), w)[0],
-        "matmul_bmm": lambda t: torch.matmul(w3, t[:, :64].t().unsqueeze(0)).permute(2, 0, 1).flatten(1),
+        "matmul_bmm": lambda t: torch.matmul(t.unsqueeze(0).expand(4, -1, -1), w3.transpose(1, 2))
+        .transpose(0, 1).flatten(1),
         "softmax": lambda t: torch.softmax(t, -1),
         "log_softmax_h2f": lambda t: torch.log_softmax(t.to(BF16), -1, dtype=F32),
         "mean": lambda t: t.pow(2).mean(-1, keepdim=True),
@@ -106,3 +107,16 @@ def test_registered_overrides_make_stock_calls_invariant() -> None:
                 kc.check_rows(op, x, [1, 2, 7, 64, 300], f"registered {what}")
     finally:
         lib._destroy()
+
+
+def test_fast_launch_path_is_used() -> None:
+    """The cached-launcher path ran (no silent fallback to Triton's slow per-call path)."""
+    km = kc.load_kernels()
+    from detllm_kernels import matmul
+
+    a = torch.randn(3, 256, device=DEV, dtype=BF16)
+    w = torch.randn(512, 256, device=DEV, dtype=BF16)
+    first = km.mm(a, w.t())
+    again = km.mm(a, w.t())
+    assert torch.equal(first, again)
+    assert matmul._LAUNCH.enabled and matmul._LAUNCH.cache

@@ -1,0 +1,154 @@
+"""Fuzz campaign: many co-batched trials per prompt, counting unique completions.
+
+The same trial design as ``pytest --detllm-batch-fuzz`` (pytest_detllm.fuzz), run at scale:
+
+    python benchmarks/fuzz_campaign.py --trials 200 --prompts 5                  # embedded model, CPU
+    python benchmarks/fuzz_campaign.py --kernels stock --trials 20               # negative control
+    python benchmarks/fuzz_campaign.py --arch llama --device cuda --dtype bfloat16 --trials 1000
+
+Prints, per prompt, how many trials diverged from the solo run (token ids or logit hash) and how
+many distinct completions were seen; exits 1 on any divergence under the invariant kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn rain.",
+    "Explain why the sky is blue in two sentences.",
+    "List three uses of a paperclip.",
+    "Translate 'good morning' into Spanish and German.",
+    "Summarise the plot of Romeo and Juliet.",
+    "Give me a recipe for pancakes.",
+    "What is 17 times 23?",
+    "Describe a lighthouse at night.",
+    "Why do cats purr?",
+]
+
+# Real configs (hub unreachable): shapes of public checkpoints, scaled to ~100M parameters.
+ARCHS = {
+    "llama": dict(cls="LlamaConfig", vocab_size=128256, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                  num_attention_heads=8, num_key_value_heads=2, rope_theta=500000.0, max_position_embeddings=4096,
+                  tie_word_embeddings=True),
+    "qwen3": dict(cls="Qwen3Config", vocab_size=151936, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=4096,
+                  tie_word_embeddings=True),
+    "gpt2": dict(cls="GPT2Config", vocab_size=50257, n_embd=768, n_layer=8, n_head=12, n_positions=2048),
+}
+
+
+def build_random(arch: str, device: str, dtype: str):  # type: ignore[no-untyped-def]
+    import transformers
+
+    spec = dict(ARCHS[arch])
+    cfg = getattr(transformers, spec.pop("cls"))(**spec)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="HF dir or .gguf (default: the embedded model)")
+    ap.add_argument("--arch", choices=sorted(ARCHS), help="random-weight model from a real config instead")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--kernels", default="invariant", choices=("invariant", "stock"))
+    ap.add_argument("--trials", type=int, default=200, help="total trials, spread over the prompts")
+    ap.add_argument("--prompts", type=int, default=5)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-filler", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--stop-on-first", action="store_true", help="per prompt, stop at its first divergence")
+    ap.add_argument("--check-prefill", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from pytest_detllm.completion import logit_hash
+    from pytest_detllm.engine import Engine, Request
+    from pytest_detllm.fuzz import FillerPool, design_trials, first_divergence
+    from pytest_detllm.corpus import filler_text
+    from pytest_detllm.model import load, resolve_device
+
+    dev = resolve_device(args.device)
+    if args.arch:
+        model = build_random(args.arch, dev.type, args.dtype)
+        from pytest_detllm.model import default_gguf, convert_gguf
+        from transformers import AutoTokenizer
+
+        # Any real tokenizer will do: ids are clamped into the model's vocabulary.
+        try:
+            tok = AutoTokenizer.from_pretrained(str(convert_gguf(default_gguf())))
+        except Exception:  # noqa: BLE001 - GPU hosts may lack the embedded model
+            tok = None
+        vocab = model.config.vocab_size
+        encode = (lambda s: [i % vocab for i in tok(s)["input_ids"]]) if tok else (
+            lambda s: [(ord(c) * 131 + 7) % vocab for c in s])
+        name = f"random {args.arch}"
+    else:
+        lm = load(args.model, device=args.device, dtype=args.dtype)
+        model, tok, name = lm.model, lm.tokenizer, lm.name
+        encode = lambda s: tok.apply_chat_template([{"role": "user", "content": s}], add_generation_prompt=True,  # noqa: E731
+                                                   tokenize=True, return_dict=False)
+    pool = FillerPool(encode(filler_text()))
+    eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=args.kernels == "invariant")
+    per_prompt = max(1, args.trials // args.prompts)
+    rng = random.Random(args.seed)
+    results = []
+    t0 = time.time()
+    total_div = 0
+    for p in PROMPTS[: args.prompts]:
+        req = Request(tuple(encode(p)), max_new_tokens=args.max_new_tokens)
+        solo = eng.generate([req])[0]
+        seen = {(tuple(solo.token_ids), logit_hash(solo.step_logits))}
+        div = []
+        for trial in design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler):
+            g = eng.generate(trial.requests)[trial.layout.slot]
+            seen.add((tuple(g.token_ids), logit_hash(g.step_logits)))
+            d = first_divergence(solo, g)
+            if d is not None:
+                div.append({"trial": trial.index, "step": d.step, "tokens_differ": d.tokens_differ,
+                            "layout": trial.layout.to_json()})
+                if args.stop_on_first:
+                    break
+        prefill_bad = None
+        if args.check_prefill:
+            prefill_bad = 0
+            for t in range(1, len(solo.token_ids)):
+                g = eng.generate([Request(req.input_ids + tuple(solo.token_ids[:t]), 1)])[0]
+                prefill_bad += not torch.equal(g.step_logits[0], solo.step_logits[t])
+        total_div += len(div)
+        token_div = sum(d["tokens_differ"] for d in div)
+        results.append({"prompt": p, "trials": per_prompt, "divergent_trials": len(div),
+                        "token_divergent_trials": token_div, "unique_completions": len(seen),
+                        "first_steps": [d["step"] for d in div][:10], "prefill_mismatches": prefill_bad,
+                        "divergences": div[:5]})
+        print(f"{p[:40]:<42} trials {per_prompt:>4}  divergent {len(div):>4} (tokens {token_div:>3})  "
+              f"unique {len(seen):>3}" + (f"  prefill mismatches {prefill_bad}" if prefill_bad is not None else ""),
+              flush=True)
+    dt = time.time() - t0
+    batch_sizes = "2..%d" % args.max_batch
+    print(f"\n{name} on {dev.type} {args.dtype}, kernels={args.kernels}: {len(results) * per_prompt} trials over "
+          f"{len(results)} prompts (batch {batch_sizes}, fillers 1..{args.max_filler} tokens, {args.max_new_tokens} "
+          f"new tokens): {total_div} divergent trials, {dt:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
+                                               "kernels": args.kernels, "torch": torch.__version__,
+                                               "results": results, "seconds": dt}, indent=2))
+    return 1 if (total_div and args.kernels == "invariant") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
