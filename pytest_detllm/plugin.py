@@ -48,7 +48,8 @@ def _resolve_seed(config: pytest.Config, raw: Any) -> int:
         raise pytest.UsageError(f"--detllm-seed must be an integer or 'last', got {raw!r}") from None
 
 
-@pytest.hookimpl(tryfirst=True)
+# Not tryfirst: --detllm-seed=last reads config.cache, which the cacheprovider's (tryfirst)
+# pytest_configure creates.
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -186,14 +187,16 @@ def pytest_testnodedown(node: Any, error: Any) -> None:  # xdist: merge each wor
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    from .report import Stats
-
     if getattr(config, "workerinput", None) is not None:
         return
     own = _stats_json(config)
     merged = config.stash.get(_MERGED, {})
     if own is None and not merged:
-        return
+        return  # no detllm fixture ran: print nothing, import nothing heavy
+    from .report import Stats
+
+    if merged:  # xdist: the controller collects nothing, so its header never showed the seed
+        terminalreporter.write_line(header_line(config))
     stats = Stats()
     for data in ([own] if own else []) + list(merged.values()):
         stats.merge(data)
