@@ -135,8 +135,15 @@ def _progress(config: pytest.Config) -> Callable[[int, int], None] | None:
     if tr is None:
         return None
 
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
     def show(done: int, total: int) -> None:
-        tr.write(f" [fuzz {done}/{total}]", flush=True)
+        # The test's output is being captured: step around the capture to reach the terminal.
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                tr.write(f" [fuzz {done}/{total}]", flush=True)
+        else:
+            tr.write(f" [fuzz {done}/{total}]", flush=True)
 
     return show
 
