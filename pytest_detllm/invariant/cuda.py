@@ -6,9 +6,16 @@ and never calls back into an overridden aten op, so no override recurses.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable, Sequence
 
 import torch
+
+# Fail at import (the registry turns ImportError into a clear "no kernels for cuda" error) rather
+# than inside the first overridden op. find_spec checks presence without importing triton.
+for _mod in ("triton", "detllm_kernels"):
+    if importlib.util.find_spec(_mod) is None:
+        raise ImportError(f"detllm's CUDA kernels need the {_mod!r} package (pip install triton)")
 
 __all__ = ["CUDA_IMPLS", "cuda_attention"]
 
