@@ -65,7 +65,9 @@ class LLM:
         try:
             return self._call(prompt, max_new_tokens, chat, temperature, seed)
         except DetllmError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            message = str(exc)
+        # Failed outside the except block: no "During handling of the above exception" repeat.
+        pytest.fail(message, pytrace=False)
 
     def _call(self, prompt: str, max_new_tokens: int | None, chat: bool, temperature: float,
               seed: int | None) -> Completion:
@@ -73,7 +75,8 @@ class LLM:
 
         rt, s, o = self._rt, self._rt.settings, self._opts
         spec = o.model if o.model is not None else s.model
-        n_new = max_new_tokens if max_new_tokens is not None else (o.max_new_tokens or s.max_new_tokens)
+        n_new = max_new_tokens if max_new_tokens is not None else (
+            o.max_new_tokens if o.max_new_tokens is not None else s.max_new_tokens)  # a marker's 0 is an error, not "unset"
         ids = rt.encode(prompt, chat, spec)
         rt.check_length(len(ids), n_new, spec)
         if temperature < 0:

@@ -174,6 +174,25 @@ def _check_hf_dir(path: Path, allow_pickle: bool) -> None:
         raise ModelLoadError(f"{path} has config.json but no weights (*.safetensors)")
 
 
+def _check_causal(folder: Path, config: Any) -> None:
+    """Refuse a config that declares only non-causal architectures (e.g. a BERT encoder).
+
+    AutoModelForCausalLM would otherwise load some of them (BERT as BertLMHeadModel) with fresh
+    random heads, and the tests would pass against garbage.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    remote_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if archs and not remote_causal and not any(a in causal or a.endswith("ForCausalLM") for a in archs):
+        raise ModelLoadError(
+            f"{folder} is not a causal language model: its config.json declares {', '.join(archs)} "
+            f"(model_type={getattr(config, 'model_type', '?')!r}); point --detllm-model at a decoder-only LM "
+            "that AutoModelForCausalLM loads"
+        )
+
+
 def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
          trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
     """Load the model named by ``spec`` (None: the embedded default)."""
@@ -186,7 +205,9 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise ModelLoadError(f"--detllm-model={spec}: no such file or directory")
+            raise ModelLoadError(
+                f"--detllm-model={spec}: no such file or directory; pass a local Hugging Face model directory or a .gguf file"
+            )
         if not os.access(path, os.R_OK):
             raise ModelLoadError(f"--detllm-model={spec}: not readable (check its permissions)")
         if path.is_file():
@@ -203,13 +224,14 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
     with _quiet_transformers():
         try:
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code, local_files_only=True)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # transformers reports invalid JSON as an OSError
             if "trust_remote_code" in str(exc):
                 raise ModelLoadError(
                     f"{folder} needs code from the model repository to load (auto_map). detllm never runs it unless "
                     "you pass --detllm-trust-remote-code"
                 ) from None
-            raise ModelLoadError(f"{folder}: cannot read config.json ({exc})") from None
+            raise ModelLoadError(f"{folder}: cannot read config.json ({str(exc).splitlines()[0]})") from None
+        _check_causal(folder, config)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 str(folder), config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code,

@@ -10,6 +10,7 @@ one folder per environment, so a CPU golden is never compared with, nor deleted 
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,14 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.amber import AmberSnapshotExtension
 
 from .errors import GoldenFileError
+
+try:  # syrupy >= 5 locks amber read-modify-writes under xdist; older versions have no lock to take
+    from syrupy.utils import exclusive_file_lock, snapshot_file_lock_enabled
+except ImportError:  # pragma: no cover
+    exclusive_file_lock = None  # type: ignore[assignment]
+
+    def snapshot_file_lock_enabled() -> bool:  # type: ignore[misc]
+        return False
 
 if TYPE_CHECKING:
     from syrupy.location import PyTestLocation
@@ -124,20 +133,24 @@ class DetllmSnapshotExtension(AmberSnapshotExtension):
         # (KeyboardInterrupt, crash, full disk) leaves the old file whole, never a half-written one.
         from syrupy.data import SnapshotCollection
 
+        # Under xdist, workers writing goldens of the same module take syrupy's lock around the
+        # read-merge-replace, or one worker's update could drop another's.
         target = snapshot_collection.location
-        merged = cls.serializer_class.read_file(target)
-        merged.merge(snapshot_collection)
-        fd, tmp = tempfile.mkstemp(prefix=".detllm-", suffix=".ambr.tmp", dir=os.path.dirname(target))
-        os.close(fd)
-        try:
-            staged = SnapshotCollection(location=tmp)
-            for snap in merged:
-                staged.add(snap)
-            cls.serializer_class.write_file(staged, merge=False, name_order=name_order, file_lock=False)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        locked = exclusive_file_lock is not None and snapshot_file_lock_enabled()
+        with exclusive_file_lock(target) if locked else contextlib.nullcontext():
+            merged = cls.serializer_class.read_file(target)
+            merged.merge(snapshot_collection)
+            fd, tmp = tempfile.mkstemp(prefix=".detllm-", suffix=".ambr.tmp", dir=os.path.dirname(target))
+            os.close(fd)
+            try:
+                staged = SnapshotCollection(location=tmp)
+                for snap in merged:
+                    staged.add(snap)
+                cls.serializer_class.write_file(staged, merge=False, name_order=name_order, file_lock=False)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
 
 
 def _locator(location: str, name: str) -> Callable[[int], str]:
@@ -191,10 +204,13 @@ def assert_completion(snapshot: SnapshotAssertion, completion: "Completion") -> 
         if stored is not None:
             # Check the golden before comparing: a hand-edited or corrupt entry fails with its
             # file and line, and is never rewritten without --snapshot-update.
+            problem = None
             try:
                 parse_record(stored, _locator(location, name))
             except GoldenFileError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                problem = str(exc)
+            if problem:  # failed outside the except block: the message shows once, unchained
+                pytest.fail(problem, pytrace=False)
         else:
             others = other_env_goldens(snapshot.test_location, name)
             if others:

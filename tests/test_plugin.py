@@ -556,5 +556,36 @@ def test_xdist_two_workers_fuzz_and_merge_reports(pytester: pytest.Pytester, tin
     assert summary == ["detllm: 2 calls, 2 trials, 0 divergences"]
     assert header(result)["seed"] == "77"
     result.stdout.fnmatch_lines(["*2 snapshots generated*"])
-    text = golden_path(pytester).read_text()
+    path = golden_path(pytester)
+    text = path.read_text()
     assert "# name: test_one" in text and "# name: test_two" in text
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp or lock files left behind
+
+
+def test_golden_writes_take_syrupys_lock_when_xdist_workers_share_a_file(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from syrupy.data import Snapshot, SnapshotCollection
+
+    import pytest_detllm.snapshot as snap
+
+    locked: list[str] = []
+    real_lock = snap.exclusive_file_lock
+
+    @contextlib.contextmanager
+    def spy(path: str, **kwargs: Any) -> Any:
+        with real_lock(path, **kwargs):
+            locked.append(str(path))
+            yield
+
+    monkeypatch.setattr(snap, "exclusive_file_lock", spy)
+    target = str(tmp_path / "test_m.ambr")
+    for enabled, name in ((False, "test_a"), (True, "test_b")):
+        monkeypatch.setattr(snap, "snapshot_file_lock_enabled", lambda enabled=enabled: enabled)
+        coll = SnapshotCollection(location=target)
+        coll.add(Snapshot(name=name, data=f"record of {name}"))
+        snap.DetllmSnapshotExtension.write_snapshot_collection(snapshot_collection=coll)
+    assert locked == [target]  # only the write made while xdist locking is on
+    text = Path(target).read_text()
+    assert "# name: test_a\n  record of test_a" in text and "# name: test_b\n  record of test_b" in text
