@@ -29,7 +29,9 @@ class CallOptions:
             return cls()
         if m.args:
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.detllm takes keyword arguments only")
-        known = {"max_new_tokens", "fuzz_trials", "model", "check_prefill"}
+        from .plugin import MARKER_KWARGS  # one list, also checked at collection time
+
+        known = set(MARKER_KWARGS)
         unknown = set(m.kwargs) - known
         if unknown:
             raise pytest.UsageError(

@@ -83,6 +83,8 @@ def _convert(o: Opt, raw: Any, source: str) -> Any:
             raise pytest.UsageError(f"{source}: detllm {o.name} must be an integer, got {raw!r}") from None
         if val < 0:
             raise pytest.UsageError(f"{source}: detllm {o.name} must be >= 0, got {val}")
+        if val == 0 and o.name == "max-new-tokens":
+            raise pytest.UsageError(f"{source}: detllm max-new-tokens must be > 0, got 0")
         return val
     val = str(raw)
     if o.choices and val not in o.choices:

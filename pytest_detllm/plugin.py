@@ -68,6 +68,22 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(msg)
 
 
+MARKER_KWARGS = ("check_prefill", "fuzz_trials", "max_new_tokens", "model")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A typo in @pytest.mark.detllm(...) stops the session with one line, before any model loads.
+    for item in items:
+        for mark in item.iter_markers("detllm"):
+            if mark.args:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.detllm takes keyword arguments only")
+            unknown = sorted(set(mark.kwargs) - set(MARKER_KWARGS))
+            if unknown:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: unknown @pytest.mark.detllm argument(s) {unknown}; known: {list(MARKER_KWARGS)}"
+                )
+
+
 def _value(config: pytest.Config, name: str) -> Any:
     return config.stash[_SETTINGS][name][0]
 

@@ -344,11 +344,10 @@ def test_max_new_tokens_not_positive(pytester: pytest.Pytester, tiny: str) -> No
         "*_ test_marker_zero _*", "max_new_tokens must be > 0, got 0",
     ])
     assert_failed_with(result)
-    # The session option too.
-    pytester.makepyfile(test_x="def test_a(llm):\n    llm('Hello')\n")
+    # The session option is checked before anything runs.
     result = pytester.runpytest(f"--detllm-model={tiny}", "--detllm-max-new-tokens=0", "-p", "no:cacheprovider")
-    result.assert_outcomes(failed=1)
-    assert_failed_with(result, "max_new_tokens must be > 0, got 0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.errlines[0] == "ERROR: --detllm-max-new-tokens: detllm max-new-tokens must be > 0, got 0"
     assert env_dirs(pytester) == []
 
 
@@ -469,3 +468,26 @@ def test_halving_always_makes_progress() -> None:
     with pytest.warns(UserWarning, match="halving"), pytest.raises(torch.OutOfMemoryError):
         _generate_halving(OutOfMemory(), [object()] * 3, Layout("random", 3, 1, [5, 6]), None)  # type: ignore[arg-type]
     assert calls == [3, 2]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="bug in runtime.fuzz (not this file's to fix): fillers are drawn up to 256 tokens whatever "
+                   "the model's context, so a learned-position model (GPT-2, n_positions=64) fails with an "
+                   "IndexError traceback. Remove this marker once fillers are capped by the context.")
+def test_fuzz_fillers_fit_the_models_context(pytester: pytest.Pytester, tmp_path: Path, tiny_llama_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tests.models import tiny_config
+
+    cfg = tiny_config("gpt2")
+    cfg.n_positions = 64
+    folder = tmp_path / "short-gpt2"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder))
+    for name in TOKENIZER_FILES:
+        if (tiny_llama_dir / name).exists():
+            shutil.copy(tiny_llama_dir / name, folder / name)
+    pytester.makepyfile(test_x="def test_a(llm):\n    llm('Hello there', chat=False, max_new_tokens=2)\n")
+    result = pytester.runpytest(f"--detllm-model={folder}", "--detllm-batch-fuzz=2", "--detllm-max-batch=2",
+                                "--detllm-seed=1", "-p", "no:cacheprovider")
+    assert "IndexError" not in result.stdout.str()
+    result.assert_outcomes(passed=1)

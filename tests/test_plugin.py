@@ -206,9 +206,10 @@ def test_unknown_marker_argument_is_a_usage_error(pytester: pytest.Pytester, tin
             llm("Hello")
     """)
     result = pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    assert ("UsageError: test_x.py::test_typo: unknown @pytest.mark.detllm argument(s) ['max_tokens']; "
-            "known: ['check_prefill', 'fuzz_trials', 'max_new_tokens', 'model']") in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.errlines[0] == ("ERROR: test_x.py::test_typo: unknown @pytest.mark.detllm argument(s) "
+                                  "['max_tokens']; known: ['check_prefill', 'fuzz_trials', 'max_new_tokens', 'model']")
+    assert "detllm: 0 calls" not in result.stdout.str() and "1 calls" not in result.stdout.str()  # no model ran
 
 
 # -- snapshots -----------------------------------------------------------------------------------
