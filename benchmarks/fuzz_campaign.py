@@ -34,6 +34,16 @@ PROMPTS = [
     "What is 17 times 23?",
     "Describe a lighthouse at night.",
     "Why do cats purr?",
+    "Write a limerick about a forgetful robot.",
+    "What are the main causes of inflation?",
+    "How does a bicycle stay upright?",
+    "Name five rivers in Africa.",
+    "Explain recursion to a ten-year-old.",
+    "Draft a polite email declining a meeting.",
+    "What is the boiling point of water at high altitude?",
+    "Compare cats and dogs as pets.",
+    "Describe the water cycle.",
+    "Suggest a name for a coffee shop.",
 ]
 
 # Real configs (hub unreachable): shapes of public checkpoints, scaled to ~100M parameters.
@@ -73,6 +83,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--stop-on-first", action="store_true", help="per prompt, stop at its first divergence")
     ap.add_argument("--check-prefill", action="store_true")
+    ap.add_argument("--strict", action="store_true", help="audit every generate (prefill + first decode step)")
+    ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (trials run round-robin)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -103,26 +115,41 @@ def main() -> int:
         encode = lambda s: tok.apply_chat_template([{"role": "user", "content": s}], add_generation_prompt=True,  # noqa: E731
                                                    tokenize=True, return_dict=False)
     pool = FillerPool(encode(filler_text()))
-    eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=args.kernels == "invariant")
+    eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=args.kernels == "invariant",
+                 strict=args.strict)
     per_prompt = max(1, args.trials // args.prompts)
     rng = random.Random(args.seed)
-    results = []
     t0 = time.time()
-    total_div = 0
+    states = []
     for p in PROMPTS[: args.prompts]:
         req = Request(tuple(encode(p)), max_new_tokens=args.max_new_tokens)
         solo = eng.generate([req])[0]
-        seen = {(tuple(solo.token_ids), logit_hash(solo.step_logits))}
-        div = []
-        for trial in design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler):
+        states.append({"prompt": p, "req": req, "solo": solo, "div": [], "done": 0, "closed": False,
+                       "seen": {(tuple(solo.token_ids), logit_hash(solo.step_logits))},
+                       "trials": design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler)})
+    timed_out = False
+    for k in range(per_prompt):  # round-robin, so a time limit cuts every prompt evenly
+        for st in states:
+            if st["closed"]:
+                continue
+            if args.time_limit and time.time() - t0 > args.time_limit:
+                timed_out = True
+                break
+            trial = st["trials"][k]
             g = eng.generate(trial.requests)[trial.layout.slot]
-            seen.add((tuple(g.token_ids), logit_hash(g.step_logits)))
-            d = first_divergence(solo, g)
+            st["done"] += 1
+            st["seen"].add((tuple(g.token_ids), logit_hash(g.step_logits)))
+            d = first_divergence(st["solo"], g)
             if d is not None:
-                div.append({"trial": trial.index, "step": d.step, "tokens_differ": d.tokens_differ,
-                            "layout": trial.layout.to_json()})
-                if args.stop_on_first:
-                    break
+                st["div"].append({"trial": trial.index, "step": d.step, "tokens_differ": d.tokens_differ,
+                                  "layout": trial.layout.to_json()})
+                st["closed"] = args.stop_on_first
+        if timed_out:
+            break
+    results = []
+    total_div = 0
+    for st in states:
+        solo, req, div = st["solo"], st["req"], st["div"]
         prefill_bad = None
         if args.check_prefill:
             prefill_bad = 0
@@ -131,18 +158,21 @@ def main() -> int:
                 prefill_bad += not torch.equal(g.step_logits[0], solo.step_logits[t])
         total_div += len(div)
         token_div = sum(d["tokens_differ"] for d in div)
-        results.append({"prompt": p, "trials": per_prompt, "divergent_trials": len(div),
-                        "token_divergent_trials": token_div, "unique_completions": len(seen),
+        results.append({"prompt": st["prompt"], "trials": st["done"], "divergent_trials": len(div),
+                        "token_divergent_trials": token_div, "unique_completions": len(st["seen"]),
                         "first_steps": [d["step"] for d in div][:10], "prefill_mismatches": prefill_bad,
-                        "divergences": div[:5]})
-        print(f"{p[:40]:<42} trials {per_prompt:>4}  divergent {len(div):>4} (tokens {token_div:>3})  "
-              f"unique {len(seen):>3}" + (f"  prefill mismatches {prefill_bad}" if prefill_bad is not None else ""),
+                        "first_divergent_trial": div[0]["trial"] if div else None, "divergences": div[:5]})
+        print(f"{st['prompt'][:40]:<42} trials {st['done']:>4}  divergent {len(div):>4} (tokens {token_div:>3})  "
+              f"unique {len(st['seen']):>3}" + (f"  prefill mismatches {prefill_bad}" if prefill_bad is not None else ""),
               flush=True)
+    flagged = sum(1 for r in results if r["divergent_trials"])
     dt = time.time() - t0
     batch_sizes = "2..%d" % args.max_batch
-    print(f"\n{name} on {dev.type} {args.dtype}, kernels={args.kernels}: {len(results) * per_prompt} trials over "
+    n_trials = sum(r["trials"] for r in results)
+    print(f"\n{name} on {dev.type} {args.dtype}, kernels={args.kernels}: {n_trials} trials over "
           f"{len(results)} prompts (batch {batch_sizes}, fillers 1..{args.max_filler} tokens, {args.max_new_tokens} "
-          f"new tokens): {total_div} divergent trials, {dt:.0f} s")
+          f"new tokens): {total_div} divergent trials; prompts flagged {flagged}/{len(results)}; {dt:.0f} s"
+          + (" (time limit reached)" if timed_out else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
                                                "kernels": args.kernels, "torch": torch.__version__,

@@ -123,6 +123,26 @@ def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
     return _rms(input, normalized_shape, weight, eps)[0]
 
 
+def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+                      bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm (GPT-2 and friends) from two invariant row means and elementwise ops."""
+    _need_float("native_layer_norm", input)
+    k = len(normalized_shape)
+    lead = input.shape[: input.dim() - k]
+    x = input.reshape(*lead, -1).to(torch.float32)
+    mean = mean_dim(x, [-1], True)
+    c = x - mean
+    var = mean_dim(c * c, [-1], True)
+    rstd = torch.rsqrt(var + eps)
+    out = (c * rstd).reshape(input.shape)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    stat = (*lead, *([1] * k))
+    return out.to(input.dtype), mean.reshape(stat), rstd.reshape(stat)
+
+
 def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
                    scale: float, causal: bool = True, softcap: float | None = None) -> torch.Tensor:
     """q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) -> (B,Tq,H,d).
@@ -143,4 +163,5 @@ CUDA_IMPLS: dict[str, Callable[..., Any]] = {
     "_softmax": softmax,
     "_log_softmax": log_softmax,
     "_fused_rms_norm": fused_rms_norm,
+    "native_layer_norm": native_layer_norm,
 }
