@@ -141,6 +141,8 @@ class Runtime:
         rng = random.Random(seed)
         max_batch = self.settings.max_batch or (64 if lm.device.type == "cuda" else 16)
         max_filler = 1024 if lm.device.type == "cuda" else 256
+        if eng.max_positions:  # a filler and its new tokens must fit the model's context too
+            max_filler = max(1, min(max_filler, eng.max_positions - req.max_new_tokens))
         decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731
         found: list[Divergence] = []
         for trial in design_trials(rng, trials, req, self.pool(spec), max_batch, max_filler):
@@ -190,7 +192,8 @@ def _generate_halving(eng: Engine, requests: list[Request], layout: Any, progres
             import warnings
 
             slot = layout.slot
-            keep = [i for i in range(len(reqs)) if i == slot or i % 2 == 0]
+            others = [i for i in range(len(reqs)) if i != slot]
+            keep = sorted([slot] + others[: len(others) // 2])  # always shrinks, always keeps the prompt
             new_slot = keep.index(slot)
             warnings.warn(f"detllm: out of memory at fuzz batch size {len(reqs)}; halving to {len(keep)} and going on",
                           stacklevel=2)

@@ -446,9 +446,6 @@ def test_out_of_memory_while_building_a_fuzz_batch_halves_it(pytester: pytest.Py
     result.stdout.fnmatch_lines(["detllm: 1 calls, 5 trials, 0 divergences"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug in runtime._generate_halving (not this file's to fix): a batch of 3 with "
-                   "the prompt at slot 1 keeps slots 0, 1, 2 and never shrinks, so a persistent OOM loops forever. "
-                   "Remove this marker once fixed.")
 def test_halving_always_makes_progress() -> None:
     import torch
 
@@ -470,10 +467,6 @@ def test_halving_always_makes_progress() -> None:
     assert calls == [3, 2]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug in runtime.fuzz (not this file's to fix): fillers are drawn up to 256 tokens whatever "
-                   "the model's context, so a learned-position model (GPT-2, n_positions=64) fails with an "
-                   "IndexError traceback. Remove this marker once fillers are capped by the context.")
 def test_fuzz_fillers_fit_the_models_context(pytester: pytest.Pytester, tmp_path: Path, tiny_llama_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
