@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--stop-on-first", action="store_true", help="per prompt, stop at its first divergence")
     ap.add_argument("--check-prefill", action="store_true")
+    ap.add_argument("--temperature", type=float, default=0.0, help="> 0: the prompt samples (seeded), fuzz covers it")
     ap.add_argument("--strict", action="store_true", help="audit every generate (prefill + first decode step)")
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (trials run round-robin)")
     ap.add_argument("--json", default=None)
@@ -122,7 +123,8 @@ def main() -> int:
     t0 = time.time()
     states = []
     for p in PROMPTS[: args.prompts]:
-        req = Request(tuple(encode(p)), max_new_tokens=args.max_new_tokens)
+        req = Request(tuple(encode(p)), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      seed=len(states) if args.temperature > 0 else None)
         solo = eng.generate([req])[0]
         states.append({"prompt": p, "req": req, "solo": solo, "div": [], "done": 0, "closed": False,
                        "seen": {(tuple(solo.token_ids), logit_hash(solo.step_logits))},
@@ -154,7 +156,7 @@ def main() -> int:
         if args.check_prefill:
             prefill_bad = 0
             for t in range(1, len(solo.token_ids)):
-                g = eng.generate([Request(req.input_ids + tuple(solo.token_ids[:t]), 1)])[0]
+                g = eng.generate([Request(req.input_ids + tuple(solo.token_ids[:t]), 1, req.temperature, req.seed)])[0]
                 prefill_bad += not torch.equal(g.step_logits[0], solo.step_logits[t])
         total_div += len(div)
         token_div = sum(d["tokens_differ"] for d in div)

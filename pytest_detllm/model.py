@@ -82,18 +82,35 @@ def _torch_dtype(dtype: str) -> Any:
     return getattr(torch, dtype)
 
 
+def worker_gpu_index(worker: str | None, count: int) -> int:
+    """xdist worker ``gwN`` takes GPU ``N mod count``; the main process takes GPU 0."""
+    if not worker or not worker.startswith("gw") or count <= 1:
+        return 0
+    try:
+        return int(worker[2:]) % count
+    except ValueError:
+        return 0
+
+
+def _cuda_for_worker() -> Any:
+    import torch
+
+    # On a multi-GPU host each xdist worker gets its own card, so workers never contend for one.
+    return torch.device("cuda", worker_gpu_index(os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count()))
+
+
 def resolve_device(device: str) -> Any:
     import torch
 
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _cuda_for_worker() if torch.cuda.is_available() else torch.device("cpu")
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
                 "--detllm-device=cuda but CUDA is not available to torch "
                 f"(torch {torch.__version__}); install a CUDA build of torch or use --detllm-device=cpu"
             )
-        return torch.device("cuda")
+        return _cuda_for_worker()
     if device == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"--detllm-device={device!r} is not supported: choose auto, cpu or cuda")

@@ -139,3 +139,10 @@ def test_first_divergence_finds_logit_only_change() -> None:
     d = first_divergence(a, b)
     assert d is not None and d.step == 1 and not d.tokens_differ
     assert first_divergence(a, a) is None
+
+
+def test_xdist_workers_spread_over_gpus() -> None:
+    from pytest_detllm.model import worker_gpu_index
+
+    assert [worker_gpu_index(f"gw{i}", 4) for i in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert worker_gpu_index(None, 4) == 0 and worker_gpu_index("gw3", 1) == 0
