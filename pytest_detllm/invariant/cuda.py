@@ -126,21 +126,10 @@ def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
 def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
                       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm (GPT-2 and friends) from two invariant row means and elementwise ops."""
+    from .fixed import layer_norm_with
+
     _need_float("native_layer_norm", input)
-    k = len(normalized_shape)
-    lead = input.shape[: input.dim() - k]
-    x = input.reshape(*lead, -1).to(torch.float32)
-    mean = mean_dim(x, [-1], True)
-    c = x - mean
-    var = mean_dim(c * c, [-1], True)
-    rstd = torch.rsqrt(var + eps)
-    out = (c * rstd).reshape(input.shape)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    stat = (*lead, *([1] * k))
-    return out.to(input.dtype), mean.reshape(stat), rstd.reshape(stat)
+    return layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape), weight, bias, eps)
 
 
 def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

@@ -16,6 +16,8 @@ separate dispatcher entry and therefore still the stock kernel.
 from __future__ import annotations
 
 import threading
+from typing import Callable
+
 import torch
 
 # Block heights, largest first. Rows are served by the largest tier that fits, the remainder
@@ -162,18 +164,18 @@ def fixed_softmax(x: torch.Tensor, dim: int, log: bool, out_dtype: torch.dtype) 
     return out.to(out_dtype).movedim(-1, dim)
 
 
-def fixed_layer_norm(
-    x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+def layer_norm_with(
+    row_mean: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, normalized_shape: list[int],
+    weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """native_layer_norm with tree sums; returns (out, mean, rstd) like the aten op."""
+    """native_layer_norm from an invariant row mean (keepdim, fp32 rows in, fp32 out) and
+    elementwise ops; returns (out, mean, rstd) like the aten op. Shared by the CPU and CUDA tables."""
     k = len(normalized_shape)
     lead = x.shape[: x.dim() - k]
     y = x.reshape(*lead, -1).to(_acc_dtype(x.dtype))
-    n = y.shape[-1]
-    mean = (tree_sum_last(y) / n).unsqueeze(-1)
+    mean = row_mean(y)
     c = y - mean
-    var = (tree_sum_last(c * c) / n).unsqueeze(-1)
-    rstd = torch.rsqrt(var + eps)
+    rstd = torch.rsqrt(row_mean(c * c) + eps)
     out = (c * rstd).reshape(x.shape)
     if weight is not None:
         out = out * weight
@@ -181,6 +183,16 @@ def fixed_layer_norm(
         out = out + bias
     stat_shape = (*lead, *([1] * k))
     return out.to(x.dtype), mean.reshape(stat_shape), rstd.reshape(stat_shape)
+
+
+def tree_mean_keepdim(y: torch.Tensor) -> torch.Tensor:
+    return (tree_sum_last(y) / y.shape[-1]).unsqueeze(-1)
+
+
+def fixed_layer_norm(
+    x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return layer_norm_with(tree_mean_keepdim, x, normalized_shape, weight, bias, eps)
 
 
 def fixed_rms_norm(x: torch.Tensor, k: int, weight: torch.Tensor | None, eps: float | None) -> torch.Tensor:
