@@ -12,6 +12,13 @@ for _k in [k for k in os.environ if k.startswith("DETLLM_")]:
     del os.environ[_k]
 
 
+@pytest.fixture(autouse=True)
+def _not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite runs under CI=true in CI; the plugin's own runs must behave as on a laptop unless a
+    test sets CI itself (the refusal test does)."""
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2 converted to safetensors (converted once per machine, then cached)."""
