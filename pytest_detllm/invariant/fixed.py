@@ -23,7 +23,7 @@ import torch
 # Block heights, largest first. Rows are served by the largest tier that fits, the remainder
 # by the smallest (zero-padded). Tiers other than the smallest are used only for a
 # (shape, dtype, layout) whose tiers were checked to agree bit for bit (see _tiers_for).
-TIERS: tuple[int, ...] = (128, 32, 8)
+TIERS: tuple[int, ...] = (128, 32, 8, 4)
 # Fixed number of keys per attention chunk; chunks start at each sequence's first real key.
 KEY_CHUNK: int = 128
 
