@@ -27,16 +27,9 @@ class CallOptions:
         m = item.get_closest_marker("detllm")
         if m is None:
             return cls()
-        if m.args:
-            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.detllm takes keyword arguments only")
-        from .plugin import MARKER_KWARGS  # one list, also checked at collection time
+        from .plugin import check_marker  # the one validation, also run at collection time
 
-        known = set(MARKER_KWARGS)
-        unknown = set(m.kwargs) - known
-        if unknown:
-            raise pytest.UsageError(
-                f"{item.nodeid}: unknown @pytest.mark.detllm argument(s) {sorted(unknown)}; known: {sorted(known)}"
-            )
+        check_marker(item.nodeid, m)
         return cls(**m.kwargs)
 
 

@@ -68,20 +68,36 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(msg)
 
 
-MARKER_KWARGS = ("check_prefill", "fuzz_trials", "max_new_tokens", "model")
+# Marker keyword -> accepted types (bool is an int subclass: checked apart below).
+MARKER_KWARGS: dict[str, tuple[type, ...]] = {
+    "check_prefill": (bool,), "fuzz_trials": (int,), "max_new_tokens": (int,), "model": (str,),
+}
+
+
+def check_marker(nodeid: str, mark: pytest.Mark) -> None:
+    """One line naming the test and the bad argument; shared by collection and the llm fixture."""
+    if mark.args:
+        raise pytest.UsageError(f"{nodeid}: @pytest.mark.detllm takes keyword arguments only")
+    unknown = sorted(set(mark.kwargs) - set(MARKER_KWARGS))
+    if unknown:
+        raise pytest.UsageError(
+            f"{nodeid}: unknown @pytest.mark.detllm argument(s) {unknown}; known: {list(MARKER_KWARGS)}"
+        )
+    for name, value in mark.kwargs.items():
+        types = MARKER_KWARGS[name]
+        ok = value is None or (isinstance(value, types) and (bool in types or not isinstance(value, bool)))
+        if ok and name in ("fuzz_trials", "max_new_tokens") and value is not None and value < 0:
+            ok = False
+        if not ok:
+            want = "a non-negative integer" if int in types else types[0].__name__
+            raise pytest.UsageError(f"{nodeid}: @pytest.mark.detllm({name}={value!r}): expected {want}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A typo in @pytest.mark.detllm(...) stops the session with one line, before any model loads.
     for item in items:
         for mark in item.iter_markers("detllm"):
-            if mark.args:
-                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.detllm takes keyword arguments only")
-            unknown = sorted(set(mark.kwargs) - set(MARKER_KWARGS))
-            if unknown:
-                raise pytest.UsageError(
-                    f"{item.nodeid}: unknown @pytest.mark.detllm argument(s) {unknown}; known: {list(MARKER_KWARGS)}"
-                )
+            check_marker(item.nodeid, mark)
 
 
 def _value(config: pytest.Config, name: str) -> Any:

@@ -212,6 +212,26 @@ def test_unknown_marker_argument_is_a_usage_error(pytester: pytest.Pytester, tin
     assert "detllm: 0 calls" not in result.stdout.str() and "1 calls" not in result.stdout.str()  # no model ran
 
 
+@pytest.mark.parametrize("arg, expected", [
+    ('max_new_tokens="3"', "max_new_tokens='3'): expected a non-negative integer"),
+    ("fuzz_trials=-1", "fuzz_trials=-1): expected a non-negative integer"),
+    ("check_prefill=1", "check_prefill=1): expected bool"),
+    ("model=3", "model=3): expected str"),
+])
+def test_marker_argument_of_the_wrong_type_is_a_usage_error(pytester: pytest.Pytester, tiny: str, arg: str,
+                                                            expected: str) -> None:
+    pytester.makepyfile(test_x=f"""
+        import pytest
+
+        @pytest.mark.detllm({arg})
+        def test_typed(llm):
+            llm("Hello")
+    """)
+    result = pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.errlines[0] == f"ERROR: test_x.py::test_typed: @pytest.mark.detllm({expected}"
+
+
 # -- snapshots -----------------------------------------------------------------------------------
 
 def test_missing_golden_fails_as_syrupy_does(pytester: pytest.Pytester, tiny: str) -> None:
