@@ -165,3 +165,18 @@ def test_mode_works_from_threads() -> None:
     for t in ts:
         t.join()
     assert results == [True] * 4 and not registry.active()
+
+
+def test_cuda_without_kernels_gets_tripwires_not_stock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU machine whose Triton kernels fail to load, CUDA ops inside the mode must fail
+    loudly (vLLM's silent ROCm no-op), not run stock kernels."""
+    from pytest_detllm.invariant.cpu import CPU_IMPLS
+
+    monkeypatch.setattr(registry, "device_tables", lambda: {"CPU": CPU_IMPLS})
+    monkeypatch.setattr(registry, "_cuda_error", ["No module named 'triton'"])
+    tables = registry.install_tables()
+    assert set(tables["CUDA"]) == set(CPU_IMPLS)
+    with pytest.raises(RuntimeError, match=r"aten::mm ran on CUDA inside batch_invariant\(\).*No module named 'triton'"):
+        tables["CUDA"]["mm"](torch.zeros(1, 1), torch.zeros(1, 1))
+    with pytest.raises(RuntimeError, match="no kernels for device 'cuda'.*No module named 'triton'"):
+        registry.check_device("cuda")

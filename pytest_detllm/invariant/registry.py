@@ -78,6 +78,26 @@ def device_tables() -> dict[str, dict[str, Callable[..., object]]]:
 _cuda_error: list[str] = [""]
 
 
+def _tripwire(op: str, why: str) -> Callable[..., object]:
+    def refuse(*args: Any, **kwargs: Any) -> object:
+        raise RuntimeError(
+            f"detllm: aten::{op} ran on CUDA inside batch_invariant(), but the invariant CUDA kernels are "
+            f"unavailable ({why}); install triton, or leave the mode for stock kernels"
+        )
+
+    return refuse
+
+
+def install_tables() -> dict[str, dict[str, Callable[..., object]]]:
+    """What enter() registers: the device tables, plus, on a CUDA machine whose kernels failed to
+    load, a tripwire for each CUDA op, so a model on the GPU fails loudly instead of silently
+    running stock kernels inside the mode."""
+    tables = dict(device_tables())
+    if "CUDA" not in tables and _cuda_error[0]:
+        tables["CUDA"] = {name: _tripwire(name, _cuda_error[0]) for name in tables["CPU"]}
+    return tables
+
+
 def covered_ops(device_type: str) -> set[str]:
     """aten overload names with an invariant implementation on this device ('cpu' or 'cuda')."""
     return set(device_tables().get(device_type.upper(), {}))
@@ -129,7 +149,7 @@ def enter() -> None:
             with warnings.catch_warnings():
                 # torch warns that we override a registered kernel: that is the point.
                 warnings.simplefilter("ignore")
-                for key, table in device_tables().items():
+                for key, table in install_tables().items():
                     for name, fn in table.items():
                         lib.impl(name, _counted(key.lower(), name, fn), key)
                         _installed.setdefault(key, set()).add(name)
