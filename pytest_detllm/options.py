@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -115,5 +115,3 @@ def resolve(config: pytest.Config, environ: "dict[str, str] | None" = None) -> d
 def explicitly_set(values: dict[str, Any]) -> bool:
     return any(src != "default" for _, src in values.values())
 
-
-Resolver = Callable[[pytest.Config], dict[str, Any]]

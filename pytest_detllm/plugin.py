@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
@@ -108,8 +108,8 @@ def pytest_configure_node(node: Any) -> None:  # xdist controller -> worker
     node.workerinput["detllm_seed"] = _value(node.config, "seed")
 
 
-def _uses_detllm(session: pytest.Session) -> bool:
-    return any(FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items)
+def _uses_detllm(items: list[pytest.Item]) -> bool:
+    return any(FIXTURES & set(getattr(item, "fixturenames", ())) for item in items)
 
 
 def header_line(config: pytest.Config) -> str:
@@ -123,7 +123,7 @@ def header_line(config: pytest.Config) -> str:
 
 def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items: list[pytest.Item]) -> list[str]:
     # Printed only for suites that use detllm, so that loading the plugin elsewhere prints nothing.
-    if any(FIXTURES & set(getattr(i, "fixturenames", ())) for i in items) or options.explicitly_set(
+    if _uses_detllm(items) or options.explicitly_set(
         {k: val for k, val in config.stash[_SETTINGS].items() if k != "seed"}
     ):
         return [header_line(config)]

@@ -15,7 +15,7 @@ import torch
 from .completion import Completion, logit_hash
 from .engine import Engine, Generation, Request
 from .errors import PromptError
-from .fuzz import FillerPool, design_trials, first_divergence
+from .fuzz import FillerPool, StepDiff, design_trials, first_divergence
 from .model import LoadedModel, load
 from .report import Divergence, Stats
 
@@ -146,7 +146,7 @@ class Runtime:
         decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731
         found: list[Divergence] = []
         for trial in design_trials(rng, trials, req, self.pool(spec), max_batch, max_filler):
-            gens = _generate_halving(eng, trial.requests, trial.layout, progress)
+            gens = _generate_halving(eng, trial.requests, trial.layout)
             self.stats.trials += 1
             if progress:
                 progress(trial.index + 1, trials)
@@ -170,8 +170,6 @@ class Runtime:
             gen = eng.generate([fresh])[0]
             self.stats.prefill_checks += 1
             if not torch.equal(gen.step_logits[0], solo.step_logits[t]):
-                from .fuzz import StepDiff
-
                 diff = StepDiff(t, False, float((gen.step_logits[0] - solo.step_logits[t]).abs().max()))
                 padded = Generation(token_ids=list(solo.token_ids[:t]) + gen.token_ids,
                                     step_logits=list(solo.step_logits[:t]) + gen.step_logits)
@@ -180,7 +178,7 @@ class Runtime:
         return []
 
 
-def _generate_halving(eng: Engine, requests: list[Request], layout: Any, progress: Any) -> list[Generation]:
+def _generate_halving(eng: Engine, requests: list[Request], layout: Any) -> list[Generation]:
     """Generate; on out-of-memory, drop half of the fillers (keeping the prompt) and say so."""
     reqs = list(requests)
     while True:

@@ -39,11 +39,11 @@ RECORD_HEADER = "detllm-completion v1"
 _FIELDS = ("model", "prompt", "finish", "logit_hash", "text")
 
 # The environment key of the completion being asserted (set just before each assertion).
-_env_key: list[Callable[[], str]] = [lambda: "unconfigured"]
+_env_key: list[str] = ["unconfigured"]
 
 
 def set_env_key(key: str) -> None:
-    _env_key[0] = lambda: key
+    _env_key[0] = key
 
 
 def is_snapshot_assertion(obj: object) -> bool:
@@ -125,7 +125,7 @@ class DetllmSnapshotExtension(AmberSnapshotExtension):
 
     @classmethod
     def dirname(cls, *, test_location: "PyTestLocation") -> str:
-        return str(Path(test_location.filepath).parent / SNAPSHOT_ROOT / _env_key[0]())
+        return str(Path(test_location.filepath).parent / SNAPSHOT_ROOT / _env_key[0])
 
     @classmethod
     def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: dict[str, int] | None = None) -> None:
@@ -172,7 +172,7 @@ def other_env_goldens(test_location: "PyTestLocation", snapshot_name: str) -> li
     root = Path(test_location.filepath).parent / SNAPSHOT_ROOT
     if not root.is_dir():
         return []
-    current = _env_key[0]()
+    current = _env_key[0]
     found = []
     needle = f"# name: {snapshot_name}\n"
     for env_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != current):
@@ -216,7 +216,7 @@ def assert_completion(snapshot: SnapshotAssertion, completion: "Completion") -> 
             if others:
                 pytest.skip(
                     f"detllm: golden {name!r} exists only for environment(s) {', '.join(others)}, not for "
-                    f"{_env_key[0]()}; record one with --snapshot-update (other environments' goldens are kept)"
+                    f"{_env_key[0]}; record one with --snapshot-update (other environments' goldens are kept)"
                 )
     return snapshot(extension_class=ext) == completion
 

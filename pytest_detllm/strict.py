@@ -89,11 +89,10 @@ def _is_composite(func: Any) -> bool:
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, audit: Audit, modules: list[str], keep_going: bool) -> None:
+    def __init__(self, audit: Audit, modules: list[str]) -> None:
         super().__init__()
         self.audit = audit
         self.modules = modules
-        self.keep_going = keep_going
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -153,7 +152,7 @@ def record(model: torch.nn.Module | None = None, *, raise_on_violation: bool = T
 
     attn_before = {d: registry.call_count(d, ATTENTION_OP) for d in ("cpu", "cuda")}
     try:
-        with _Recorder(audit, stack, keep_going=not raise_on_violation):
+        with _Recorder(audit, stack):
             yield audit
     finally:
         for h in handles:

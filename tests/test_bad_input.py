@@ -463,7 +463,7 @@ def test_halving_always_makes_progress() -> None:
 
     # Halving down to the prompt plus one filler, then giving up with the OOM itself.
     with pytest.warns(UserWarning, match="halving"), pytest.raises(torch.OutOfMemoryError):
-        _generate_halving(OutOfMemory(), [object()] * 3, Layout("random", 3, 1, [5, 6]), None)  # type: ignore[arg-type]
+        _generate_halving(OutOfMemory(), [object()] * 3, Layout("random", 3, 1, [5, 6]))  # type: ignore[arg-type]
     assert calls == [3, 2]
 
 

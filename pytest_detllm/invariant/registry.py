@@ -1,7 +1,7 @@
 """The one override registry: which implementation serves which aten op on which device.
 
-Both the mode (``batch_invariant()``) and the strict-mode audit read ``covered_ops()``, so "what is
-covered" is written once. Overrides go in through ``torch.library`` (process-global, like
+Both the mode (``batch_invariant()``) and the strict-mode audit read it (``installed()`` and the
+per-override call counts), so "what is covered" is written once. Overrides go in through ``torch.library`` (process-global, like
 thinking-machines-lab/batch_invariant_ops); entering is reference-counted, so nesting and
 threads are safe and the stock kernels come back when the last user leaves.
 """
@@ -96,11 +96,6 @@ def install_tables() -> dict[str, dict[str, Callable[..., object]]]:
     if "CUDA" not in tables and _cuda_error[0]:
         tables["CUDA"] = {name: _tripwire(name, _cuda_error[0]) for name in tables["CPU"]}
     return tables
-
-
-def covered_ops(device_type: str) -> set[str]:
-    """aten overload names with an invariant implementation on this device ('cpu' or 'cuda')."""
-    return set(device_tables().get(device_type.upper(), {}))
 
 
 def supported_devices() -> set[str]:
