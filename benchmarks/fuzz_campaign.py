@@ -8,14 +8,23 @@ The same trial design as ``pytest --detllm-batch-fuzz`` (pytest_detllm.fuzz), ru
 
 Prints, per prompt, how many trials diverged from the solo run (token ids or logit hash) and how
 many distinct completions were seen; exits 1 on any divergence under the invariant kernels.
+
+``--workers N`` runs the trials in N processes (seeds seed, seed+1, ...; on a multi-GPU host
+worker i takes GPU i mod count) and merges them: a small model on a GPU is host-bound, so N
+processes give about N times the trials. Distinct completions are counted over the union of all
+workers, so the solo runs of different processes must agree bitwise too.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,7 +96,10 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="audit every generate (prefill + first decode step)")
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (trials run round-robin)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--workers", type=int, default=1, help="run the trials in this many processes and merge")
     args = ap.parse_args()
+    if args.workers > 1:
+        return run_workers(args)
 
     from pytest_detllm.completion import logit_hash
     from pytest_detllm.engine import Engine, Request
@@ -127,7 +139,7 @@ def main() -> int:
                       seed=len(states) if args.temperature > 0 else None)
         solo = eng.generate([req])[0]
         states.append({"prompt": p, "req": req, "solo": solo, "div": [], "done": 0, "closed": False,
-                       "seen": {(tuple(solo.token_ids), logit_hash(solo.step_logits))},
+                       "seen": {_key(solo.token_ids, logit_hash(solo.step_logits))},
                        "trials": design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler)})
     timed_out = False
     for k in range(per_prompt):  # round-robin, so a time limit cuts every prompt evenly
@@ -140,7 +152,7 @@ def main() -> int:
             trial = st["trials"][k]
             g = eng.generate(trial.requests)[trial.layout.slot]
             st["done"] += 1
-            st["seen"].add((tuple(g.token_ids), logit_hash(g.step_logits)))
+            st["seen"].add(_key(g.token_ids, logit_hash(g.step_logits)))
             d = first_divergence(st["solo"], g)
             if d is not None:
                 st["div"].append({"trial": trial.index, "step": d.step, "tokens_differ": d.tokens_differ,
@@ -163,23 +175,110 @@ def main() -> int:
         results.append({"prompt": st["prompt"], "trials": st["done"], "divergent_trials": len(div),
                         "token_divergent_trials": token_div, "unique_completions": len(st["seen"]),
                         "first_steps": [d["step"] for d in div][:10], "prefill_mismatches": prefill_bad,
-                        "first_divergent_trial": div[0]["trial"] if div else None, "divergences": div[:5]})
+                        "first_divergent_trial": div[0]["trial"] if div else None, "divergences": div[:5],
+                        "solo": _key(solo.token_ids, logit_hash(solo.step_logits)), "seen": sorted(st["seen"])})
         print(f"{st['prompt'][:40]:<42} trials {st['done']:>4}  divergent {len(div):>4} (tokens {token_div:>3})  "
               f"unique {len(st['seen']):>3}" + (f"  prefill mismatches {prefill_bad}" if prefill_bad is not None else ""),
               flush=True)
-    flagged = sum(1 for r in results if r["divergent_trials"])
     dt = time.time() - t0
-    batch_sizes = "2..%d" % args.max_batch
-    n_trials = sum(r["trials"] for r in results)
-    print(f"\n{name} on {dev.type} {args.dtype}, kernels={args.kernels}: {n_trials} trials over "
-          f"{len(results)} prompts (batch {batch_sizes}, fillers 1..{args.max_filler} tokens, {args.max_new_tokens} "
-          f"new tokens): {total_div} divergent trials; prompts flagged {flagged}/{len(results)}; {dt:.0f} s"
-          + (" (time limit reached)" if timed_out else ""))
+    _summary(args, f"{name} on {dev.type} {args.dtype}", results, dt, timed_out)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
                                                "kernels": args.kernels, "torch": torch.__version__,
-                                               "results": results, "seconds": dt}, indent=2))
+                                               "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                                               "timed_out": timed_out, "results": results, "seconds": dt}, indent=2))
     return 1 if (total_div and args.kernels == "invariant") else 0
+
+
+def _key(token_ids: list[int], lhash: str) -> str:
+    """One completion as a short string: tokens digest + logit hash (comparable across processes)."""
+    return hashlib.sha256(repr(list(token_ids)).encode()).hexdigest()[:16] + ":" + lhash
+
+
+def _summary(args: argparse.Namespace, where: str, results: list[dict], dt: float, timed_out: bool) -> None:
+    total_div = sum(r["divergent_trials"] for r in results)
+    flagged = sum(1 for r in results if r["divergent_trials"])
+    n_trials = sum(r["trials"] for r in results)
+    print(f"\n{where}, kernels={args.kernels}: {n_trials} trials over "
+          f"{len(results)} prompts (batch 2..{args.max_batch}, fillers 1..{args.max_filler} tokens, "
+          f"{args.max_new_tokens} new tokens): {total_div} divergent trials; prompts flagged "
+          f"{flagged}/{len(results)}; {dt:.0f} s" + (" (time limit reached)" if timed_out else ""), flush=True)
+
+
+def run_workers(args: argparse.Namespace) -> int:
+    """Run `args.workers` copies of this script with seeds seed+i, then merge their JSON."""
+    n = args.workers
+    gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    t0 = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="detllm-campaign-"))
+    procs = []
+    argv = [a for a in sys.argv[1:]]
+    for i in range(n):
+        child = _without(argv, ("--workers", "--seed", "--json", "--trials"))
+        per_prompt = max(1, args.trials // args.prompts)
+        share = (per_prompt // n + (1 if i < per_prompt % n else 0)) * args.prompts
+        child += ["--seed", str(args.seed + i), "--json", str(tmp / f"w{i}.json"), "--trials", str(share)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        log = open(tmp / f"w{i}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, __file__, *child], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    codes = [p.wait() for p, _ in procs]
+    for _, log in procs:
+        log.close()
+    parts = []
+    for i, code in enumerate(codes):
+        f = tmp / f"w{i}.json"
+        if not f.exists():
+            print(f"worker {i} exited {code} without results; its log:\n" + (tmp / f"w{i}.log").read_text()[-3000:])
+            return 2
+        parts.append(json.loads(f.read_text()))
+    merged = []
+    for j, first in enumerate(parts[0]["results"]):
+        rows = [p["results"][j] for p in parts]
+        seen = sorted(set().union(*(r["seen"] for r in rows)))
+        solos = {r["solo"] for r in rows}
+        div = [d for r in rows for d in r["divergences"]]
+        pre = [r["prefill_mismatches"] for r in rows]
+        m = {"prompt": first["prompt"], "trials": sum(r["trials"] for r in rows),
+             "divergent_trials": sum(r["divergent_trials"] for r in rows) + (len(solos) - 1),
+             "token_divergent_trials": sum(r["token_divergent_trials"] for r in rows),
+             "unique_completions": len(seen), "solo_agrees_across_workers": len(solos) == 1,
+             "prefill_mismatches": None if pre[0] is None else sum(pre),
+             "first_steps": [s for r in rows for s in r["first_steps"]][:10], "divergences": div[:5],
+             "trials_per_worker": [r["trials"] for r in rows], "seen": seen}
+        merged.append(m)
+        print(f"{m['prompt'][:40]:<42} trials {m['trials']:>4}  divergent {m['divergent_trials']:>4} "
+              f"(tokens {m['token_divergent_trials']:>3})  unique {m['unique_completions']:>3}"
+              + (f"  prefill mismatches {m['prefill_mismatches']}" if m["prefill_mismatches"] is not None else "")
+              + ("" if m["solo_agrees_across_workers"] else "  SOLO DIFFERS ACROSS WORKERS"))
+    dt = time.time() - t0
+    head = parts[0]
+    timed_out = any(p.get("timed_out") for p in parts)
+    _summary(args, f"{head['model']} on {head['device']} {head['dtype']} ({head.get('card') or 'cpu'}), "
+                   f"{n} workers", merged, dt, timed_out)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**{k: head[k] for k in ("model", "device", "dtype", "kernels", "torch")},
+                                               "card": head.get("card"), "workers": n, "seeds": [args.seed + i for i in range(n)],
+                                               "timed_out": timed_out, "results": merged, "seconds": dt}, indent=2))
+    total = sum(m["divergent_trials"] for m in merged)
+    return 1 if total and args.kernels == "invariant" else 0
+
+
+def _without(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(nm + "=") for nm in names):
+            continue
+        out.append(a)
+    return out
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_attention_softcap() -> None:
 
 def test_registered_overrides_make_stock_calls_invariant() -> None:
     """Installed through torch.library for the CUDA key, CUDA_IMPLS take over F.linear, matmul,
-    softmax, log_softmax, mean and rms_norm, and rows stop depending on the batch size."""
+    softmax, log_softmax, mean, rms_norm and layer_norm, and rows stop depending on the batch size."""
     from pytest_detllm.invariant.cuda import CUDA_IMPLS
 
     kc.load_kernels()
@@ -97,6 +97,8 @@ def test_registered_overrides_make_stock_calls_invariant() -> None:
         "log_softmax_h2f": lambda t: torch.log_softmax(t.to(BF16), -1, dtype=F32),
         "mean": lambda t: t.pow(2).mean(-1, keepdim=True),
         "rms_norm": lambda t: torch.nn.functional.rms_norm(t, (4096,), b, 1e-6),
+        "layer_norm": lambda t: torch.nn.functional.layer_norm(t, (4096,), b, b.flip(0), 1e-5),
+        "layer_norm_bf16": lambda t: torch.nn.functional.layer_norm(t.to(BF16), (4096,), None, None, 1e-5),
     }
     lib = torch.library.Library("aten", "IMPL")
     try:
