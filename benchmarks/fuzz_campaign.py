@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -224,9 +225,15 @@ def run_workers(args: argparse.Namespace) -> int:
         log = open(tmp / f"w{i}.log", "w")
         procs.append((subprocess.Popen([sys.executable, __file__, *child], env=env, stdout=log,
                                        stderr=subprocess.STDOUT), log))
-    codes = [p.wait() for p, _ in procs]
-    for _, log in procs:
-        log.close()
+    try:
+        codes = [p.wait() for p, _ in procs]
+    except KeyboardInterrupt:  # take the workers down too, not leave them on the GPU
+        for p, _ in procs:
+            p.terminate()
+        raise
+    finally:
+        for _, log in procs:
+            log.close()
     parts = []
     for i, code in enumerate(codes):
         f = tmp / f"w{i}.json"
@@ -262,6 +269,7 @@ def run_workers(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({**{k: head[k] for k in ("model", "device", "dtype", "kernels", "torch")},
                                                "card": head.get("card"), "workers": n, "seeds": [args.seed + i for i in range(n)],
                                                "timed_out": timed_out, "results": merged, "seconds": dt}, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)  # kept above when a worker failed, for its log
     total = sum(m["divergent_trials"] for m in merged)
     return 1 if total and args.kernels == "invariant" else 0
 
