@@ -12,6 +12,7 @@ from pytest_detllm import batch_invariant
 from pytest_detllm.engine import Engine, Request, gumbel_noise
 from pytest_detllm.fuzz import EDGE_BATCHES, KINDS, FillerPool, design_trials, first_divergence
 from pytest_detllm.model import load
+from tests.trials import decode_matches_prefill, divergent_trials
 
 PROMPT = "The history of the old stone bridge begins in 1850, when"
 
@@ -27,12 +28,8 @@ def _engine(path: Path | None, invariant: bool) -> tuple[Engine, list[int], Fill
 
 def _divergent_trials(eng: Engine, ids: list[int], pool: FillerPool, trials: int, new: int = 8,
                       max_filler: int = 64, seed: int = 0) -> int:
-    req = Request(tuple(ids), max_new_tokens=new)
-    solo = eng.generate([req])[0]
-    n = 0
-    for t in design_trials(random.Random(seed), trials, req, pool, max_batch=8, max_filler=max_filler):
-        n += first_divergence(solo, eng.generate(t.requests)[t.layout.slot]) is not None
-    return n
+    return divergent_trials(eng, Request(tuple(ids), max_new_tokens=new), pool, trials, max_batch=8,
+                            max_filler=max_filler, seed=seed)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
@@ -54,11 +51,7 @@ def test_embedded_model_fuzz_invariant_and_negative_control(embedded_dir: Path) 
 def test_decode_equals_fresh_prefill(tiny_llama_dir: Path) -> None:
     for invariant, expect_equal in ((True, True), (False, False)):
         eng, ids, _ = _engine(tiny_llama_dir, invariant)
-        solo = eng.generate([Request(tuple(ids), max_new_tokens=6)])[0]
-        same = []
-        for t in range(1, 6):
-            fresh = eng.generate([Request(tuple(ids) + tuple(solo.token_ids[:t]), max_new_tokens=1)])[0]
-            same.append(torch.equal(fresh.step_logits[0], solo.step_logits[t]))
+        same = decode_matches_prefill(eng, tuple(ids), steps=5)
         assert all(same) if expect_equal else not all(same)
 
 

@@ -7,8 +7,6 @@ negative control in the same test.
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +17,9 @@ pytestmark = [
 ]
 pytest.importorskip("triton")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pytest_detllm.engine import Engine, Request  # noqa: E402
-from pytest_detllm.fuzz import FillerPool, design_trials, first_divergence  # noqa: E402
+from pytest_detllm.fuzz import FillerPool  # noqa: E402
+from tests.trials import decode_matches_prefill, divergent_trials  # noqa: E402
 
 VOCAB = 32000
 ARCHS = ("llama", "qwen3", "gpt2")
@@ -55,13 +52,8 @@ def _ids(n: int, seed: int) -> tuple[int, ...]:
 
 
 def _divergent(eng: Engine, trials: int, new: int = 8) -> int:
-    req = Request(_ids(23, 1), max_new_tokens=new)
-    pool = FillerPool(list(_ids(4000, 2)))
-    solo = eng.generate([req])[0]
-    n = 0
-    for t in design_trials(random.Random(3), trials, req, pool, max_batch=40, max_filler=300):
-        n += first_divergence(solo, eng.generate(t.requests)[t.layout.slot]) is not None
-    return n
+    return divergent_trials(eng, Request(_ids(23, 1), max_new_tokens=new), FillerPool(list(_ids(4000, 2))),
+                            trials, max_batch=40, max_filler=300, seed=3)
 
 
 def test_co_batched_equals_solo_and_stock_does_not(model) -> None:  # type: ignore[no-untyped-def]
@@ -73,13 +65,6 @@ def test_co_batched_equals_solo_and_stock_does_not(model) -> None:  # type: igno
     assert _divergent(stock, trials=10) > 0, f"{arch}: stock kernels never diverged (control is void)"
 
 
-def _decode_matches_prefill(eng: Engine, n_prompt: int, steps: int = 5) -> list[bool]:
-    ids = _ids(n_prompt, 4)
-    solo = eng.generate([Request(ids, max_new_tokens=steps + 1)])[0]
-    return [torch.equal(eng.generate([Request(ids + tuple(solo.token_ids[:t]), 1)])[0].step_logits[0],
-                        solo.step_logits[t]) for t in range(1, steps + 1)]
-
-
 def test_decode_equals_fresh_prefill(model) -> None:  # type: ignore[no-untyped-def]
     arch, m = model
     dev = torch.device("cuda")
@@ -88,9 +73,9 @@ def test_decode_equals_fresh_prefill(model) -> None:  # type: ignore[no-untyped-
     # Short prompts can put prefill and decode GEMMs on the same cuBLAS kernel; long ones do not.
     lengths = (37, 300, 1000)
     for n in lengths:
-        same = _decode_matches_prefill(inv, n)
+        same = decode_matches_prefill(inv, _ids(n, 4), steps=5)
         assert all(same), f"{arch}: prompt of {n}: decode != prefill at steps {same}"
-    stock_same = {n: _decode_matches_prefill(stock, n) for n in lengths}
+    stock_same = {n: decode_matches_prefill(stock, _ids(n, 4), steps=5) for n in lengths}
     assert not all(all(v) for v in stock_same.values()), \
         f"{arch}: stock decode == prefill at every length {lengths} (control is void)"
 
