@@ -139,8 +139,9 @@ def main() -> int:
         req = Request(tuple(encode(p)), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       seed=len(states) if args.temperature > 0 else None)
         solo = eng.generate([req])[0]
-        states.append({"prompt": p, "req": req, "solo": solo, "div": [], "done": 0, "closed": False,
-                       "seen": {_key(solo.token_ids, logit_hash(solo.step_logits))},
+        solo_key = _key(solo.token_ids, logit_hash(solo.step_logits))
+        states.append({"prompt": p, "req": req, "solo": solo, "solo_key": solo_key, "div": [], "done": 0,
+                       "closed": False, "seen": {solo_key},
                        "trials": design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler)})
     timed_out = False
     for k in range(per_prompt):  # round-robin, so a time limit cuts every prompt evenly
@@ -177,7 +178,7 @@ def main() -> int:
                         "token_divergent_trials": token_div, "unique_completions": len(st["seen"]),
                         "first_steps": [d["step"] for d in div][:10], "prefill_mismatches": prefill_bad,
                         "first_divergent_trial": div[0]["trial"] if div else None, "divergences": div[:5],
-                        "solo": _key(solo.token_ids, logit_hash(solo.step_logits)), "seen": sorted(st["seen"])})
+                        "solo": st["solo_key"], "seen": sorted(st["seen"])})
         print(f"{st['prompt'][:40]:<42} trials {st['done']:>4}  divergent {len(div):>4} (tokens {token_div:>3})  "
               f"unique {len(st['seen']):>3}" + (f"  prefill mismatches {prefill_bad}" if prefill_bad is not None else ""),
               flush=True)
@@ -213,12 +214,11 @@ def run_workers(args: argparse.Namespace) -> int:
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="detllm-campaign-"))
     procs = []
-    argv = [a for a in sys.argv[1:]]
+    common = _without(sys.argv[1:], ("--workers", "--seed", "--json", "--trials"))
+    per_prompt = max(1, args.trials // args.prompts)
     for i in range(n):
-        child = _without(argv, ("--workers", "--seed", "--json", "--trials"))
-        per_prompt = max(1, args.trials // args.prompts)
         share = (per_prompt // n + (1 if i < per_prompt % n else 0)) * args.prompts
-        child += ["--seed", str(args.seed + i), "--json", str(tmp / f"w{i}.json"), "--trials", str(share)]
+        child = common + ["--seed", str(args.seed + i), "--json", str(tmp / f"w{i}.json"), "--trials", str(share)]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)

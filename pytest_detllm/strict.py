@@ -106,9 +106,7 @@ class _Recorder(TorchDispatchMode):
             # decompose them with this mode still active so each inner op is audited itself.
             # The C++ composite kernel, not torch._decomp's Python one (same ops, ~3x cheaper).
             with self:
-                out = func._op_dk(torch._C.DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
-            if out is not NotImplemented:
-                return out
+                return func._op_dk(torch._C.DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
         overload = func._overloadpacket.__name__ + ("" if func._overloadname == "default" else f".{func._overloadname}")
         self.audit.seen[overload] += 1
         if name not in REDUCTION_OPS:

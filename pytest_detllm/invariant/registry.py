@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
 
 _lock = threading.RLock()
 _depth = 0
@@ -31,8 +32,6 @@ _local = threading.local()
 @contextlib.contextmanager
 def trusted_region() -> Iterator[None]:
     """Mark ops issued inside an invariant implementation (e.g. our attention): audits skip them."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
-
     depth = getattr(_local, "depth", 0)
     _local.depth = depth + 1
     try:
