@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._dot import dot_acc
 from ._launch import Launcher
 
 __all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
@@ -91,14 +92,7 @@ def _attn_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None]
-        pv = p.to(v.dtype)
-        if UPCAST:
-            pv = pv.to(tl.float32)
-            v = v.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(pv, v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(pv, v, acc)
+        acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
         m_i = m_new
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._dot import dot_acc
 from ._launch import Launcher
 
 try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
@@ -137,13 +138,7 @@ def _matmul_kernel(
                 kk = ki * BLOCK_K + rk
                 a = tl.load(a_base + kk[None, :] * s_ak, mask=kk[None, :] < K, other=0.0)
                 b = tl.load(b_base + kk[:, None] * s_bk, mask=kk[:, None] < K, other=0.0)
-                if UPCAST:  # interpreter only: its bf16 dot is broken; bf16 products are exact in fp32
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                if IEEE:
-                    acc = tl.dot(a, b, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
+                acc = dot_acc(a, b, acc, IEEE, UPCAST)
         # Epilogue: elementwise only, identical for every config.
         if SCALE:
             acc = acc * alpha
