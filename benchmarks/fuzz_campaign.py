@@ -168,10 +168,8 @@ def main() -> int:
         solo, req, div = st["solo"], st["req"], st["div"]
         prefill_bad = None
         if args.check_prefill:
-            prefill_bad = 0
-            for t in range(1, len(solo.token_ids)):
-                g = eng.generate([Request(req.input_ids + tuple(solo.token_ids[:t]), 1, req.temperature, req.seed)])[0]
-                prefill_bad += not torch.equal(g.step_logits[0], solo.step_logits[t])
+            prefill_bad = sum(not torch.equal(g.step_logits[0], solo.step_logits[t])
+                              for t, g in eng.fresh_prefills(req, solo))
         total_div += len(div)
         token_div = sum(d["tokens_differ"] for d in div)
         results.append({"prompt": st["prompt"], "trials": st["done"], "divergent_trials": len(div),

@@ -86,6 +86,14 @@ class Engine:
         with self._kernels():
             return self._generate(list(requests))
 
+    def fresh_prefills(self, req: Request, solo: Generation) -> Iterator[tuple[int, Generation]]:
+        """For each generated step t >= 1 of `solo`: a fresh one-step run of the prompt plus solo's
+        first t tokens. Decode == prefill means its logits equal solo's at step t, bit for bit."""
+        for t in range(1, len(solo.token_ids)):
+            fresh = Request(req.input_ids + tuple(solo.token_ids[:t]), max_new_tokens=1,
+                            temperature=req.temperature, seed=req.seed)
+            yield t, self.generate([fresh])[0]
+
     def _generate(self, requests: list[Request]) -> list[Generation]:
         bsz = len(requests)
         length = max(len(r.input_ids) for r in requests)

@@ -164,10 +164,7 @@ class Runtime:
         eng = self.engine(spec)
         lm = self.loaded(spec)
         decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731
-        for t in range(1, len(solo.token_ids)):
-            fresh = Request(req.input_ids + tuple(solo.token_ids[:t]), max_new_tokens=1,
-                            temperature=req.temperature, seed=req.seed)
-            gen = eng.generate([fresh])[0]
+        for t, gen in eng.fresh_prefills(req, solo):
             self.stats.prefill_checks += 1
             if not torch.equal(gen.step_logits[0], solo.step_logits[t]):
                 diff = StepDiff(t, False, float((gen.step_logits[0] - solo.step_logits[t]).abs().max()))

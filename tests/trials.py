@@ -22,6 +22,6 @@ def divergent_trials(eng: Engine, req: Request, pool: FillerPool, trials: int, *
 
 def decode_matches_prefill(eng: Engine, ids: tuple[int, ...], steps: int) -> list[bool]:
     """For generated steps 1..steps: do the decode logits equal a fresh prefill of prompt + tokens so far?"""
-    solo = eng.generate([Request(ids, max_new_tokens=steps + 1)])[0]
-    return [torch.equal(eng.generate([Request(ids + tuple(solo.token_ids[:t]), 1)])[0].step_logits[0],
-                        solo.step_logits[t]) for t in range(1, steps + 1)]
+    req = Request(ids, max_new_tokens=steps + 1)
+    solo = eng.generate([req])[0]
+    return [torch.equal(g.step_logits[0], solo.step_logits[t]) for t, g in eng.fresh_prefills(req, solo)]
