@@ -55,6 +55,20 @@ def mask_layout(
     return layout
 
 
+_last_starts: list = [None, None]  # (starts list from mask_layout, that list as a device tensor)
+
+
+def _starts_on(device: torch.device, starts: list[int]) -> torch.Tensor:
+    """`starts` as an int32 tensor on `device`, copied once per forward rather than once per layer:
+    mask_layout hands every layer the same list, and each copy from host memory stalls the host."""
+    cached = _last_starts
+    if cached[0] is starts and cached[1].device == device:
+        return cached[1]
+    ks = torch.tensor(starts, dtype=torch.int32, device=device)
+    _last_starts[:] = [starts, ks]
+    return ks
+
+
 def _mask_layout(attention_mask: torch.Tensor, bsz: int, tq: int, tk: int) -> tuple[list[int], bool]:
     allowed = _allowed(attention_mask)
     if allowed.shape[-1] < tk:
@@ -115,7 +129,7 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if query.device.type == "cuda":
         from .cuda import cuda_attention
 
-        ks = torch.tensor(starts, dtype=torch.int32, device=query.device)
+        ks = _starts_on(query.device, starts)
         return cuda_attention(query, key, value, ks, scale, causal=causal, softcap=softcap), None
     if query.device.type != "cpu":
         raise RuntimeError(f"detllm's invariant attention has no implementation for device {query.device.type!r}")
