@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from .atomic import replacing
 from .engine import Generation
 from .fuzz import Layout, StepDiff
 
@@ -121,13 +121,6 @@ class Stats:
 def write_json_report(path: str, stats: Stats, header: dict[str, Any]) -> None:
     """Atomically write the JSON report (schema: docs/report.schema.json)."""
     doc = {"schema_version": SCHEMA_VERSION, **header, **stats.to_json()}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".detllm-report-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replacing(path, prefix=".detllm-report-") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)

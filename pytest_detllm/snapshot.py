@@ -12,13 +12,13 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.amber import AmberSnapshotExtension
 
+from .atomic import replacing
 from .errors import GoldenFileError
 
 try:  # syrupy >= 5 locks amber read-modify-writes under xdist; older versions have no lock to take
@@ -140,17 +140,11 @@ class DetllmSnapshotExtension(AmberSnapshotExtension):
         with exclusive_file_lock(target) if locked else contextlib.nullcontext():
             merged = cls.serializer_class.read_file(target)
             merged.merge(snapshot_collection)
-            fd, tmp = tempfile.mkstemp(prefix=".detllm-", suffix=".ambr.tmp", dir=os.path.dirname(target))
-            os.close(fd)
-            try:
+            with replacing(target, suffix=".ambr.tmp") as tmp:
                 staged = SnapshotCollection(location=tmp)
                 for snap in merged:
                     staged.add(snap)
                 cls.serializer_class.write_file(staged, merge=False, name_order=name_order, file_lock=False)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
 
 
 def _locator(location: str, name: str) -> Callable[[int], str]:
