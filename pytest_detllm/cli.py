@@ -36,12 +36,14 @@ def _coverage(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .model import DTYPES  # light module: no torch at import
+
     parser = argparse.ArgumentParser(prog="detllm", description="pytest-detllm tools")
     sub = parser.add_subparsers(dest="cmd", required=True)
     cov = sub.add_parser("coverage", help="list each aten op a model runs and whether it is covered")
     cov.add_argument("--model", default=None, help="HF model dir or .gguf (default: the embedded model)")
     cov.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    cov.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    cov.add_argument("--dtype", default="float32", choices=DTYPES)
     cov.add_argument("--kernels", default="invariant", choices=("invariant", "stock"))
     cov.add_argument("--prompt", default="The quick brown fox")
     cov.add_argument("--trust-remote-code", action="store_true")

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from .model import DTYPES  # stdlib-only module: keeps plugin loading light
+
 DEFAULT_FUZZ_TRIALS = 4
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -35,7 +37,7 @@ class Opt:
 OPTIONS: tuple[Opt, ...] = (
     Opt("model", "local Hugging Face model directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)"),
     Opt("device", "device to run on", "auto", choices=("auto", "cpu", "cuda")),
-    Opt("dtype", "model dtype", "float32", choices=("float32", "bfloat16", "float16")),
+    Opt("dtype", "model dtype", "float32", choices=DTYPES),
     Opt("kernels", "'invariant' (default) or 'stock' (the negative control)", "invariant", choices=("invariant", "stock")),
     Opt("batch-fuzz", f"re-run every llm() call co-batched with random fillers, TRIALS times (default {DEFAULT_FUZZ_TRIALS})", 0, kind="fuzz"),
     Opt("seed", "fuzz seed: an integer, or 'last' to reuse the previous run's seed"),

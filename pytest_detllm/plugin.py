@@ -6,6 +6,7 @@ transformers and triton load only when a test asks for a detllm fixture.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import TYPE_CHECKING, Any, Callable
@@ -112,10 +113,16 @@ def _uses_detllm(items: list[pytest.Item]) -> bool:
     return any(FIXTURES & set(getattr(item, "fixturenames", ())) for item in items)
 
 
+def _model_label(config: pytest.Config) -> str:
+    from .model import DEFAULT_MODEL_NAME  # light module: no torch at import
+
+    return _value(config, "model") or f"{DEFAULT_MODEL_NAME} (embedded)"
+
+
 def header_line(config: pytest.Config) -> str:
     v = lambda n: _value(config, n)  # noqa: E731
     trials = v("batch-fuzz")
-    model = v("model") or "SmolLM2-135M-Instruct (embedded)"
+    model = _model_label(config)
     return (f"detllm: model={model} device={v('device')} dtype={v('dtype')} kernels={v('kernels')} "
             f"fuzz={'off' if not trials else f'{trials} trials'} seed={v('seed')}"
             + (" strict" if v("strict") else "") + (f" (reuse: --detllm-seed={v('seed')})" if trials else ""))
@@ -171,10 +178,7 @@ def _progress(config: pytest.Config) -> Callable[[int, int], None] | None:
 
     def show(done: int, total: int) -> None:
         # The test's output is being captured: step around the capture to reach the terminal.
-        if capman is not None:
-            with capman.global_and_fixture_disabled():
-                tr.write(f" [fuzz {done}/{total}]", flush=True)
-        else:
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
             tr.write(f" [fuzz {done}/{total}]", flush=True)
 
     return show
@@ -245,6 +249,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         from .report import write_json_report
 
         header = {"seed": _value(config, "seed"), "kernels": _value(config, "kernels"),
-                  "model": _value(config, "model") or "SmolLM2-135M-Instruct (embedded)"}
+                  "model": _model_label(config)}
         write_json_report(path, stats, header)
         terminalreporter.write_line(f"detllm: report written to {path}")

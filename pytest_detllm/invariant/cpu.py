@@ -22,10 +22,6 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float 
     return prod + (bias if beta == 1 else bias * beta)
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return fixed.fixed_mm(a, b)
-
-
 def _baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1, alpha: float = 1) -> torch.Tensor:
     return _addmm(bias, a, b, beta=beta, alpha=alpha)
 
@@ -80,7 +76,7 @@ def _native_layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: tor
 CPU_IMPLS: dict[str, Callable[..., object]] = {
     "mm": _mm,
     "addmm": _addmm,
-    "bmm": _bmm,
+    "bmm": _mm,  # fixed_mm takes batched operands too
     "baddbmm": _baddbmm,
     "mv": _mv,
     "dot": _dot,
