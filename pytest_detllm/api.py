@@ -80,7 +80,7 @@ class LLM:
                       seed=(seed if seed is not None else 0) if temperature > 0 else None)
         eng = rt.engine(spec)
         lm = rt.loaded(spec)
-        solo = eng.generate([req])[0]
+        solo = eng.generate([req], keep_logits=[0])[0]
         rt.stats.calls += 1
         call_index = self._calls
         self._calls += 1

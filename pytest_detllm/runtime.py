@@ -146,7 +146,7 @@ class Runtime:
         decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731
         found: list[Divergence] = []
         for trial in design_trials(rng, trials, req, self.pool(spec), max_batch, max_filler):
-            gens = _generate_halving(eng, trial.requests, trial.layout)
+            gens = _generate_halving(eng, trial.requests, trial.layout)  # only the prompt's logits come back
             self.stats.trials += 1
             if progress:
                 progress(trial.index + 1, trials)
@@ -180,7 +180,7 @@ def _generate_halving(eng: Engine, requests: list[Request], layout: Any) -> list
     reqs = list(requests)
     while True:
         try:
-            return eng.generate(reqs)
+            return eng.generate(reqs, keep_logits=[layout.slot])
         except torch.OutOfMemoryError:
             if len(reqs) <= 2:
                 raise

@@ -133,13 +133,15 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
 
 
 def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
-                   scale: float, causal: bool = True, softcap: float | None = None) -> torch.Tensor:
+                   scale: float, causal: bool = True, softcap: float | None = None,
+                   key_end: torch.Tensor | None = None) -> torch.Tensor:
     """q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) -> (B,Tq,H,d).
 
     Query i sits at key position Tk - Tq + i and sees keys key_start[b] .. Tk - Tq + i (causal);
-    query rows inside the left padding come back as zeros.
+    query rows inside the left padding come back as zeros. key_end (a one-element device tensor)
+    replaces Tk: the static engine's cache is longer than what is filled.
     """
-    return _kernels().invariant_attention(q, k, v, key_start, scale, causal, softcap)
+    return _kernels().invariant_attention(q, k, v, key_start, scale, causal, softcap, key_end)
 
 
 # `rms_norm` itself is CompositeImplicitAutograd and on CUDA forwards to `_fused_rms_norm`;
