@@ -66,6 +66,27 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * a.numel() * 10 / (time.perf_counter() - t)
 
 
+def profile_step(run, new: int) -> None:  # type: ignore[no-untyped-def]
+    """Where a decode step's GPU time goes (kernels inside the replayed graphs included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run(new)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run(new)
+        torch.cuda.synchronize()
+    stats: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            s = stats.setdefault(ev.name[:60], [0, 0.0])
+            s[0] += 1
+            s[1] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    total = sum(v[1] for v in stats.values())
+    print(f"    profile: {total / new / 1000:.2f} ms GPU time per generated token, "
+          f"{sum(v[0] for v in stats.values()) / new:.0f} kernels per token")
+    for name, (n, us) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:14]:
+        print(f"      {us / total * 100:5.1f}%  {n / new:6.1f}/token  {us / n:8.1f} us  {name}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
@@ -77,6 +98,7 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--profile", action="store_true", help="print the engine's top GPU kernels per decode step")
     args = ap.parse_args()
 
     from pytest_detllm import batch_invariant
@@ -128,6 +150,8 @@ def main() -> int:
             res[mode] = ((f - o) / (args.new - 1) * 1e3, f)
             print(f"  batch {bsz:>3} {mode:<13} decode {res[mode][0]:8.2f} ms/token   whole call {f:7.3f} s", flush=True)
         rows.append((bsz, res))
+        if args.profile and dev.type == "cuda":
+            profile_step(runner("engine-inv", ids), args.new)
     print(f"\n{card}, {args.shape}: decode ms/token (ratio to stock transformers generate; x floor {floor_ms:.2f} ms)")
     print(f"{'batch':>5} " + " ".join(f"{m:>22}" for m in args.modes))
     for bsz, res in rows:

@@ -65,6 +65,10 @@ ARCHS = {
                   num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=4096,
                   tie_word_embeddings=True),
     "gpt2": dict(cls="GPT2Config", vocab_size=50257, n_embd=768, n_layer=8, n_head=12, n_positions=2048),
+    # Llama-3-8B's shape, for the trial-time benchmark of an 8B model.
+    "llama8b": dict(cls="LlamaConfig", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+                    max_position_embeddings=8192, tie_word_embeddings=False),
 }
 
 
@@ -74,8 +78,9 @@ def build_random(arch: str, device: str, dtype: str):  # type: ignore[no-untyped
     spec = dict(ARCHS[arch])
     cfg = getattr(transformers, spec.pop("cls"))(**spec)
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
-    return model.to(device).eval()
+    with torch.device(device):  # born on the device: an 8B model never touches host memory
+        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    return model.eval()
 
 
 def main() -> int:

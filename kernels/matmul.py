@@ -43,8 +43,11 @@ class MatmulConfig:
     tma: bool = True  # read A/B through TMA descriptors where the layout allows
 
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton at import, fixed after
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,6 +60,7 @@ def _has_tma(device_index: int) -> bool:
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+@functools.lru_cache(maxsize=4096)
 def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
     """Tile config for an (m x K) @ (K x n) product.
 
@@ -189,20 +193,28 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         a_desc = TensorDescriptor(a, [m, k], [sa[1], 1], [cfg.block_m, bk])
         b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [cfg.block_n, bk]) if tma
                   else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, cfg.block_n]))
+    dev = a.device.index or 0
     tiles = batch * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     progs = tiles
     if cfg.persistent:
-        progs = min(tiles, 4 if _interpreting() else _num_sms(a.device.index or 0))
-    upcast = _interpreting() and a.dtype == torch.bfloat16
-    _LAUNCH(
-        (progs,),
-        a, b, out, x if x is not None else out, a_desc, b_desc,
-        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta),
+        progs = min(tiles, 4 if _INTERPRET else _num_sms(dev))
+    upcast = _INTERPRET and a.dtype == torch.bfloat16
+    has_x = x is not None and beta != 0
+    xt = x if x is not None else out
+    # Everything Triton specialises on is a function of this key (exact shapes and strides,
+    # dtypes, pointer alignment; the constexprs below derive from them), so a cached launch is
+    # the one Triton would pick.
+    key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, cfg, bk, tma, progs, dev,
+           a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15, xt.data_ptr() & 15,
+           None if x is None else x.dtype)
+    _LAUNCH.launch(key, (progs,), (
+        a, b, out, xt, a_desc, b_desc,
+        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=progs, USE_TMA=tma is not None, B_NK=bool(tma),
-        HAS_X=x is not None and beta != 0, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
+        HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
         UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    ))
 
 
 _LAUNCH = Launcher(_matmul_kernel)

@@ -22,10 +22,15 @@ __all__ = ["CUDA_IMPLS", "cuda_attention"]
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _kernels() -> Any:
-    import detllm_kernels
+_KERNELS: list[Any] = []
 
-    return detllm_kernels
+
+def _kernels() -> Any:
+    if not _KERNELS:  # imported on first use: importing this module needs torch only
+        import detllm_kernels
+
+        _KERNELS.append(detllm_kernels)
+    return _KERNELS[0]
 
 
 def _need_float(op: str, *ts: torch.Tensor) -> None:
