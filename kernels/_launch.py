@@ -19,7 +19,7 @@ Any surprise (a Triton version whose launcher takes other arguments) -> the norm
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from triton import knobs
@@ -71,9 +71,13 @@ class Launcher:
         key = (dev, tuple(_spec(a) for a in args), tuple(sorted((k, v) for k, v in meta.items())))
         self.launch(key, grid, args, meta)
 
-    def launch(self, key: Any, grid: Sequence[int], args: Sequence[Any], meta: dict[str, Any]) -> None:
+    def launch(self, key: Any, grid: Sequence[int], args: Sequence[Any],
+               meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:
+        """`meta` may be a callable returning the constexpr dict: it is only needed on a miss."""
         plan = self.plans.get(key) if self.enabled else None
         if plan is None:
+            if callable(meta):
+                meta = meta()
             # normal path: compiles if needed, launches, and returns the CompiledKernel it ran
             kernel = self.fn[tuple(grid)](*args, **meta)
             if self.enabled and kernel is not None and hasattr(kernel, "run"):
@@ -94,4 +98,4 @@ class Launcher:
         except Exception:  # API drift in another Triton version: fall back for good
             self.enabled = False
             self.plans.clear()
-            self.fn[tuple(grid)](*args, **meta)
+            self.fn[tuple(grid)](*args, **(meta() if callable(meta) else meta))

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import Launcher
+from ._rows import cdiv, next_pow2
 
 __all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
 
@@ -127,7 +128,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         return out
     ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
     upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
-    grid = (triton.cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
+    grid = (cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),
@@ -135,10 +136,10 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     _LAUNCH.launch(key, grid, (
         q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0), dict(
+        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
         CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
         UPCAST=upcast,
-        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, next_pow2(d)),
         TK_FROM_PTR=key_end is not None, num_warps=4, num_stages=2,
     ))
     return out

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import Launcher
+from ._rows import cdiv
 
 try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -194,7 +195,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [cfg.block_n, bk]) if tma
                   else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, cfg.block_n]))
     dev = a.device.index or 0
-    tiles = batch * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
     progs = tiles
     if cfg.persistent:
         progs = min(tiles, 4 if _INTERPRET else _num_sms(dev))
@@ -209,7 +210,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
            None if x is None else x.dtype)
     _LAUNCH.launch(key, (progs,), (
         a, b, out, xt, a_desc, b_desc,
-        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), dict(
+        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), lambda: dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=progs, USE_TMA=tma is not None, B_NK=bool(tma),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,

@@ -42,5 +42,5 @@ def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch
     if rows.shape[0]:
         key = (rows.dtype, out_dtype, n, rows.stride(0), rows.data_ptr() & 15, rows.device.index)
         _LAUNCH.launch(key, (rows.shape[0],), (rows, out, n, rows.stride(0)),
-                       dict(BLOCK=row_block(n), num_warps=row_warps(n)))
+                       lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
     return out.reshape(x.shape[:-1])

@@ -57,5 +57,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
         key = (rows.dtype, None if w is None else w.dtype, n, rows.stride(0), y.stride(0),
                rows.data_ptr() & 15, wt.data_ptr() & 15, rows.device.index)
         _LAUNCH.launch(key, (rows.shape[0],), (rows, wt, y, rstd, n, rows.stride(0), y.stride(0), float(eps)),
-                       dict(HAS_W=w is not None, BLOCK=row_block(n), num_warps=row_warps(n)))
+                       lambda: dict(HAS_W=w is not None, BLOCK=row_block(n), num_warps=row_warps(n)))
     return y.reshape(x.shape), rstd.reshape(*lead, *([1] * normalized_ndim))

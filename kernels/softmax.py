@@ -58,7 +58,7 @@ def _run(x: torch.Tensor, out_dtype: torch.dtype | None, log: bool) -> torch.Ten
         key = (rows.dtype, out_dtype, n, rows.stride(0), y.stride(0), log, rows.data_ptr() & 15,
                rows.device.index)
         _LAUNCH.launch(key, (rows.shape[0],), (rows, y, n, rows.stride(0), y.stride(0)),
-                       dict(LOG=log, BLOCK=row_block(n), num_warps=row_warps(n)))
+                       lambda: dict(LOG=log, BLOCK=row_block(n), num_warps=row_warps(n)))
     return y.reshape(x.shape)
 
 
