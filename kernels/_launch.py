@@ -62,6 +62,7 @@ class Launcher:
         self.enabled = (os.environ.get("TRITON_INTERPRET", "0") != "1"
                         and os.environ.get("DETLLM_FAST_LAUNCH", "1") == "1")
         self.names: list[str] = list(getattr(fn, "arg_names", []))
+        self.hits = 0  # launches served from a plan (tests check the fast path really runs)
 
     def __call__(self, grid: Sequence[int], *args: Any, **meta: Any) -> None:
         if not self.enabled:
@@ -88,6 +89,7 @@ class Launcher:
                 self.plans[key] = (kernel, kernel.run, tail, dev or 0)
             return
         kernel, run, tail, dev = plan
+        self.hits += 1
         g = (int(grid[0]), int(grid[1]) if len(grid) > 1 else 1, int(grid[2]) if len(grid) > 2 else 1)
         try:
             enter = knobs.runtime.launch_enter_hook
