@@ -138,6 +138,9 @@ def main() -> int:
                  strict=args.strict)
     per_prompt = max(1, args.trials // args.prompts)
     rng = random.Random(args.seed)
+    # as the plugin's fuzz does: size the CUDA engine's cache once for the largest trial
+    eng.reserve(args.max_batch, max(args.max_filler, max(len(encode(p)) for p in PROMPTS[: args.prompts]))
+                + args.max_new_tokens)
     t0 = time.time()
     states = []
     for p in PROMPTS[: args.prompts]:

@@ -145,6 +145,9 @@ class Runtime:
             max_filler = max(1, min(max_filler, eng.max_positions - req.max_new_tokens))
         decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731
         found: list[Divergence] = []
+        # The largest batch and sequence the trials can make: the CUDA engine sizes its cache and
+        # captures each batch bucket once for the whole session instead of growing as it goes.
+        eng.reserve(max(2, max_batch), max(len(req.input_ids), max_filler) + req.max_new_tokens)
         for trial in design_trials(rng, trials, req, self.pool(spec), max_batch, max_filler):
             gens = _generate_halving(eng, trial.requests, trial.layout)  # only the prompt's logits come back
             self.stats.trials += 1

@@ -84,6 +84,12 @@ class Engine:
         with self._kernels():
             return self._impl.generate(list(requests), None if keep_logits is None else set(keep_logits))
 
+    def reserve(self, rows: int, length: int) -> None:
+        """Tell the engine the largest batch and sequence (prompt + new tokens) to come, so a CUDA
+        engine allocates its cache and captures each batch bucket once. A no-op on the eager loop."""
+        if self.static:
+            self._impl.reserve(rows, length)
+
     def fresh_prefills(self, req: Request, solo: Generation) -> Iterator[tuple[int, Generation]]:
         """For each generated step t >= 1 of `solo`: a fresh one-step run of the prompt plus solo's
         first t tokens. Decode == prefill means its logits equal solo's at step t, bit for bit."""

@@ -22,13 +22,30 @@ ENGINE_ATTENTION = "detllm_engine"
 _local = threading.local()
 
 
-class StaticKV:
-    """Per-layer K/V buffers (rows, kv heads, cap, head dim) plus the layout the attention reads."""
+class KVPool:
+    """Per-layer K/V buffers (rows, kv heads, cap, head dim), allocated lazily on first write and
+    shared by every batch bucket (a bucket of R rows uses the first R rows: views, same strides)."""
 
-    def __init__(self, rows: int, cap: int, device: torch.device, invariant: bool) -> None:
-        self.rows, self.cap, self.device, self.invariant = rows, cap, device, invariant
+    def __init__(self, rows: int, cap: int) -> None:
+        self.rows, self.cap = rows, cap
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
+
+    def layer(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kb = self.keys.get(layer)
+        if kb is None:
+            kb = torch.zeros((self.rows, key.shape[1], self.cap, key.shape[3]), dtype=key.dtype, device=key.device)
+            vb = torch.zeros((self.rows, value.shape[1], self.cap, value.shape[3]), dtype=value.dtype,
+                             device=value.device)
+            self.keys[layer], self.values[layer] = kb, vb
+        return kb, self.values[layer]
+
+
+class StaticKV:
+    """One batch bucket's view of the pool plus the layout its attention reads."""
+
+    def __init__(self, pool: KVPool, rows: int, device: torch.device, invariant: bool) -> None:
+        self.pool, self.rows, self.cap, self.device, self.invariant = pool, rows, pool.cap, device, invariant
         self.starts = torch.zeros(rows, dtype=torch.int32, device=device)  # first real column per row
         self.col = torch.zeros(1, dtype=torch.int64, device=device)  # where the decode token is written
         self.end = torch.ones(1, dtype=torch.int32, device=device)  # columns visible: col + 1
@@ -39,13 +56,8 @@ class StaticKV:
         self.prefill_rows = 0
 
     def buffers(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kb = self.keys.get(layer)
-        if kb is None:
-            kb = torch.zeros((self.rows, key.shape[1], self.cap, key.shape[3]), dtype=key.dtype, device=key.device)
-            vb = torch.zeros((self.rows, value.shape[1], self.cap, value.shape[3]), dtype=value.dtype,
-                             device=value.device)
-            self.keys[layer], self.values[layer] = kb, vb
-        return kb, self.values[layer]
+        kb, vb = self.pool.layer(layer, key, value)
+        return kb[: self.rows], vb[: self.rows]
 
     def set_layout(self, starts: list[int], col: int) -> None:
         """Rows beyond len(starts) are dummies that see only their own new key."""

@@ -59,8 +59,15 @@ class StaticEngine:
             graphs = device.type == "cuda" and os.environ.get("DETLLM_CUDA_GRAPHS", "1") != "0"
         self.graphs = graphs
         self._slots: dict[int, Slot] = {}
+        self._kv: kvmod.KVPool | None = None
+        self._reserved = (1, 0)  # (rows, columns) the cache must hold at least
         self._pool: Any = None
         kvmod.register()
+
+    def reserve(self, rows: int, length: int) -> None:
+        """Size the shared cache for batches of up to `rows` and `length` columns up front, so that
+        a fuzz session allocates and captures each bucket once instead of growing as it goes."""
+        self._reserved = (max(self._reserved[0], row_bucket(rows)), max(self._reserved[1], length))
 
     # -- public ---------------------------------------------------------------------------------
     def generate(self, requests: list[Request], keep: Collection[int] | None) -> list[Generation]:
@@ -96,18 +103,23 @@ class StaticEngine:
 
     # -- slots and graphs -----------------------------------------------------------------------
     def _slot(self, rows: int, need: int) -> Slot:
-        slot = self._slots.get(rows)
-        if slot is not None and slot.kv.cap >= need:
-            return slot
-        cap = length_bucket(need)
-        if slot is not None:  # a longer cache: drop the old one (and its graph) first
-            del self._slots[rows]
-            slot = None
+        pool = self._kv
+        if pool is None or pool.rows < rows or pool.cap < need:
+            # A bigger cache: every bucket's views and graphs go with the old one.
+            old = (0, 0) if pool is None else (pool.rows, pool.cap)
+            self._slots.clear()
+            self._kv = pool = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+            self._kv = kvmod.KVPool(max(rows, self._reserved[0], old[0]),
+                                    length_bucket(max(need, self._reserved[1], old[1])))
+        slot = self._slots.get(rows)
+        if slot is not None:
+            return slot
+        cap = self._kv.cap
         dev = self.device
         z = lambda dtype: torch.zeros(rows, dtype=dtype, device=dev)  # noqa: E731
-        slot = Slot(rows=rows, kv=kvmod.StaticKV(rows, cap, dev, self.invariant), tok=z(torch.int64),
+        slot = Slot(rows=rows, kv=kvmod.StaticKV(self._kv, rows, dev, self.invariant), tok=z(torch.int64),
                     pos=z(torch.int64), greedy=torch.ones(rows, dtype=torch.bool, device=dev),
                     inv_temp=torch.ones(rows, dtype=torch.float32, device=dev), seeds=z(torch.int64),
                     max_new=z(torch.int64), done=torch.ones(rows, dtype=torch.bool, device=dev),
