@@ -65,6 +65,11 @@ ARCHS = {
                   num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=4096,
                   tie_word_embeddings=True),
     "gpt2": dict(cls="GPT2Config", vocab_size=50257, n_embd=768, n_layer=8, n_head=12, n_positions=2048),
+    # The embedded SmolLM2-135M-Instruct's exact shape: its trial time needs the shape, not the
+    # weights (random weights never emit EOS, so every trial runs all its tokens: the worst case).
+    "smollm2": dict(cls="LlamaConfig", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                    num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0,
+                    rms_norm_eps=1e-5, max_position_embeddings=8192, tie_word_embeddings=True),
     # Llama-3-8B's shape, for the trial-time benchmark of an 8B model.
     "llama8b": dict(cls="LlamaConfig", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
