@@ -73,9 +73,11 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
         # FMA path (IEEE fp32): one config for every shape.
         return MatmulConfig(64, 64, 8, 4, 3)
     if m <= 16:
-        # Decode: memory-bound on the weight. One program per 64 weight rows, deep K steps,
-        # plain pointer loads (cheaper to launch than TMA descriptors, as fast here).
-        return MatmulConfig(16, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
+        # Decode: memory-bound on the weight. One program per BLOCK_N weight rows, deep K steps,
+        # plain pointer loads (cheaper to launch than TMA descriptors, as fast here). N <= 8192
+        # (q/o/down/k/v projections) takes 32 rows a program: 64 programs for N = 4096 left half
+        # of an H100's 132 SMs idle while streaming the weight.
+        return MatmulConfig(16, 32 if n <= 8192 else 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 64:
         return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 256:
@@ -85,7 +87,7 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
 
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
-    shapes = [(1, 4096), (32, 4096), (128, 4096), (4096, 4096)]
+    shapes = [(1, 1024), (1, 4096), (1, 14336), (32, 4096), (128, 4096), (4096, 4096)]
     return sorted({matmul_config(m, n, dtype) for m, n in shapes}, key=repr)
 
 
