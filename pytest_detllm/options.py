@@ -50,6 +50,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("trust-remote-code", "allow running code from the model directory (off by default)", False, kind="bool"),
     Opt("allow-pickle", "allow loading pickle weights (.bin/.pt); off by default", False, kind="bool"),
     Opt("allow-update-in-ci", "allow --snapshot-update when CI=true", False, kind="bool"),
+    Opt("device-map", "spread the model's layers over the visible GPUs (accelerate placement; no arithmetic "
+        "changes, so no new goldens)", None, choices=("auto", "balanced", "sequential")),
 )
 
 

@@ -148,7 +148,8 @@ def _settings(config: pytest.Config) -> Any:
     return Settings(model=v("model"), device=v("device"), dtype=v("dtype"), kernels=v("kernels"),
                     fuzz_trials=v("batch-fuzz"), seed=v("seed"), max_new_tokens=v("max-new-tokens"),
                     max_batch=v("max-batch"), threads=threads, check_prefill=v("check-prefill"),
-                    strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"))
+                    strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"),
+                    device_map=v("device-map"))
 
 
 def get_runtime(config: pytest.Config) -> "Runtime":

@@ -35,6 +35,7 @@ class Settings:
     strict: bool
     trust_remote_code: bool
     allow_pickle: bool
+    device_map: str | None = None
 
 
 def derive_seed(session_seed: int, *parts: object) -> int:
@@ -58,7 +59,7 @@ class Runtime:
         spec = spec if spec is not None else self.settings.model
         if spec not in self._models:
             s = self.settings
-            self._models[spec] = load(spec, device=s.device, dtype=s.dtype,
+            self._models[spec] = load(spec, device=s.device, dtype=s.dtype, device_map=s.device_map,
                                       trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle)
         return self._models[spec]
 

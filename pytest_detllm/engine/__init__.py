@@ -33,6 +33,10 @@ def _static_by_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _one_device(model: Any) -> bool:
+    return len({p.device for p in model.parameters()}) <= 1
+
+
 class Engine:
     """Runs a causal LM on a list of requests in one left-padded batch."""
 
@@ -45,7 +49,9 @@ class Engine:
         self.invariant = invariant
         self.strict = strict
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        self.static = _static_by_default(device) if static is None else static
+        # A model spread over several devices (--detllm-device-map) cannot be one CUDA graph:
+        # it takes the eager loop, whose attention follows each layer to its device.
+        self.static = (_static_by_default(device) and _one_device(model)) if static is None else static
         self._impl: Any
         if self.static:
             from .static import StaticEngine
