@@ -61,7 +61,7 @@ class StaticEngine:
         self._slots: dict[int, Slot] = {}
         self._kv: kvmod.KVPool | None = None
         self._reserved = (1, 0)  # (rows, columns) the cache must hold at least
-        self._pool: Any = None
+        self._graph_pool: Any = None  # one CUDA-graph memory pool for every bucket's graph
         kvmod.register()
 
     def reserve(self, rows: int, length: int) -> None:
@@ -143,10 +143,10 @@ class StaticEngine:
             with torch.cuda.stream(side):
                 self._decode_step(slot)  # warm-up on the capture stream's side, as torch advises
             torch.cuda.current_stream(self.device).wait_stream(side)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._graph_pool):
                 self._decode_step(slot)
             slot.graph = graph
         except Exception as exc:  # never a wrong answer: fall back to eager steps, say so once
@@ -193,7 +193,6 @@ class StaticEngine:
         s.done.copy_(s.max_new <= 0)
         s.pos.copy_(t([len(r.input_ids) for r in requests] + [0] * pad, torch.int64))
         s.step.zero_()
-        s.kv.set_layout(batch.starts, batch.length)
         full = logits0
         if pad:
             full = torch.cat([logits0, logits0.new_zeros((pad, logits0.shape[1]))])
