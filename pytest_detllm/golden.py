@@ -64,13 +64,13 @@ def _byte_problem(line: str) -> str | None:
     """What in one decoded line detllm never writes, or None."""
     for col, ch in enumerate(line, start=1):
         if "\udc80" <= ch <= "\udcff":  # an undecodable byte, kept by surrogateescape
-            return f"is not valid UTF-8 (byte 0x{ord(ch) - 0xDC00:02x} at column {col})"
+            return f"not valid UTF-8 (byte 0x{ord(ch) - 0xDC00:02x} at column {col})"
         if ch == "\x00":
-            return f"contains a NUL byte (column {col})"
+            return f"a NUL byte (column {col})"
         if ch == "\r":
-            return f"contains a carriage return that does not end the line (column {col})"
+            return f"a carriage return that does not end the line (column {col})"
         if ch == "\ufeff":
-            return f"contains a byte-order mark (column {col})"
+            return f"a byte-order mark (column {col})"
     return None
 
 

@@ -306,6 +306,21 @@ def pytest_testnodedown(node: Any, error: Any) -> None:  # xdist: merge each wor
         node.config.stash[_MERGED][node.gateway.id] = data
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
+    # syrupy explains `completion == snapshot` with its diff; name the golden file above it.
+    explanations = yield
+    if op == "==" and type(left).__module__ == "pytest_detllm.completion":
+        from .snapshot import golden_diff_note
+
+        note = golden_diff_note(right)
+        for expl in explanations if note else ():
+            if expl:
+                expl.insert(1, note)
+                break
+    return explanations
+
+
 def _compare_lines(terminalreporter: Any) -> list[str]:
     """The --detllm-missing-env=compare line of each test, from its report (so xdist workers' too)."""
     lines = []

@@ -18,7 +18,7 @@ import ast
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from syrupy.assertion import SnapshotAssertion
 from syrupy.data import Snapshot, SnapshotCollection
@@ -145,7 +145,6 @@ class DetllmSnapshotExtension(AmberSnapshotExtension):
 
     snapshot_dirname = SNAPSHOT_ROOT
     serializer_class = DetllmAmberSerializer
-    golden_location: str = ""  # set per assertion: named above syrupy's diff
 
     def serialize(self, data: Any, **kwargs: Any) -> str:
         from .completion import Completion
@@ -161,11 +160,17 @@ class DetllmSnapshotExtension(AmberSnapshotExtension):
     def dirname(cls, *, test_location: "PyTestLocation") -> str:
         return str(Path(test_location.filepath).parent / SNAPSHOT_ROOT / _env_key[0])
 
-    def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
-        if self.golden_location:
-            yield (f"golden {self.golden_location} differs from this run; if the change is intended, "
-                   "re-record it with --snapshot-update")
-        yield from super().diff_lines(serialized_data, snapshot_data)
+    def discover_snapshots(self, *, test_location: "PyTestLocation", ignore_extensions: list[str] | None = None) -> Any:
+        # A file with no readable entry is corrupt, not empty: its tests fail naming it, and syrupy must
+        # neither call it "unused" nor delete it.
+        from syrupy.data import SnapshotCollections
+
+        found = super().discover_snapshots(test_location=test_location, ignore_extensions=ignore_extensions)
+        kept = SnapshotCollections()
+        for coll in found:
+            if coll.has_snapshots or read_golden(coll.location).file_problem() is None:
+                kept.add(coll)
+        return kept
 
     @classmethod
     def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: dict[str, int] | None = None) -> None:
@@ -199,6 +204,17 @@ def _write(coll: SnapshotCollection, name_order: dict[str, int] | None) -> None:
     ser = DetllmSnapshotExtension.serializer_class
     snaps = sorted(coll, key=lambda s: ser.snapshot_sort_key(s, name_order))
     write_golden(coll.location, ((s.name, str(s.data)) for s in snaps))
+
+
+def golden_diff_note(snapshot: object) -> str | None:
+    """The line naming the golden above syrupy's diff, when `snapshot`'s last detllm assertion mismatched."""
+    if not isinstance(snapshot, SnapshotAssertion) or not snapshot.num_executions:
+        return None
+    last = snapshot.executions.get(snapshot.num_executions - 1)
+    if last is None or last.success or last.exception is not None or SNAPSHOT_ROOT not in last.snapshot_location:
+        return None
+    return (f"golden {last.snapshot_location} ({last.snapshot_name!r}) differs from this run; if the change is "
+            "intended, re-record it with --snapshot-update")
 
 
 def corrupt_message(path: str, problem: Problem) -> str:
@@ -269,7 +285,6 @@ def assert_completion(snapshot: SnapshotAssertion, completion: "Completion") -> 
     assertion = snapshot(extension_class=ext)
     name = ext.get_snapshot_name(test_location=snapshot.test_location, index=snapshot.index)
     location = ext.get_location(test_location=snapshot.test_location, index=snapshot.index)
-    assertion.extension.golden_location = location
     if snapshot.update_snapshots:
         return assertion == completion
     golden = read_golden(location)
