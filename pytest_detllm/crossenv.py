@@ -49,23 +49,16 @@ def _fail(message: str) -> NoReturn:
 
 def compare_with_nearest(item: "pytest.Item", completion: "Completion", name: str, env: str,
                          others: dict[str, str]) -> bool:
-    from .snapshot import corrupt_message, parse_record
-    from .errors import GoldenFileError
+    from .snapshot import check_golden, parse_record
 
     chosen = nearest(env, others)
     path = others[chosen]
     golden = read_golden(path)
-    entry = golden.entries[name]
-    problem = golden.file_problem() or golden.entry_problem(name)
-    if problem is not None:
-        _fail(corrupt_message(path, problem))
-    message = ""
-    try:
-        rec = parse_record(entry.data, lambda i: f"{path}:{entry.line + 1 + i}")
-    except GoldenFileError as exc:
-        message = str(exc)
+    message = check_golden(golden, name)
     if message:
         _fail(message)
+    entry = golden.entries[name]
+    rec = parse_record(entry.data, lambda i: f"{path}:{entry.line + 1 + i}")  # checked above: it reads
     old, new = rec["token_ids"], list(completion.token_ids)
     rows: list[str] = []
     if old == new:

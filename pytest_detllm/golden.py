@@ -86,7 +86,12 @@ def read_golden(path: str) -> GoldenFile:
         gf.exists = True
         gf.problems.append(Problem(0, f"cannot be read ({exc.strerror or exc})", None))
         return gf
-    gf.exists = True
+    return parse_golden(path, raw)
+
+
+def parse_golden(path: str, raw: bytes) -> GoldenFile:
+    """Parse the bytes of golden file `path`; never raises."""
+    gf = GoldenFile(path, exists=True)
     if raw.startswith(codecs.BOM_UTF8):
         gf.problems.append(Problem(1, "starts with a byte-order mark (BOM), which detllm never writes", None))
         raw = raw[len(codecs.BOM_UTF8):]

@@ -288,21 +288,31 @@ def assert_completion(snapshot: SnapshotAssertion, completion: "Completion") -> 
     if snapshot.update_snapshots:
         return assertion == completion
     golden = read_golden(location)
+    message = check_golden(golden, name)
+    if message:
+        _fail(snapshot, name, location, message)
+    if name in golden.entries:
+        return assertion == completion
+    return _missing(snapshot, completion, name, location, golden)
+
+
+def check_golden(golden: GoldenFile, name: str) -> str | None:
+    """Why entry `name` of `golden` cannot be compared (file, line, what to do), or None.
+
+    Checked before comparing: a damaged file or a hand-edited entry fails with its file and line,
+    and is never rewritten without --snapshot-update. None with no such entry: it is missing.
+    """
     entry = golden.entries.get(name)
     problem = golden.file_problem() or (golden.entry_problem(name) if entry is not None else None)
     if problem is not None:
-        _fail(snapshot, name, location, corrupt_message(location, problem))
-    if entry is not None:
-        # Check the record before comparing: a hand-edited entry fails with its file and line.
-        message = ""
-        try:
-            parse_record(entry.data, lambda i: f"{location}:{entry.line + 1 + i}")
-        except GoldenFileError as exc:
-            message = str(exc)
-        if not message:
-            return assertion == completion
-        _fail(snapshot, name, location, message)  # outside the except block: shown once, unchained
-    return _missing(snapshot, completion, name, location, golden)
+        return corrupt_message(golden.path, problem)
+    if entry is None:
+        return None
+    try:
+        parse_record(entry.data, lambda i: f"{golden.path}:{entry.line + 1 + i}")
+    except GoldenFileError as exc:
+        return str(exc)
+    return None
 
 
 def _missing(snapshot: SnapshotAssertion, completion: "Completion", name: str, location: str,
