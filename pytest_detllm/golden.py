@@ -142,8 +142,8 @@ def parse_golden(path: str, raw: bytes) -> GoldenFile:
         else:
             add(Problem(n, "a line outside any entry", None))
     if current is not None:
-        add(Problem(current.line, f"entry {current.name!r} (line {current.line}) ends without its '# ---' "
-                                  "separator: the file is cut short", current.name))
+        add(Problem(len(lines), f"the file ends inside entry {current.name!r} (line {current.line}), before its "
+                                "'# ---' separator: it is cut short", current.name))
         _close(gf, current)
     return gf
 
