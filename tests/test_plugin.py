@@ -587,6 +587,9 @@ def test_xdist_two_workers_fuzz_and_merge_reports(pytester: pytest.Pytester, tin
     assert re.search(r"\[gw0\].*PASSED", out) and re.search(r"\[gw1\].*PASSED", out), out
     summary = [ln for ln in result.outlines if ln.startswith("detllm: ") and "calls" in ln]
     assert summary == ["detllm: 2 calls, 2 trials, 0 divergences"]
+    from tests.test_terminal import summary_after_syrupy
+
+    summary_after_syrupy(result)  # the same place as without xdist
     assert header(result)["seed"] == "77"
     result.stdout.fnmatch_lines(["*2 snapshots generated*"])
     path = golden_path(pytester)

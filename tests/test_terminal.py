@@ -35,13 +35,13 @@ def tiny(tiny_llama_dir: Path) -> str:
 def test_progress_reaches_a_ci_log_one_line_per_fuzzed_call(pytester: pytest.Pytester, tiny: str) -> None:
     pytester.makepyfile(test_x=FUZZED)
     # A subprocess with its output in a file, as in CI: not a TTY, not verbose.
-    result = pytester.runpytest_subprocess(f"--detllm-model={tiny}", "--detllm-batch-fuzz=3", "--detllm-max-batch=3",
+    result = pytester.runpytest_subprocess(f"--detllm-model={tiny}", "--detllm-batch-fuzz=2", "--detllm-max-batch=2",
                                            "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
     result.assert_outcomes(passed=1)
     lines = [ln for ln in result.outlines if re.match(r"^detllm: test_x\.py::test_a call \d: fuzz ", ln)]
     assert [re.sub(r" \([\d.]+ s\)$", "", ln) for ln in lines] == [
-        "detllm: test_x.py::test_a call 0: fuzz 3/3 trials, 0 divergences",
-        "detllm: test_x.py::test_a call 1: fuzz 3/3 trials, 0 divergences",
+        "detllm: test_x.py::test_a call 0: fuzz 2/2 trials, 0 divergences",
+        "detllm: test_x.py::test_a call 1: fuzz 2/2 trials, 0 divergences",
     ], result.stdout.str()
 
 
@@ -69,7 +69,7 @@ def test_summary_singular_and_plural() -> None:
         "detllm: 3 calls, 3 trials, 5 prefill checks, 0 divergences"
 
 
-def _summary_after_syrupy(result: pytest.RunResult) -> None:
+def summary_after_syrupy(result: pytest.RunResult) -> None:
     lines = result.outlines
     syrupy = lines.index("--------------------------- snapshot report summary ----------------------------")
     ours = next(i for i, ln in enumerate(lines) if re.match(r"^detllm: \d+ calls?, ", ln))
@@ -82,15 +82,13 @@ def _summary_after_syrupy(result: pytest.RunResult) -> None:
 def test_summary_line_comes_after_syrupys_report_every_time(pytester: pytest.Pytester, tiny: str) -> None:
     pytester.makepyfile(test_x=ONE_TEST)
     args = (f"--detllm-model={tiny}", "-p", "no:cacheprovider")
-    _summary_after_syrupy(pytester.runpytest(*args, "--snapshot-update"))  # generated
-    _summary_after_syrupy(pytester.runpytest(*args))  # passed
-    _summary_after_syrupy(pytester.runpytest(*args, "--detllm-report=r.json"))  # with the report line
+    summary_after_syrupy(pytester.runpytest(*args, "--snapshot-update"))  # generated
+    summary_after_syrupy(pytester.runpytest(*args))  # passed
+    summary_after_syrupy(pytester.runpytest(*args, "--detllm-report=r.json"))  # with the report line
     pytester.makepyfile(test_x=ONE_TEST.replace("Hello there", "Good evening"))
     failed = pytester.runpytest(*args)  # failed snapshot
     failed.assert_outcomes(failed=1)
-    _summary_after_syrupy(failed)
-    pytest.importorskip("xdist")
-    _summary_after_syrupy(pytester.runpytest_subprocess(*args, "-n", "2", "-p", "no:hypothesispytest"))
+    summary_after_syrupy(failed)  # (and under xdist: test_plugin's xdist test checks it too)
 
 
 def _divergence_block(out: str) -> str:
