@@ -15,6 +15,7 @@ from .model import DTYPES  # stdlib-only module: keeps plugin loading light
 
 DEFAULT_FUZZ_TRIALS = 4
 DEFAULT_MAX_NEW_TOKENS = 32
+MISSING_ENV_POLICIES = ("fail", "compare", "skip")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("allow-update-in-ci", "allow --snapshot-update when CI=true", False, kind="bool"),
     Opt("device-map", "spread the model's layers over the visible GPUs (accelerate placement; no arithmetic "
         "changes, so no new goldens)", None, choices=("auto", "balanced", "sequential")),
+    Opt("missing-env", "when a golden exists only for other environments: 'fail' (default), 'compare' with the "
+        "nearest one (passes iff the tokens are identical), or 'skip' (refused under CI=true)", "fail",
+        choices=MISSING_ENV_POLICIES),
 )
 
 
@@ -114,6 +118,12 @@ def resolve(config: pytest.Config, environ: "dict[str, str] | None" = None) -> d
             continue
         out[o.name] = (o.default, "default")
     return out
+
+
+def in_ci(environ: "dict[str, str] | None" = None) -> bool:
+    """CI=true (or 1, yes): goldens are never written and never skipped there."""
+    env = os.environ if environ is None else environ
+    return env.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def explicitly_set(values: dict[str, Any]) -> bool:
