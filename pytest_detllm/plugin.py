@@ -177,14 +177,27 @@ def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items
     return []
 
 
+def default_threads(workers: int, cpus: int) -> int:
+    """Torch CPU threads when --detllm-threads is not given: half the CPUs this process may use,
+    shared among xdist workers. OpenMP teams that together exceed the cores collapse (two 2-thread
+    runs on 2 cores: 12x slower); the invariant mode's bits do not depend on the thread count."""
+    return max(1, cpus // (2 * max(1, workers)))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset / cgroup cpusets
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _settings(config: pytest.Config) -> Any:
     from .runtime import Settings
 
     v = lambda n: _value(config, n)  # noqa: E731
     threads = v("threads")
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    if not threads and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)  # avoid OpenMP oversubscription
+    if not threads:
+        threads = default_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0), _usable_cpus())
     return Settings(model=v("model"), device=v("device"), dtype=v("dtype"), kernels=v("kernels"),
                     fuzz_trials=v("batch-fuzz"), seed=v("seed"), max_new_tokens=v("max-new-tokens"),
                     max_batch=v("max-batch"), threads=threads, check_prefill=v("check-prefill"),

@@ -84,7 +84,8 @@ class Runtime:
             major, minor = torch.cuda.get_device_capability(lm.device)
             dev = f"cuda-sm{major}{minor}"
         mm = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731
-        return f"{dev}-{lm.dtype}-{self.settings.kernels}-torch{mm(torch.__version__)}-transformers{mm(transformers.__version__)}"
+        key = f"{dev}-{lm.dtype}-{self.settings.kernels}-torch{mm(torch.__version__)}-transformers{mm(transformers.__version__)}"
+        return key + "-" + cpu_code_path() if dev == "cpu" else key
 
     def pool(self, spec: str | None = None) -> FillerPool:
         if spec not in self._pools:
@@ -177,6 +178,45 @@ class Runtime:
                 return [Divergence.build(nodeid=nodeid, prompt=prompt, check="prefill", seed=seed, rerun=rerun,
                                          diff=diff, layout=None, solo=solo, other=padded, decode=decode)]
         return []
+
+
+def cpu_code_path() -> str:
+    """The part of a CPU golden's key that names the code paths its bits depend on (measured:
+    docs/benchmarks.md, "CPU bits"): the machine arch, ATen's vector ISA (its exp/sin/cos kernels
+    give other bits under `default` than under `avx2`), the BLAS family, and for MKL the CPU vendor
+    (MKL picks its GEMM kernels per vendor and ISA; MKL_CBWR pins them on Intel only) plus any
+    MKL_CBWR / MKL_ENABLE_INSTRUCTIONS override. The thread count is not in it: it changes no bit."""
+    import os
+    import platform
+    import re
+
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    parts = [arch or "unknown", torch.backends.cpu.get_cpu_capability().lower()]
+    m = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    blas = m.group(1).lower() if m else "noblas"
+    parts.append(blas)
+    if blas == "mkl":
+        parts.append(_cpu_vendor())
+        for var in ("MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS"):
+            if os.environ.get(var):
+                parts.append(var[4:].lower().replace("_", "") + "." + re.sub(r"[^a-z0-9]+", ".", os.environ[var].lower()))
+    return "-".join(parts)
+
+
+def _cpu_vendor() -> str:
+    import platform
+
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read(8192)
+    except OSError:
+        text = platform.processor()
+    for mark, name in (("GenuineIntel", "intel"), ("AuthenticAMD", "amd"), ("HygonGenuine", "hygon"),
+                       ("Intel", "intel"), ("AMD", "amd")):
+        if mark in text:
+            return name
+    return "othervendor"
 
 
 def _generate_halving(eng: Engine, requests: list[Request], layout: Any) -> list[Generation]:

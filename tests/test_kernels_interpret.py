@@ -1,7 +1,8 @@
 """The batch-invariance kernel checks, run on CPU through Triton's interpreter (CI has no GPU).
 
 One subprocess runs every check (TRITON_INTERPRET must be set before triton is imported);
-each check is reported as its own test.
+each check is reported as its own test. The interpreter's tl.dot runs a fixed-order reduction
+instead of the host BLAS (tests/interpret/fixed_dot.py; tests/test_interpret_harness.py tests it).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ NAMES = [
     "reductions_fp32", "reductions_bf16", "reductions_fp16", "cuda_impls",
     "attention_fp32", "attention_bf16", "attention_softcap",
 ]
+# Checks whose kernels call tl.dot: each must have run the fixed-order dot, not the BLAS.
+USES_DOT = {n for n in NAMES if not n.startswith("reductions")}
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +47,6 @@ def test_kernel_check_interpreted(results: dict[str, dict[str, Any]], name: str)
     rec = results.get(name)
     assert rec is not None, f"check {name} did not run (interpreter process died?)"
     assert rec["ok"], rec.get("error")
+    assert rec["fixed_dot"] and rec["blas_guard"], f"{name}: the fixed-order dot was not in force: {rec}"
+    if name in USES_DOT:
+        assert rec["fixed_dots"] > 0, f"{name}: no tl.dot went through the fixed-order dot"

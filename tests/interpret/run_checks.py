@@ -1,11 +1,15 @@
 """Run the kernel checks on CPU through Triton's interpreter (small shapes).
 
-Usage: python tests/interpret/run_checks.py [CHECK ...]   (prints one JSON line per check)
-TRITON_INTERPRET must be 1 before triton is imported, which is why this is a script run in a
-subprocess by tests/test_kernels_interpret.py rather than a test module.
+Usage: python tests/interpret/run_checks.py [--dot fixed|stock] [--no-guard] [--fake-blas] [CHECK ...]
+(prints one JSON line per check). TRITON_INTERPRET must be 1 before triton is imported, which is
+why this is a script run in a subprocess by tests/test_kernels_interpret.py rather than a test
+module. By default tl.dot runs fixed_dot.fixed_order_dot and any BLAS product inside the
+interpreter raises (fixed_dot.py says why); --dot stock / --no-guard / --fake-blas (a
+row-dependent np.matmul) exist for the harness's own tests.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -18,10 +22,12 @@ os.environ["TRITON_INTERPRET"] = "1"
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "gpu"))
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
 import kernel_checks as kc  # noqa: E402
+import fixed_dot  # noqa: E402
 
 DEV = "cpu"
 MS = kc.INTERP_MS
@@ -45,17 +51,29 @@ CHECKS: dict[str, Callable[[], object]] = {
 }
 
 
-def main(names: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checks", nargs="*", choices=[[], *CHECKS], metavar="CHECK")
+    ap.add_argument("--dot", choices=("fixed", "stock"), default="fixed")
+    ap.add_argument("--no-guard", action="store_true", help="let BLAS products run in the interpreter")
+    ap.add_argument("--fake-blas", action="store_true", help="np.matmul changes odd rows' last bit")
+    args = ap.parse_args(argv)
+    if args.fake_blas:
+        import numpy as np
+
+        np.matmul = fixed_dot.row_dependent_matmul(np.matmul)
+    fixed_dot.install(fixed=args.dot == "fixed", guard=not args.no_guard)
+    in_force = fixed_dot.installed()
     failed = 0
-    for name in names or list(CHECKS):
-        t0 = time.time()
+    for name in args.checks or list(CHECKS):
+        t0, dots0 = time.time(), fixed_dot.calls
         try:
             CHECKS[name]()
-            res = {"check": name, "ok": True}
+            res: dict[str, object] = {"check": name, "ok": True}
         except Exception:  # report every failure, keep going
             res = {"check": name, "ok": False, "error": traceback.format_exc()}
             failed += 1
-        res["seconds"] = round(time.time() - t0, 2)
+        res.update(in_force, fixed_dots=fixed_dot.calls - dots0, seconds=round(time.time() - t0, 2))
         print(json.dumps(res), flush=True)
     return 1 if failed else 0
 
