@@ -44,7 +44,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("seed", "fuzz seed: an integer, or 'last' to reuse the previous run's seed"),
     Opt("max-new-tokens", "default max_new_tokens of llm()", DEFAULT_MAX_NEW_TOKENS, kind="int"),
     Opt("max-batch", "largest fuzz batch (default 16 on CPU, 64 on CUDA)", 0, kind="int"),
-    Opt("threads", "torch CPU threads (default: torch's own choice; 1 per xdist worker)", 0, kind="int"),
+    Opt("threads", "torch CPU threads (default: half the CPUs this process may use, shared among xdist workers)", 0, kind="int"),
     Opt("check-prefill", "also check that each decoded step's logits equal a fresh prefill's", False, kind="bool"),
     Opt("report", "write a JSON divergence report to this path"),
     Opt("strict", "fail a test when a reduction op ran outside the invariant kernels", False, kind="bool"),
