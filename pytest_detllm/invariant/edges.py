@@ -91,6 +91,19 @@ def layer_norm_stat_dtype(x: torch.Tensor, normalized_shape: Sequence[int], weig
             raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
         if x.dtype not in (torch.float16, torch.bfloat16):
             raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    check_layer_norm_shapes(x, ns, weight, bias)
+    if not x.is_floating_point():
+        raise NotImplementedError(f"\"LayerNormKernelImpl\" not implemented for '{_name(x.dtype)}'")
+    for p in params:
+        if not mixed and p.dtype != x.dtype:
+            raise RuntimeError(f"expected scalar type {_name(x.dtype)} but found {_name(p.dtype)}")
+    return torch.float32 if mixed else x.dtype
+
+
+def check_layer_norm_shapes(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+                            bias: torch.Tensor | None) -> None:
+    """The shape checks every device's layer norm makes (stock's messages)."""
+    ns = list(normalized_shape)
     if not ns:
         raise RuntimeError(
             "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
@@ -102,12 +115,6 @@ def layer_norm_stat_dtype(x: torch.Tensor, normalized_shape: Sequence[int], weig
     if x.dim() < len(ns) or list(x.shape[x.dim() - len(ns):]) != ns:
         raise RuntimeError(f"Given normalized_shape={ns}, expected input with shape [*, {', '.join(map(str, ns))}], "
                            f"but got input of size{list(x.shape)}")
-    if not x.is_floating_point():
-        raise NotImplementedError(f"\"LayerNormKernelImpl\" not implemented for '{_name(x.dtype)}'")
-    for p in params:
-        if not mixed and p.dtype != x.dtype:
-            raise RuntimeError(f"expected scalar type {_name(x.dtype)} but found {_name(p.dtype)}")
-    return torch.float32 if mixed else x.dtype
 
 
 def empty_layer_norm(x: torch.Tensor, k: int, stat_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
