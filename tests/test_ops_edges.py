@@ -337,3 +337,18 @@ def test_differential_check_catches_a_wrong_result() -> None:
     with pytest.raises(AssertionError):
         assert_same_outcome("t", RuntimeError("x"), x)
     assert_same_outcome("t", x.sum(-1), x.flip(-1).sum(-1))  # reordering alone passes
+
+
+def test_out_forms_run_stock_and_strict_mode_names_them() -> None:
+    """``out=`` overloads are separate dispatcher entries the mode leaves stock (the fixed-order code
+    is built on them): same results as stock, and strict mode names the op instead of passing it."""
+    from pytest_detllm.strict import StrictModeError, record
+
+    a, b = torch.randn(5, 7), torch.randn(7, 3)
+    with batch_invariant(), torch.inference_mode():
+        with pytest.raises(StrictModeError, match=r"aten::mm\.out"):
+            with record():
+                torch.mm(a, b, out=torch.empty(0))
+        with record() as audit:
+            torch.mm(a, b)
+        assert audit.covered.get("mm") and not audit.violations
