@@ -27,7 +27,7 @@ FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 EXACT = [torch.int64, torch.int32, torch.bool]
 LAYOUTS = ["contiguous", "strided", "transposed", "expanded", "overlapping"]
 SIZES = st.sampled_from([0, 1, 2, 3, 4, 5, 9])
-EXAMPLES = int(os.environ.get("PYTEST_DETLLM_EDGE_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("PYTEST_DETLLM_EDGE_EXAMPLES", "250"))
 
 Case = Callable[[], Any]
 

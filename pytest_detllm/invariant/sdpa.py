@@ -25,7 +25,11 @@ SDPA_OP = "scaled_dot_product_attention"
 # any score gap a model produces, so stock's exp() of such an entry is 0 as ours is.
 MASKED_BELOW = -1e4
 
-_last: list = [None, None]  # one-entry cache: ((mask, shapes), (starts, causal)); every layer shares the mask
+# One-entry cache, (mask, shapes, (starts, causal)), read and written as one tuple (threads): every
+# layer of a forward passes the same mask, and the same starts list lets cuda_attention reuse its
+# device copy.
+_last: list = [None]
+_no_padding: dict[int, list[int]] = {}
 
 
 class UnsupportedSDPA(NotImplementedError):
@@ -152,12 +156,12 @@ def _layout(mask: torch.Tensor | None, is_causal: bool, lead: torch.Size, bsz: i
             # stock aligns is_causal top-left (query i sees keys 0..i); ours anchors queries at the end
             raise _refuse(f"is_causal=True with {tq} queries and {tk} keys (top-left aligned causal); "
                           "pass an explicit mask")
-        return [0] * bsz, is_causal
+        return _no_padding.setdefault(bsz, [0] * bsz), is_causal
     if is_causal:
         raise _refuse("attn_mask together with is_causal=True; pass one of them")
     cached = _last[0]
     if cached is not None and cached[0] is mask and cached[1] == (bsz, h, tq, tk):
-        return _last[1]
+        return cached[2]
     full = _to4(mask.expand(*lead, tq, tk))  # stock's broadcast (and its error when it does not fit)
     if mask.dim() == 4 and mask.shape[1] > 1 and not bool((full == full[:, :1]).all()):
         raise _refuse("a mask that differs between heads")
@@ -167,5 +171,5 @@ def _layout(mask: torch.Tensor | None, is_causal: bool, lead: torch.Size, bsz: i
         layout = mask_layout(full[:, :1], bsz, tq, tk, False)
     except UnsupportedAttentionMask as exc:
         raise _refuse(f"the mask's structure: {exc}") from None
-    _last[:] = [(mask, (bsz, h, tq, tk)), layout]
+    _last[0] = (mask, (bsz, h, tq, tk), layout)
     return layout
