@@ -79,8 +79,10 @@ def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = Fals
         rows = self.reshape(*self.shape[: nd - len(dims)], -1)
     elif len(dims) == 1:
         rows = self.movedim(dims[0], -1)
-    else:  # several dims, not trailing: the fixed tree (invariant on any device)
-        return fixed.fixed_mean(self, dims, keepdim, dtype)
+    else:
+        raise NotImplementedError(
+            f"detllm batch-invariant mean.dim: dims {list(dim or [])} of a {nd}-d tensor "
+            "(only trailing dims or a single dim are covered)")
     out = _kernels().mean_lastdim(rows, dtype or self.dtype)
     if keepdim:
         out = out.reshape([1 if i in dims else s for i, s in enumerate(self.shape)])
