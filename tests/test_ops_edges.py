@@ -242,14 +242,27 @@ def norm_cases(draw: st.DrawFn, device: str) -> tuple[str, Case]:
     b_shape = draw(st.sampled_from([None, tuple(ns), tuple(ns)]))
     bias = None if b_shape is None else draw(tensors(b_shape, other_dtype(draw, dt), device))
     eps = draw(st.sampled_from([1e-5, 1e-6, 0.0]))
-    if op == "layer_norm":
-        return call(op, F.layer_norm, x, ns, w, bias, eps)
-    if op == "native_layer_norm":
-        return call(op, torch.ops.aten.native_layer_norm, x, ns, w, bias, eps)
+    if op in ("layer_norm", "native_layer_norm"):
+        fn = F.layer_norm if op == "layer_norm" else torch.ops.aten.native_layer_norm
+        label, run = call(op, fn, x, ns, w, bias, eps)
+        run.cond = layer_norm_condition(x, len(ns), eps)  # type: ignore[attr-defined]
+        return label, run
     if op == "rms_norm":
         return call(op, F.rms_norm, x, ns, w, draw(st.sampled_from([None, 1e-6])))
     # transformers' LlamaRMSNorm: the pattern every HF decoder runs
     return call(op, lambda t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6), x)
+
+
+def layer_norm_condition(x: torch.Tensor, k: int, eps: float) -> float:
+    """How much layer norm magnifies a rounding of the row mean: max |x| * rstd over the rows
+    (inf for a constant row with eps 0). Rows of near-equal values make it large: there the mean's
+    last bit, which a different summation order may change, decides the output."""
+    if not x.is_floating_point() or x.numel() == 0 or k == 0 or k > x.dim():
+        return 1.0
+    y = x.double().reshape(*x.shape[: x.dim() - k], -1)
+    y = torch.where(torch.isfinite(y), y, torch.zeros_like(y))  # non-finite rows are NaN in both
+    rstd = 1 / torch.sqrt(y.var(-1, unbiased=False) + eps)
+    return max(1.0, float((y.abs().amax(-1) * rstd).max()))
 
 
 FAMILIES: dict[str, Callable[[str], st.SearchStrategy[tuple[str, Case]]]] = {
@@ -277,8 +290,9 @@ def is_refusal(exc: Any) -> bool:
     return isinstance(exc, NotImplementedError) and "detllm" in str(exc)
 
 
-def assert_same_outcome(label: str, stock: Any, ours: Any, refusals: bool = False) -> None:
-    """``refusals``: accept the mode's named refusal where stock returns (CUDA's float64 matmul)."""
+def assert_same_outcome(label: str, stock: Any, ours: Any, refusals: bool = False, cond: float = 1.0) -> None:
+    """``refusals``: accept the mode's named refusal where stock returns (CUDA's float64 matmul).
+    ``cond``: how much the op magnifies a rounding difference (layer norm); inf: values not compared."""
     if refusals and not isinstance(stock, Exception) and is_refusal(ours):
         return
     if isinstance(stock, Exception):
@@ -291,13 +305,15 @@ def assert_same_outcome(label: str, stock: Any, ours: Any, refusals: bool = Fals
     for s, o in zip(s_leaves, o_leaves):
         assert isinstance(o, torch.Tensor) and o.shape == s.shape and o.dtype == s.dtype, (
             f"{label}: stock gave {tuple(s.shape)} {s.dtype}, ours {tuple(o.shape)} {o.dtype}")
+        if (s.dtype.is_floating_point or s.dtype.is_complex) and cond == float("inf"):
+            continue  # e.g. layer norm of a constant row with eps 0: 0 * inf, NaN or inf by a last bit
         if s.dtype.is_floating_point or s.dtype.is_complex:
             # Invariance may change the rounding, nothing more: a few ulps of the dtype, relative
             # to the result's magnitude; NaN and inf must sit where stock puts them.
             eps = torch.finfo(s.dtype).eps
             finite = s[torch.isfinite(s)]
             scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-            torch.testing.assert_close(o, s, rtol=16 * eps, atol=16 * eps * scale, equal_nan=True,
+            torch.testing.assert_close(o, s, rtol=16 * eps, atol=16 * eps * scale * cond, equal_nan=True,
                                        msg=lambda m: f"{label}: {m}")
         else:
             assert torch.equal(o.cpu(), s.cpu()), f"{label}: exact results differ"
@@ -308,7 +324,7 @@ def check_case(family: str, device: str, data: st.DataObject, refusals: bool = F
     stock = outcome(call)
     with batch_invariant():
         ours = outcome(call)
-    assert_same_outcome(label, stock, ours, refusals)
+    assert_same_outcome(label, stock, ours, refusals, getattr(call, "cond", 1.0))
 
 
 def edge_settings(examples: int = EXAMPLES) -> settings:
@@ -317,6 +333,7 @@ def edge_settings(examples: int = EXAMPLES) -> settings:
 
 
 # ---------------------------------------------------------------------------------- CPU tests
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")  # stock's own, for mixed dtypes
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @edge_settings()
 @given(data=st.data())

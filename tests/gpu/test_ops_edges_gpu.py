@@ -26,6 +26,7 @@ def _strict_fp32() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @edge_settings()
 @given(data=st.data())
