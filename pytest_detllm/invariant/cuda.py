@@ -11,6 +11,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import edges, fixed
+
 # Fail at import (the registry turns ImportError into a clear "no kernels for cuda" error) rather
 # than inside the first overridden op. find_spec checks presence without importing triton.
 for _mod in ("triton", "detllm_kernels"):
@@ -39,31 +41,44 @@ def _need_float(op: str, *ts: torch.Tensor) -> None:
             raise NotImplementedError(f"detllm batch-invariant {op}: dtype {t.dtype} has no invariant kernel")
 
 
+# As on CPU (edges.py): the plain case goes to the kernel, bad input and exact cases (integer,
+# bool, empty, 0-dim) to stock's out= overload, which the mode does not override. float64 has no
+# Triton matmul: refused by name; float64 reductions use the device-agnostic trees of fixed.py.
+_aten = torch.ops.aten
+
+
 def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
+    if not edges.matmul_ok(self, mat2, 2):
+        return edges.to_out(torch.mm, self.dtype, self.device, self, mat2)
     _need_float("mm", self, mat2)
     return _kernels().mm(self, mat2)
 
 
 def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1,
           alpha: float = 1) -> torch.Tensor:
+    if not (edges.matmul_ok(mat1, mat2, 2) and self.dtype == mat1.dtype and alpha != 0
+            and edges.expands_to(self.shape, (mat1.shape[0], mat2.shape[1]))):
+        return edges.to_out(torch.addmm, mat1.dtype, mat1.device, self, mat1, mat2, beta=beta, alpha=alpha)
     _need_float("addmm", mat1, mat2)
     return _kernels().addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha))
 
 
 def bmm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
+    if not edges.matmul_ok(self, mat2, 3):
+        return edges.to_out(torch.bmm, mat2.dtype, self.device, self, mat2)
     _need_float("bmm", self, mat2)
     return _kernels().bmm(self, mat2)
 
 
 def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = False, *,
              dtype: torch.dtype | None = None) -> torch.Tensor:
-    _need_float("mean.dim", self)
-    if dtype is not None and dtype not in _FLOATS:
-        raise NotImplementedError(f"detllm batch-invariant mean.dim: output dtype {dtype}")
+    out_dtype = dtype or self.dtype
     nd = self.dim()
-    if nd == 0:
-        return self.to(dtype or self.dtype).clone()
-    dims = sorted({d % nd for d in dim}) if dim else list(range(nd))
+    dims = edges.dims(self, dim)
+    if dims is None or not edges.inexact(out_dtype) or nd == 0 or self.numel() == 0:
+        return edges.to_out(_aten.mean.out, out_dtype, self.device, self, dim, keepdim, dtype=dtype)
+    if self.dtype not in _FLOATS or out_dtype not in _FLOATS:
+        return fixed.fixed_mean(self, dims, keepdim, dtype)
     if dims == list(range(nd - len(dims), nd)):
         # trailing dims: one row per leading index (reshape copies only if it must)
         rows = self.reshape(*self.shape[: nd - len(dims)], -1)
@@ -80,21 +95,18 @@ def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = Fals
 
 
 def _softmax_like(self: torch.Tensor, dim: int, half_to_float: bool, log: bool) -> torch.Tensor:
-    op = "_log_softmax" if log else "_softmax"
-    _need_float(op, self)
-    if half_to_float and self.dtype not in (torch.float16, torch.bfloat16):
-        raise RuntimeError(f"{op}: half_to_float needs a half input, got {self.dtype}")
+    if not (self.is_floating_point() and self.dim() > 0 and edges.dim_ok(self, dim) and self.numel() > 0
+            and (not half_to_float or self.dtype in (torch.float16, torch.bfloat16))):
+        op = _aten._log_softmax.out if log else _aten._softmax.out
+        return edges.to_out(op, torch.float32 if half_to_float else self.dtype, self.device, self, dim, half_to_float)
     out_dtype = torch.float32 if half_to_float else self.dtype
-    if self.dim() == 0:
-        x = self.reshape(1)
-        d = -1
-    else:
-        x = self
-        d = dim % self.dim()
+    if self.dtype not in _FLOATS:
+        return fixed.fixed_softmax(self, dim, log, out_dtype)
+    d = dim % self.dim()
     k = _kernels()
     fn = k.log_softmax_lastdim if log else k.softmax_lastdim
-    last = d == -1 or d == x.dim() - 1
-    y = fn(x if last else x.movedim(d, -1), out_dtype)
+    last = d == self.dim() - 1
+    y = fn(self if last else self.movedim(d, -1), out_dtype)
     if not last:
         y = y.movedim(-1, d).contiguous()
     return y.reshape(self.shape)
@@ -112,9 +124,12 @@ def _rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Ten
          eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     _need_float("rms_norm", input)
     nd = len(normalized_shape)
-    if tuple(input.shape[input.dim() - nd:]) != tuple(normalized_shape):
+    if input.dim() < nd or tuple(input.shape[input.dim() - nd:]) != tuple(normalized_shape):
         raise RuntimeError(f"rms_norm: normalized_shape {list(normalized_shape)} does not match "
                            f"input shape {list(input.shape)}")
+    if weight is not None and tuple(weight.shape) != tuple(normalized_shape):
+        raise RuntimeError(f"rms_norm: weight of shape {list(weight.shape)} for normalized_shape "
+                           f"{list(normalized_shape)}")
     return _kernels().rms_norm(input, weight, eps, nd)
 
 
@@ -131,10 +146,16 @@ def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
 def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
                       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm (GPT-2 and friends) from two invariant row means and elementwise ops."""
-    from .fixed import layer_norm_with
-
-    _need_float("native_layer_norm", input)
-    return layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape), weight, bias, eps)
+    edges.check_layer_norm_shapes(input, normalized_shape, weight, bias)
+    if not input.is_floating_point():
+        raise NotImplementedError(f"detllm batch-invariant native_layer_norm: dtype {input.dtype} "
+                                  "(stock has no layer norm for it either)")
+    stat_dtype = fixed._acc_dtype(input.dtype)  # CUDA's stock mean/rstd: the accumulation dtype
+    if input.numel() == 0:
+        return edges.empty_layer_norm(input, len(normalized_shape), stat_dtype)
+    if input.dtype not in _FLOATS:
+        return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
+    return fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape), weight, bias, eps)
 
 
 def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

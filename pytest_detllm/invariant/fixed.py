@@ -128,7 +128,10 @@ def _move_dims_last(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, lis
     dims = sorted({d % nd for d in dims}) if dims else list(range(nd))
     keep = [d for d in range(nd) if d not in dims]
     y = x.permute(*keep, *dims)
-    y = y.reshape(*[x.shape[d] for d in keep], -1)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    y = y.reshape(*[x.shape[d] for d in keep], n)  # not -1: ambiguous for empty tensors
     return y, dims
 
 
@@ -156,7 +159,9 @@ def fixed_softmax(x: torch.Tensor, dim: int, log: bool, out_dtype: torch.dtype) 
     """softmax / log_softmax along ``dim``: max is exact, exp is elementwise, the sum is a tree."""
     y = x.movedim(dim, -1).to(_acc_dtype(out_dtype))
     m = y.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows stay NaN-free
+    # A row of only -inf gets max 0, so exp gives zeros (softmax NaN like stock, _safe_softmax's
+    # zeros); +inf and NaN maxima are kept, so those rows come out NaN as stock's do.
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
     z = y - m
     e = torch.exp(z)
     s = tree_sum_last(e).unsqueeze(-1)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
 
+SDPA_KEY = "CompositeImplicitAutograd"
 _lock = threading.RLock()
 _depth = 0
 _lib: "torch.library.Library | None" = None
@@ -155,6 +156,12 @@ def enter() -> None:
                     for name, fn in table.items():
                         lib.impl(name, _counted(key.lower(), name, fn), key)
                         _installed.setdefault(key, set()).add(name)
+                # Direct F.scaled_dot_product_attention calls: the composite op itself, above the
+                # backend choice and the autograd key, so no route bypasses it (sdpa.py counts calls).
+                from .sdpa import SDPA_OP, scaled_dot_product_attention
+
+                lib.impl(SDPA_OP, scaled_dot_product_attention, SDPA_KEY)
+                _installed.setdefault(SDPA_KEY, set()).add(SDPA_OP)
             _lib = lib
             try:
                 _install_attention()
