@@ -240,7 +240,10 @@ def run_update(pytester: pytest.Pytester, path: Path, good: bytes, raw: bytes) -
     ok = parse_golden(str(path), good)
     new = parse_golden(str(path), path.read_bytes())
     before = parse_golden(str(path), raw)
-    assert new.file_problem() is None, new.problems
+    # The update adds no damage; damage in bytes it must keep (an entry of a test that did not run,
+    # e.g. a NUL inside its `# name:` line) stays, byte for byte, for a person to look at.
+    if before.file_problem() is None:
+        assert new.file_problem() is None, new.problems
     for name in ("test_one", "test_two"):  # the tests that ran: re-recorded
         assert new.entries[name].data == ok.entries[name].data and new.entry_problem(name) is None
     for name, entry in before.entries.items():  # the others: kept as they were, byte for byte

@@ -108,6 +108,9 @@ class StaticEngine:
             # A bigger cache: every bucket's views and graphs go with the old one.
             old = (0, 0) if pool is None else (pool.rows, pool.cap)
             self._slots.clear()
+            # New graphs get a new private memory pool: capturing into the pool of graphs just
+            # freed trips an allocator assertion (seen on torch 2.11).
+            self._graph_pool = None
             self._kv = pool = None
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -147,6 +147,10 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
                       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm (GPT-2 and friends) from two invariant row means and elementwise ops."""
     edges.check_layer_norm_shapes(input, normalized_shape, weight, bias)
+    for p in (weight, bias):  # stock CUDA: parameters in the input's dtype (or fp32 for a half input)
+        if p is not None and p.dtype != input.dtype and input.is_floating_point() and not (
+                input.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32):
+            raise RuntimeError(f"expected scalar type {edges._name(input.dtype)} but found {edges._name(p.dtype)}")
     if not input.is_floating_point():
         raise NotImplementedError(f"detllm batch-invariant native_layer_norm: dtype {input.dtype} "
                                   "(stock has no layer norm for it either)")

@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_t
 SDPA_KEY = "CompositeImplicitAutograd"
 _lock = threading.RLock()
 _depth = 0
+_saved_threads = 0
 _lib: "torch.library.Library | None" = None
 _saved_attention: dict[str, object] = {}
 _installed: dict[str, set[str]] = {}
@@ -170,6 +171,14 @@ def enter() -> None:
                 _lib = None
                 _installed.clear()
                 raise
+            # One CPU thread inside the mode: on an Intel Xeon (AVX-512, MKL's Intel path) the same
+            # fixed-shape GEMM gave a row other bits at 1 thread than at 2 or 16 (benchmarks/
+            # cpu_bits.py on the GPU host), so a thread count would have to be part of every CPU
+            # golden's key. Single-threaded, the bits do not depend on the machine's core count.
+            global _saved_threads
+            _saved_threads = torch.get_num_threads()
+            if _saved_threads != 1:
+                torch.set_num_threads(1)
         _depth += 1
 
 
@@ -183,6 +192,8 @@ def exit() -> None:
                 _lib._destroy()
                 _lib = None
             _installed.clear()
+            if _saved_threads and torch.get_num_threads() != _saved_threads:
+                torch.set_num_threads(_saved_threads)
 
 
 def active() -> bool:

@@ -76,6 +76,7 @@ def test_bucket_padding_rows_do_not_change_bits(llama) -> None:  # type: ignore[
     """The same request at buckets 16 and 64 (and alone, bucket 1) gives the same bits."""
     dev = torch.device("cuda")
     eng = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    eng.reserve(64, 400)  # one cache for every bucket, as a fuzz session sizes it
     req = Request(_ids(80, 4), max_new_tokens=12, temperature=0.7, seed=5)
     solo = eng.generate([req], keep_logits=[0])[0]
     for n in (9, 33):  # rows 9 -> bucket 16, 33 -> bucket 64
@@ -84,6 +85,7 @@ def test_bucket_padding_rows_do_not_change_bits(llama) -> None:  # type: ignore[
         got = eng.generate(batch, keep_logits=[n // 2])[n // 2]
         assert first_divergence(solo, got) is None, f"batch of {n}"
     assert {1, 16, 64} <= set(eng._impl._slots)
+    assert all(s.graph is not None for s in eng._impl._slots.values())
 
 
 def test_stock_engine_runs_the_same_graphs_and_diverges(llama) -> None:  # type: ignore[no-untyped-def]
