@@ -144,25 +144,3 @@ def test_junit_xml_properties_per_test(pytester: pytest.Pytester, tiny: str) -> 
         "detllm_divergences": "0",
         "detllm_logit_hash": out_json(pytester)["logit_hash"],
     }
-
-
-@pytest.mark.gpu
-def test_header_names_the_cuda_card(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    # A tiny model with a word-level tokenizer: the GPU host has no embedded model to borrow one from.
-    from tokenizers import Tokenizer, models
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from tests.models import tiny_config
-
-    tiny = str(tmp_path / "tiny")
-    AutoModelForCausalLM.from_config(tiny_config("llama", vocab=64)).save_pretrained(tiny)
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))) \
-        .save_pretrained(tiny)
-    pytester.makepyfile(test_x="def test_a(llm):\n    llm('Hi', max_new_tokens=1)\n")
-    result = pytester.runpytest(f"--detllm-model={tiny}", "--detllm-device=cuda", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
-    h = header(result)
-    assert (h["device"], h["card"]) == ("cuda:0", torch.cuda.get_device_name(0))

@@ -159,7 +159,10 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
         return edges.empty_layer_norm(input, len(normalized_shape), stat_dtype)
     if input.dtype not in _FLOATS:
         return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
-    return fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape), weight, bias, eps)
+    out, mean, rstd = fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape),
+                                            weight, bias, eps)
+    # A row holding inf or NaN has rstd NaN; stock's running (Welford) mean is NaN there too.
+    return out, torch.where(torch.isnan(rstd), rstd, mean), rstd
 
 
 def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
