@@ -116,6 +116,8 @@ def _uses_detllm(items: list[pytest.Item]) -> bool:
 def _model_label(config: pytest.Config) -> str:
     from .model import DEFAULT_MODEL_NAME  # light module: no torch at import
 
+    if _value(config, "backend") == "openai":
+        return f"{_value(config, 'served-model') or '(served)'} at {_value(config, 'base-url')} (openai)"
     return _value(config, "model") or f"{DEFAULT_MODEL_NAME} (embedded)"
 
 
@@ -123,7 +125,9 @@ def header_line(config: pytest.Config) -> str:
     v = lambda n: _value(config, n)  # noqa: E731
     trials = v("batch-fuzz")
     model = _model_label(config)
-    return (f"detllm: model={model} device={v('device')} dtype={v('dtype')} kernels={v('kernels')} "
+    engine = ("" if v("backend") == "openai"  # a server's device, dtype and kernels are its own
+              else f"device={v('device')} dtype={v('dtype')} kernels={v('kernels')} ")
+    return (f"detllm: model={model} {engine}"
             f"fuzz={'off' if not trials else f'{trials} trials'} seed={v('seed')}"
             + (" strict" if v("strict") else "") + (f" (reuse: --detllm-seed={v('seed')})" if trials else ""))
 
@@ -145,10 +149,13 @@ def _settings(config: pytest.Config) -> Any:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if not threads and workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)  # avoid OpenMP oversubscription
+    key_var = v("api-key-env")
     return Settings(model=v("model"), device=v("device"), dtype=v("dtype"), kernels=v("kernels"),
                     fuzz_trials=v("batch-fuzz"), seed=v("seed"), max_new_tokens=v("max-new-tokens"),
                     max_batch=v("max-batch"), threads=threads, check_prefill=v("check-prefill"),
-                    strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"))
+                    strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"),
+                    backend=v("backend"), base_url=v("base-url"), served_model=v("served-model"),
+                    api_key=os.environ.get(key_var) if key_var else None, timeout=v("timeout"))
 
 
 def get_runtime(config: pytest.Config) -> "Runtime":
@@ -186,7 +193,8 @@ def _progress(config: pytest.Config) -> Callable[[int, int], None] | None:
 
 def _rerun_extra(config: pytest.Config) -> dict[str, Any]:
     extra = {}
-    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch"):
+    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch",
+                 "backend", "base-url", "served-model", "api-key-env", "timeout"):
         value, src = config.stash[_SETTINGS][name]
         if src != "default":
             extra[name] = value
