@@ -17,10 +17,12 @@ from typing import Any, Iterator
 import pytest
 
 from pytest_detllm.backends.openai import OpenAIBackend, ServerError
+from tests.test_plugin import SCHEMA, check_schema
 from tests.servers import FakeOpenAI, free_port, llama_server, llama_server_binary, vllm_skip_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
+SCHEMA_DOC = json.loads(SCHEMA.read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -230,6 +232,7 @@ def test_fuzz_finds_a_server_that_moves_with_load(pytester: pytest.Pytester) -> 
     assert "co-batched run diverged from the solo run at generated token 0 (logits only" in out
     assert "concurrent requests, prompt at position" in out and "rerun: pytest test_f.py::test_fuzzed" in out
     assert f"--detllm-base-url={fake.url}" in out and "--detllm-backend=openai" in out
+    check_schema(report, SCHEMA_DOC, SCHEMA_DOC)
     rec = report["records"][0]
     assert report["divergences"] == 1 and rec["check"] == "batch" and rec["layout"]["filler_length_unit"] == "words"
     assert "prompt_delay_ms" in rec["layout"] and max_in_flight > 1
@@ -326,6 +329,7 @@ def test_llamacpp_four_slots_fuzz_runs_and_reports(pytester: pytest.Pytester, ll
     outcome is valid, and what the fuzz found is reported (printed here, and in the JSON report)."""
     result, report, path = fuzz_llama(pytester, llama_4slots, 4)
     _keep(path, "llamacpp_fuzz_4slots.json")
+    check_schema(report, SCHEMA_DOC, SCHEMA_DOC)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2 and report["calls"] == 2
     assert outcomes.get("failed", 0) == report["divergences"] == len(report["records"])
