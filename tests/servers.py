@@ -162,7 +162,10 @@ def llama_server(log_dir: Path, *, slots: int, ctx: int = 4096, timeout: float =
     log_path = log_dir / f"llama-server-{slots}slots.log"
     cmd = [str(binary), "--model", str(embedded_gguf()), "--host", "127.0.0.1", "--port", str(port),
            "--parallel", str(slots), "--ctx-size", str(ctx), "--threads", "1", "--threads-batch", "1",
-           "--alias", "smollm2-135m-instruct", "--no-webui"]
+           "--alias", "smollm2-135m-instruct", "--no-webui",
+           # The prompt cache changes results by itself (a cached prompt's logprobs differ from a fresh
+           # prefill's), which is not batching: off, so each request is a fresh prefill.
+           "--no-cache-prompt", "--cache-ram", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "HF_"))}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

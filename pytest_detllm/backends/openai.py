@@ -314,8 +314,9 @@ class OpenAIBackend:
     def _run(self, requests: Sequence[Request], keep: Collection[int] | None,
              delays: Sequence[float] | None = None) -> list[Generation]:
         self.connect()
-        if any(r.temperature > 0 for r in requests):
-            self._check_seed(next(r for r in requests if r.temperature > 0))
+        sampled = [r for r in requests if r.temperature > 0 and isinstance(r, ServedRequest)]
+        if sampled:  # the user's own seeded prompt, not the fillers (their sampling is only load)
+            self._check_seed(sampled[0])
         keep_set = set(range(len(requests))) if keep is None else set(keep)
         delays = list(delays) if delays is not None else [0.0] * len(requests)
         if len(requests) == 1:
@@ -398,20 +399,18 @@ class OpenAIBackend:
             row[tid] = v
         return row
 
-    def _check_seed(self, req: Request) -> None:
+    def _check_seed(self, req: ServedRequest) -> None:
         """Once per session: the same seeded request twice, alone, must sample the same tokens."""
         if self._seed_checked:
             return
-        probe = Request(req.input_ids, max_new_tokens=min(8, req.max_new_tokens), temperature=max(1.0, req.temperature),
-                        seed=req.seed)
-        if isinstance(req, ServedRequest):
-            probe = ServedRequest(req.input_ids, max_new_tokens=probe.max_new_tokens, temperature=probe.temperature,
-                                  seed=req.seed, text=req.text, chat=req.chat)
+        probe = ServedRequest(req.input_ids, max_new_tokens=min(8, req.max_new_tokens),
+                              temperature=max(1.0, req.temperature), seed=req.seed, text=req.text, chat=req.chat)
         a, b = (self._one(probe, True) for _ in range(2))
         if a.token_ids != b.token_ids:
-            raise ServerError(f"{self.describe()} sampled different tokens for the same request and seed {req.seed}: "
-                              "the server ignores `seed`. Seeded sampling cannot be tested against it; use "
-                              "temperature=0 or a server that honours `seed` (vLLM, SGLang and llama.cpp do)")
+            raise ServerError(f"{self.describe()} sampled different tokens for the same request and seed {req.seed}, "
+                              "sent twice in a row: the server ignores `seed`, or an identical request does not give "
+                              "identical results (a prompt cache: llama.cpp --no-cache-prompt, SGLang "
+                              "--disable-radix-cache). Use temperature=0, or a server that honours `seed` reproducibly")
         self._seed_checked = True
 
     # -- what the report and goldens need ---------------------------------------------------
