@@ -1,14 +1,23 @@
-"""Greedy generation time under the invariant mode vs stock kernels, one run, one card.
+"""Greedy decode speed: the plugin's engine vs what a user would otherwise run, one run, one card.
 
-    python benchmarks/bench_generate.py [--device cuda] [--dtype bfloat16] [--batches 1 8 32]
+    python benchmarks/bench_generate.py --shape llama8b --batches 1 16 --prompt-len 256 --new 64
 
-A random-weight model of Llama-3.2-1B's shape (hub unreachable; timing needs shapes, not facts).
-Stock uses transformers' default attention (sdpa); invariant uses detllm's attention and kernels.
+Four ways to generate the same tokens from a random-weight model of a real shape (hub
+unreachable; timing needs shapes, not facts):
+
+* ``hf``            stock transformers ``model.generate`` (sdpa, cuBLAS): the baseline a user has;
+* ``hf+inv``        the same ``generate`` inside ``pytest_detllm.batch_invariant()``;
+* ``engine-stock``  the plugin's engine with stock kernels (the fuzz's negative control);
+* ``engine-inv``    the plugin's engine under the invariant kernels (what ``llm()`` runs).
+
+Decode ms/token = (time of N new tokens - time of 1 new token) / (N - 1): prefill excluded. The
+floor is the time to read every weight once per step at the measured copy bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -18,60 +27,137 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
-                max_position_embeddings=8192, tie_word_embeddings=True)
+SHAPES = {
+    "llama8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
+                    max_position_embeddings=8192, tie_word_embeddings=False),
+    "llama1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
+                    max_position_embeddings=8192, tie_word_embeddings=True),
+}
+MODES = ("hf", "hf+inv", "engine-stock", "engine-inv")
+
+
+def build(shape: str, dtype: torch.dtype, device: torch.device, layers: int | None):  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = dict(SHAPES[shape])
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    torch.manual_seed(0)
+    with device:  # weights born on the device: an 8B model never touches host memory
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), dtype=dtype)
+    return model.eval()
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    if device.type != "cuda":
+        return float("nan")
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)  # 1 GiB
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 10 / (time.perf_counter() - t)
+
+
+def profile_step(run, new: int) -> None:  # type: ignore[no-untyped-def]
+    """Where a decode step's GPU time goes (kernels inside the replayed graphs included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run(new)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run(new)
+        torch.cuda.synchronize()
+    stats: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            s = stats.setdefault(ev.name[:60], [0, 0.0])
+            s[0] += 1
+            s[1] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    total = sum(v[1] for v in stats.values())
+    print(f"    profile: {total / new / 1000:.2f} ms GPU time per generated token, "
+          f"{sum(v[0] for v in stats.values()) / new:.0f} kernels per token")
+    for name, (n, us) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:14]:
+        print(f"      {us / total * 100:5.1f}%  {n / new:6.1f}/token  {us / n:8.1f} us  {name}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama8b", choices=sorted(SHAPES))
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers for a quick run")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--layers", type=int, default=None, help="fewer layers for a quick CPU run")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--profile", action="store_true", help="print the engine's top GPU kernels per decode step")
     args = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
+    from pytest_detllm import batch_invariant
     from pytest_detllm.engine import Engine, Request
 
-    cfg = dict(LLAMA_1B)
-    if args.layers:
-        cfg["num_hidden_layers"] = args.layers
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), dtype=getattr(torch, args.dtype))
     dev = torch.device(args.device)
-    model = model.to(dev).eval()
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
-    print(f"Llama-3.2-1B-shaped random model ({sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params), "
-          f"{args.dtype}, {name}, torch {torch.__version__}, prompt {args.prompt_len}, {args.new} new tokens")
+    model = build(args.shape, getattr(torch, args.dtype), dev, args.layers)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = copy_bandwidth(dev)
+    floor_ms = weight_bytes / bw * 1e3
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"{args.shape}{f' ({args.layers} layers)' if args.layers else ''}: {weight_bytes / 1e9:.2f} GB of weights, "
+          f"{args.dtype}, {card}, torch {torch.__version__}; prompt {args.prompt_len}, {args.new} new tokens, greedy")
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s -> weights-read floor {floor_ms:.2f} ms/token", flush=True)
     g = torch.Generator().manual_seed(1)
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    print(f"{'batch':>5} {'stock s':>9} {'invariant s':>12} {'ratio':>7}")
+    def runner(mode: str, ids: torch.Tensor):  # type: ignore[no-untyped-def]
+        if mode.startswith("hf"):
+            def run(n: int) -> None:
+                ctx = batch_invariant(dev.type) if mode == "hf+inv" else contextlib.nullcontext()
+                with ctx, torch.inference_mode():
+                    model.generate(ids.to(dev), attention_mask=torch.ones_like(ids, device=dev), max_new_tokens=n,
+                                   min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
+            return run
+        eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=mode == "engine-inv")
+        reqs = [tuple(r) for r in ids.tolist()]
+        return lambda n: eng.generate([Request(r, n) for r in reqs], keep_logits=[0])
+
+    rows = []
     for bsz in args.batches:
-        reqs = [Request(tuple(torch.randint(100, 100000, (args.prompt_len,), generator=g).tolist()), args.new)
-                for _ in range(bsz)]
-        times = {}
-        for mode in ("stock", "invariant"):
-            eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=mode == "invariant")
-            eng.generate([Request(r.input_ids, 4) for r in reqs])  # warm-up: compile, autotune, caches
-            ts = []
+        ids = torch.randint(100, 100000, (bsz, args.prompt_len), generator=g)
+        res = {}
+        for mode in args.modes:
+            run = runner(mode, ids)
+            run(args.new)  # warm-up: compile, capture graphs, allocate
+            full, one = [], []
             for _ in range(args.repeats):
-                sync()
-                t = time.perf_counter()
-                eng.generate(reqs)
-                sync()
-                ts.append(time.perf_counter() - t)
-            times[mode] = statistics.median(ts)
-        print(f"{bsz:>5} {times['stock']:>9.3f} {times['invariant']:>12.3f} {times['invariant'] / times['stock']:>6.2f}x",
-              flush=True)
+                for n, acc in ((args.new, full), (1, one)):
+                    sync()
+                    t = time.perf_counter()
+                    run(n)
+                    sync()
+                    acc.append(time.perf_counter() - t)
+            f, o = statistics.median(full), statistics.median(one)
+            res[mode] = ((f - o) / (args.new - 1) * 1e3, f)
+            print(f"  batch {bsz:>3} {mode:<13} decode {res[mode][0]:8.2f} ms/token   whole call {f:7.3f} s", flush=True)
+        rows.append((bsz, res))
+        if args.profile and dev.type == "cuda":
+            profile_step(runner("engine-inv", ids), args.new)
+    print(f"\n{card}, {args.shape}: decode ms/token (ratio to stock transformers generate; x floor {floor_ms:.2f} ms)")
+    print(f"{'batch':>5} " + " ".join(f"{m:>22}" for m in args.modes))
+    for bsz, res in rows:
+        base = res.get("hf", (float("nan"),))[0]
+        cells = [f"{res[m][0]:7.2f} ({res[m][0] / base:4.2f}x, {res[m][0] / floor_ms:4.2f}F)" for m in args.modes]
+        print(f"{bsz:>5} " + " ".join(f"{c:>22}" for c in cells))
     return 0
 
 

@@ -53,6 +53,62 @@ def dispatch_report() -> None:
         print(f"{op} kernels: {keys}")
 
 
+def host_us(fn: Callable[[], Any], n: int = 300) -> float:
+    """Host time per call (enqueue only; the GPU work is tiny here): launch overhead."""
+    import time
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    dt = time.perf_counter() - t
+    torch.cuda.synchronize()
+    return dt / n * 1e6
+
+
+def host_table() -> None:
+    """Host time of each covered op as a user's code reaches it (the public torch call, through the
+    dispatcher), inside batch_invariant() vs stock, at decode size (GPU work shorter than launch)."""
+    from pytest_detllm import batch_invariant
+    from pytest_detllm.invariant.attention import invariant_attention
+
+    bf = torch.bfloat16
+    x = torch.randn(1, 4096, device="cuda", dtype=bf)
+    w = torch.randn(4096, 4096, device="cuda", dtype=bf)
+    bias = torch.randn(4096, device="cuda", dtype=bf)
+    x3 = torch.randn(1, 1, 4096, device="cuda", dtype=bf)
+    xf = x.float()
+    nw = torch.randn(4096, device="cuda", dtype=bf)
+    q = torch.randn(1, 32, 1, 128, device="cuda", dtype=bf)
+    k = torch.randn(1, 8, 1024, 128, device="cuda", dtype=bf)
+
+    class _M(torch.nn.Module):
+        is_causal = True
+
+    mod = _M()
+    cases = {
+        "torch.mm [1x4096]@[4096x4096]": lambda: torch.mm(x, w.t()),
+        "F.linear [1x1x4096], no bias": lambda: F.linear(x3, w),
+        "F.linear [1x4096] + bias (addmm)": lambda: F.linear(x, w, bias),
+        "mean(-1, keepdim) fp32 [1x4096]": lambda: xf.mean(-1, keepdim=True),
+        "F.rms_norm bf16 [1x4096]": lambda: F.rms_norm(x, (4096,), nw, 1e-6),
+        "log_softmax bf16->f32 [1x4096]": lambda: torch.log_softmax(x, -1, dtype=torch.float32),
+    }
+    print(f"\nhost us per call (enqueue), decode sizes: {'stock':>8} {'invariant':>10} {'ratio':>6}")
+    for name, fn in cases.items():
+        stock = host_us(fn)
+        with batch_invariant("cuda"), torch.inference_mode():
+            inv = host_us(fn)
+        print(f"  {name:<36} {stock:8.1f} {inv:10.1f} {inv / stock:6.2f}")
+    with torch.inference_mode():
+        stock = host_us(lambda: F.scaled_dot_product_attention(q, k, k, enable_gqa=True))
+        with batch_invariant("cuda"):
+            inv = host_us(lambda: invariant_attention(mod, q, k, k, None, 128 ** -0.5))
+    print(f"  {'attention decode B1 H32/8 Tk1024':<36} {stock:8.1f} {inv:10.1f} {inv / stock:6.2f}  (SDPA vs ours)")
+
+
 def t_us(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 
@@ -60,6 +116,7 @@ def t_us(fn: Callable[[], Any]) -> float:
 def main() -> None:
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     dispatch_report()
+    host_table()
     bf = torch.bfloat16
     print(f"{'op':<34} {'inv us':>8} {'stock us':>9} {'ratio':>6}")
     for m, n in ((1, 4096), (64, 4096), (4096, 4096), (1, 128256), (256, 128256)):

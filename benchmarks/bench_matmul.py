@@ -28,6 +28,13 @@ except ImportError:  # running from a checkout without the package installed
 from detllm_kernels.matmul import MatmulConfig, matmul_config  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
+# --models: (K, N, weight layout, model). "NK": an nn.Linear weight (F.linear passes W.t());
+# "KN": a (K, N) weight used as x @ W, as GPT-2's Conv1D does through addmm(bias, x, W).
+MODEL_SHAPES = [(4096, 4096, "NK", "llama-8b q/o"), (4096, 1024, "NK", "llama-8b k/v"),
+                (4096, 14336, "NK", "llama-8b gate/up"), (14336, 4096, "NK", "llama-8b down"),
+                (4096, 12288, "NK", "qwen3-8b gate/up"), (12288, 4096, "NK", "qwen3-8b down"),
+                (768, 2304, "KN", "gpt2 c_attn"), (3072, 768, "KN", "gpt2 mlp c_proj"),
+                (4096, 4096, "KN", "x @ W 4096")]
 MS = [1, 16, 64, 256, 1024, 4096, 8192]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -110,6 +117,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--ms", type=int, nargs="*", default=MS)
     ap.add_argument("--probe", action="store_true", help="launch overhead and CUDA-graph timing of candidates")
+    ap.add_argument("--models", action="store_true", help="Llama-3-8B, Qwen3-8B and GPT-2 shapes, both weight layouts")
     args = ap.parse_args()
     dtype = DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -118,40 +126,44 @@ def main() -> None:
     if args.probe:
         probe(dtype, args.ms)
         return
-    print(f"{'K':>6} {'N':>7} {'M':>5} | {'inv TF/s':>8} {'torch TF/s':>10} {'ratio':>6} | "
+    print(f"{'shape':<20} {'K':>6} {'N':>7} {'M':>5} | {'inv TF/s':>8} {'torch TF/s':>10} {'ratio':>6} | "
           f"{'graph ratio':>11} | {'host us inv/torch':>17} | config")
     rows = []
     warm = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     triton.testing.do_bench(lambda: warm @ warm, warmup=500, rep=1000)  # clocks up before timing
     del warm
-    for k, n in SHAPES:
+    shapes = MODEL_SHAPES if args.models else [(k, n, "NK", "") for k, n in SHAPES]
+    for k, n, layout, label in shapes:
         # enough weight copies that consecutive calls never share a weight (>= 256 MB in all)
         nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
-        ws = [torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
+        if layout == "NK":
+            ws = [torch.randn(n, k, device="cuda", dtype=dtype).t() for _ in range(nbuf)]
+        else:
+            ws = [torch.randn(k, n, device="cuda", dtype=dtype) for _ in range(nbuf)]
         for m in args.ms:
             xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
             flops = 2.0 * m * n * k
-            t_ref = bench(lambda i: torch.mm(xs[i], ws[i].t()), nbuf)
+            t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             cfg = matmul_config(m, n, dtype)
-            t_inv = bench(lambda i: km.mm(xs[i], ws[i].t()), nbuf)
+            t_inv = bench(lambda i: km.mm(xs[i], ws[i]), nbuf)
             tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
-            g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i].t()), nbuf)
-            g_inv = graph_ms(lambda i: km.mm(xs[i], ws[i].t()), nbuf)
-            h_ref = host_us(lambda i: torch.mm(xs[i], ws[i].t()), nbuf)
-            h_inv = host_us(lambda i: km.mm(xs[i], ws[i].t()), nbuf)
+            g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)
+            g_inv = graph_ms(lambda i: km.mm(xs[i], ws[i]), nbuf)
+            h_ref = host_us(lambda i: torch.mm(xs[i], ws[i]), nbuf)
+            h_inv = host_us(lambda i: km.mm(xs[i], ws[i]), nbuf)
             rows.append((k, n, m, tf_inv, tf_ref, g_ref / g_inv))
-            print(f"{k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
+            print(f"{label + ' ' + layout:<20} {k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
                   f"{g_ref / g_inv:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
                   f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
                   f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
                   f"{'tma' if cfg.tma else 'ptr'}",
                   flush=True)
             if args.sweep:
-                ref = km.mm(xs[0], ws[0].t())
+                ref = km.mm(xs[0], ws[0])
                 for c in sweep_configs(m):
                     try:
-                        t = bench(lambda i: km.mm(xs[i], ws[i].t(), config=c), nbuf)
-                        same = torch.equal(km.mm(xs[0], ws[0].t(), config=c), ref)
+                        t = bench(lambda i: km.mm(xs[i], ws[i], config=c), nbuf)
+                        same = torch.equal(km.mm(xs[0], ws[0], config=c), ref)
                         print(f"    sweep {c.block_m}x{c.block_n}x{c.block_k or 64} g{c.group_m} "
                               f"w{c.num_warps} s{c.num_stages} p{int(c.persistent)}: {flops / t * 1e-9:7.1f} TF/s ratio "
                               f"{t_ref / t:5.2f} same_bits={same}", flush=True)

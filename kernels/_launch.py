@@ -2,22 +2,40 @@
 
 Triton's per-call Python path (argument binding, specialisation, cache key) costs tens of
 microseconds, 100+ us on a slow host; a decode step runs hundreds of these kernels. Once a
-specialisation is compiled we keep the compiled kernel under our own key and call its launcher
-directly. The key holds everything Triton specialises on (dtypes, 16-byte alignment of pointers,
-int value == 1 / divisible by 16 / 32-bit range, constexprs, warps, stages), so a cached kernel
-is only reused where Triton would have picked the same one. Any surprise -> the normal path.
+specialisation is compiled we keep the compiled kernel's launcher under a key and call it
+directly, with the constexpr tail and the raw CUDA stream, so the per-call Python work is one
+dict lookup and one call into Triton's C launcher.
+
+Two ways to key a launch:
+* ``launch(key, grid, args, meta)``: the caller builds the key from the shapes, strides, dtypes and
+  pointer alignments it already holds (cheap tuples). It must determine everything Triton
+  specialises on: dtypes, 16-byte alignment of pointers, int values == 1 / divisible by 16 /
+  outside 32 bits (exact ints satisfy that), and the constexprs (``meta``, also a function of the
+  key at every call site).
+* ``launcher(grid, *args, **meta)``: derives that key itself, argument by argument (slower; for
+  cold paths and tests).
+Any surprise (a Triton version whose launcher takes other arguments) -> the normal path, for good.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from triton import knobs
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
+
+_MAX_PLANS = 8192  # prefill shapes vary; keep the table bounded
+
+try:
+    _raw_stream = torch._C._cuda_getCurrentRawStream  # no Python Stream object per call
+except AttributeError:  # pragma: no cover
+    def _raw_stream(dev: int) -> int:
+        return torch.cuda.current_stream(dev).cuda_stream
 
 
 def _spec(a: Any) -> Any:
@@ -40,10 +58,11 @@ class Launcher:
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
-        self.cache: dict[Any, Any] = {}
+        self.plans: dict[Any, tuple] = {}
         self.enabled = (os.environ.get("TRITON_INTERPRET", "0") != "1"
                         and os.environ.get("DETLLM_FAST_LAUNCH", "1") == "1")
         self.names: list[str] = list(getattr(fn, "arg_names", []))
+        self.hits = 0  # launches served from a plan (tests check the fast path really runs)
 
     def __call__(self, grid: Sequence[int], *args: Any, **meta: Any) -> None:
         if not self.enabled:
@@ -51,25 +70,34 @@ class Launcher:
             return
         dev = args[0].device.index if isinstance(args[0], torch.Tensor) else 0
         key = (dev, tuple(_spec(a) for a in args), tuple(sorted((k, v) for k, v in meta.items())))
-        kernel = self.cache.get(key)
-        if kernel is None:
-            # normal path: compiles if needed and returns the CompiledKernel it launched
+        self.launch(key, grid, args, meta)
+
+    def launch(self, key: Any, grid: Sequence[int], args: Sequence[Any],
+               meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:
+        """`meta` may be a callable returning the constexpr dict: it is only needed on a miss."""
+        plan = self.plans.get(key) if self.enabled else None
+        if plan is None:
+            if callable(meta):
+                meta = meta()
+            # normal path: compiles if needed, launches, and returns the CompiledKernel it ran
             kernel = self.fn[tuple(grid)](*args, **meta)
-            if kernel is not None and hasattr(kernel, "run"):
-                self.cache[key] = kernel
+            if self.enabled and kernel is not None and hasattr(kernel, "run"):
+                if len(self.plans) >= _MAX_PLANS:
+                    self.plans.clear()
+                dev = args[0].device.index if isinstance(args[0], torch.Tensor) else 0
+                tail = tuple(meta[n] for n in self.names[len(args):])
+                self.plans[key] = (kernel, kernel.run, tail, dev or 0)
             return
+        kernel, run, tail, dev = plan
+        self.hits += 1
+        g = (int(grid[0]), int(grid[1]) if len(grid) > 1 else 1, int(grid[2]) if len(grid) > 2 else 1)
         try:
-            self._run(kernel, grid, args, meta, dev)
+            enter = knobs.runtime.launch_enter_hook
+            stream = _raw_stream(dev)
+            md = None if enter is None else kernel.launch_metadata(g, stream, *args, *tail)
+            run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, md, enter,
+                knobs.runtime.launch_exit_hook, *args, *tail)
         except Exception:  # API drift in another Triton version: fall back for good
             self.enabled = False
-            self.fn[tuple(grid)](*args, **meta)
-
-    def _run(self, kernel: Any, grid: Sequence[int], args: tuple, meta: dict, dev: int) -> None:
-        from triton import knobs
-
-        full = list(args) + [meta[n] for n in self.names[len(args):]]
-        g = (int(grid[0]), int(grid[1]) if len(grid) > 1 else 1, int(grid[2]) if len(grid) > 2 else 1)
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        md = kernel.launch_metadata(g, stream, *full)
-        kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, md,
-                   knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *full)
+            self.plans.clear()
+            self.fn[tuple(grid)](*args, **(meta() if callable(meta) else meta))

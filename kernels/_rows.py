@@ -5,9 +5,19 @@ from __future__ import annotations
 import triton
 
 
+def cdiv(a: int, b: int) -> int:
+    """Host-side ceil division (triton.cdiv is a constexpr function: slow to call from Python)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """Host-side triton.next_power_of_2 without its constexpr-function call overhead."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def row_block(n: int) -> int:
     """Chunk width for rows of length n (fixed per n)."""
-    return min(1024, max(16, triton.next_power_of_2(n)))
+    return min(1024, max(16, next_pow2(n)))
 
 
 def row_warps(n: int) -> int:

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import Launcher
+from ._rows import cdiv, next_pow2
 
 __all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
 
@@ -29,14 +30,18 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
 def _attn_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, tk_ptr,
     sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
     so_b, so_t, so_h, so_d,
     HKV, GROUP, Tq, Tk, D, scale, softcap,
     CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
+    if TK_FROM_PTR:
+        # The static engine's KV cache: the number of filled columns lives on the device, so one
+        # captured CUDA graph serves every decode step. Same loop, same bits as a host-side Tk.
+        Tk = tl.load(tk_ptr).to(tl.int32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -102,12 +107,14 @@ def _attn_kernel(
 
 _LAUNCH = Launcher(_attn_kernel)
 
+
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
-              scale: float | None = None, causal: bool = True,
-              softcap: float | None = None) -> torch.Tensor:
+                        scale: float | None = None, causal: bool = True,
+                        softcap: float | None = None, key_end: torch.Tensor | None = None) -> torch.Tensor:
     """q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) -> (B,Tq,H,d) in q.dtype.
 
-    Query i sits at key position Tk - Tq + i; keys before key_start[b] are padding.
+    Query i sits at key position Tk - Tq + i; keys before key_start[b] are padding. key_end: a
+    one-element device tensor that replaces Tk (k/v then hold at least that many columns).
     """
     bsz, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -121,14 +128,18 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         return out
     ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
     upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
-    grid = (triton.cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
-    _LAUNCH(
-        grid, q, k, v, out, ks,
+    grid = (cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
+    te = key_end if key_end is not None else ks
+    # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
+    key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),
+           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.device.index)
+    _LAUNCH.launch(key, grid, (
+        q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0,
+        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
         CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
         UPCAST=upcast,
-        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        num_warps=4, num_stages=2,
-    )
+        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, next_pow2(d)),
+        TK_FROM_PTR=key_end is not None, num_warps=4, num_stages=2,
+    ))
     return out

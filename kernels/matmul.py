@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import Launcher
+from ._rows import cdiv
 
 try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -43,8 +44,11 @@ class MatmulConfig:
     tma: bool = True  # read A/B through TMA descriptors where the layout allows
 
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton at import, fixed after
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,6 +61,7 @@ def _has_tma(device_index: int) -> bool:
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+@functools.lru_cache(maxsize=4096)
 def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
     """Tile config for an (m x K) @ (K x n) product.
 
@@ -68,9 +73,11 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
         # FMA path (IEEE fp32): one config for every shape.
         return MatmulConfig(64, 64, 8, 4, 3)
     if m <= 16:
-        # Decode: memory-bound on the weight. One program per 64 weight rows, deep K steps,
-        # plain pointer loads (cheaper to launch than TMA descriptors, as fast here).
-        return MatmulConfig(16, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
+        # Decode: memory-bound on the weight. One program per BLOCK_N weight rows, deep K steps,
+        # plain pointer loads (cheaper to launch than TMA descriptors, as fast here). N <= 8192
+        # (q/o/down/k/v projections) takes 32 rows a program: 64 programs for N = 4096 left half
+        # of an H100's 132 SMs idle while streaming the weight.
+        return MatmulConfig(16, 32 if n <= 8192 else 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 64:
         return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 256:
@@ -80,7 +87,7 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
 
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
-    shapes = [(1, 4096), (32, 4096), (128, 4096), (4096, 4096)]
+    shapes = [(1, 1024), (1, 4096), (1, 14336), (32, 4096), (128, 4096), (4096, 4096)]
     return sorted({matmul_config(m, n, dtype) for m, n in shapes}, key=repr)
 
 
@@ -189,20 +196,28 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         a_desc = TensorDescriptor(a, [m, k], [sa[1], 1], [cfg.block_m, bk])
         b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [cfg.block_n, bk]) if tma
                   else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, cfg.block_n]))
-    tiles = batch * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    dev = a.device.index or 0
+    tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
     progs = tiles
     if cfg.persistent:
-        progs = min(tiles, 4 if _interpreting() else _num_sms(a.device.index or 0))
-    upcast = _interpreting() and a.dtype == torch.bfloat16
-    _LAUNCH(
-        (progs,),
-        a, b, out, x if x is not None else out, a_desc, b_desc,
-        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta),
+        progs = min(tiles, 4 if _INTERPRET else _num_sms(dev))
+    upcast = _INTERPRET and a.dtype == torch.bfloat16
+    has_x = x is not None and beta != 0
+    xt = x if x is not None else out
+    # Everything Triton specialises on is a function of this key (exact shapes and strides,
+    # dtypes, pointer alignment; the constexprs below derive from them), so a cached launch is
+    # the one Triton would pick.
+    key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, cfg, bk, tma, progs, dev,
+           a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15, xt.data_ptr() & 15,
+           None if x is None else x.dtype)
+    _LAUNCH.launch(key, (progs,), (
+        a, b, out, xt, a_desc, b_desc,
+        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), lambda: dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=progs, USE_TMA=tma is not None, B_NK=bool(tma),
-        HAS_X=x is not None and beta != 0, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
+        HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
         UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    ))
 
 
 _LAUNCH = Launcher(_matmul_kernel)

@@ -40,6 +40,7 @@ def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch
     if n == 0:
         return out.fill_(float("nan")).reshape(x.shape[:-1])
     if rows.shape[0]:
-        _LAUNCH((rows.shape[0],), rows, out, n, rows.stride(0), BLOCK=row_block(n),
-                                       num_warps=row_warps(n))
+        key = (rows.dtype, out_dtype, n, rows.stride(0), rows.data_ptr() & 15, rows.device.index)
+        _LAUNCH.launch(key, (rows.shape[0],), (rows, out, n, rows.stride(0)),
+                       lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
     return out.reshape(x.shape[:-1])

@@ -53,8 +53,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
     y = torch.empty((rows.shape[0], n), device=x.device, dtype=x.dtype)
     rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
     if rows.shape[0] and n:
-        _LAUNCH((rows.shape[0],), rows, w if w is not None else rows, y, rstd, n,
-                                          rows.stride(0), y.stride(0), float(eps),
-                                          HAS_W=w is not None, BLOCK=row_block(n),
-                                          num_warps=row_warps(n))
+        wt = w if w is not None else rows
+        key = (rows.dtype, None if w is None else w.dtype, n, rows.stride(0), y.stride(0),
+               rows.data_ptr() & 15, wt.data_ptr() & 15, rows.device.index)
+        _LAUNCH.launch(key, (rows.shape[0],), (rows, wt, y, rstd, n, rows.stride(0), y.stride(0), float(eps)),
+                       lambda: dict(HAS_W=w is not None, BLOCK=row_block(n), num_warps=row_warps(n)))
     return y.reshape(x.shape), rstd.reshape(*lead, *([1] * normalized_ndim))

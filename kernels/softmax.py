@@ -55,8 +55,10 @@ def _run(x: torch.Tensor, out_dtype: torch.dtype | None, log: bool) -> torch.Ten
         rows = rows.contiguous()
     y = torch.empty(rows.shape, device=x.device, dtype=out_dtype)
     if rows.shape[0] and n:
-        _LAUNCH((rows.shape[0],), rows, y, n, rows.stride(0), y.stride(0), LOG=log,
-                                          BLOCK=row_block(n), num_warps=row_warps(n))
+        key = (rows.dtype, out_dtype, n, rows.stride(0), y.stride(0), log, rows.data_ptr() & 15,
+               rows.device.index)
+        _LAUNCH.launch(key, (rows.shape[0],), (rows, y, n, rows.stride(0), y.stride(0)),
+                       lambda: dict(LOG=log, BLOCK=row_block(n), num_warps=row_warps(n)))
     return y.reshape(x.shape)
 
 

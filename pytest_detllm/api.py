@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .completion import Completion
 from .errors import DetllmError
 from .runtime import Runtime, derive_seed
+
+if TYPE_CHECKING:
+    from .plugin import FuzzProgress
 
 
 @dataclass
@@ -46,7 +49,7 @@ def rerun_line(nodeid: str, runtime: Runtime, trials: int, extra: dict[str, Any]
 class LLM:
     """``llm(prompt, *, max_new_tokens=..., chat=True, temperature=0.0, seed=None) -> Completion``."""
 
-    def __init__(self, runtime: Runtime, item: pytest.Item, progress: Callable[[int, int], None] | None,
+    def __init__(self, runtime: Runtime, item: pytest.Item, progress: "FuzzProgress | None",
                  rerun_extra: dict[str, Any]) -> None:
         self._rt = runtime
         self._item = item
@@ -75,7 +78,7 @@ class LLM:
         be = rt.backend(spec)  # in process (default) or a served model: nothing below knows which
         req = be.encode(prompt, chat=chat, max_new_tokens=n_new, temperature=float(temperature),
                         seed=(seed if seed is not None else 0) if temperature > 0 else None)
-        solo = be.generate([req])[0]
+        solo = be.generate([req], keep_logits=[0])[0]
         rt.stats.calls += 1
         call_index = self._calls
         self._calls += 1
@@ -83,21 +86,41 @@ class LLM:
         c.env_key = be.identity()
         trials = o.fuzz_trials if o.fuzz_trials is not None else s.fuzz_trials
         check_prefill = o.check_prefill if o.check_prefill is not None else s.check_prefill
+        # One seed story: the header's session seed, the test id and the call number give this call's seed;
+        # the rerun line passes the same session seed, so it replays the same trials.
+        fuzz_seed = derive_seed(s.seed, self._item.nodeid, call_index)
+        found = []
+        done = 0
         if trials or check_prefill:
-            fuzz_seed = derive_seed(s.seed, self._item.nodeid, call_index)
             extra = dict(self._rerun_extra)
             if o.model is None and spec is not None:
                 extra.setdefault("model", spec)
             rerun = rerun_line(self._item.nodeid, rt, max(trials, 1), extra)
-            found = []
             if trials:
+                before = rt.stats.trials
+                if self._progress:
+                    self._progress.start(f"{self._item.nodeid} call {call_index}")
                 found = rt.fuzz(req=req, solo=solo, trials=trials, seed=fuzz_seed, nodeid=self._item.nodeid,
                                 prompt=prompt, rerun=rerun, spec=spec, progress=self._progress)
+                done = rt.stats.trials - before
+                if self._progress:
+                    self._progress.finish(done, trials, len(found))
             if not found and check_prefill:
                 found = rt.check_prefill(req=req, solo=solo, seed=fuzz_seed, nodeid=self._item.nodeid,
                                          prompt=prompt, rerun=rerun, spec=spec)
-            if found:
-                rt.stats.divergences += len(found)
-                rt.stats.records.extend(d.to_json() for d in found)
-                pytest.fail("\n\n".join(d.to_text() for d in found), pytrace=False)
+        self._record(c, fuzz_seed, done, len(found))
+        if found:
+            origin = (f"derived from --detllm-seed={s.seed}, the test id and call #{call_index} of this test; "
+                      "the rerun line below replays it")
+            for d in found:
+                d.seed_origin = origin
+            rt.stats.divergences += len(found)
+            rt.stats.records.extend(d.to_json() for d in found)
+            pytest.fail("\n\n".join(d.to_text() for d in found), pytrace=False)
         return c
+
+    def _record(self, c: Completion, seed: int, trials: int, divergences: int) -> None:
+        """JUnit XML properties (pytest's record_property), one set per llm() call, for CI dashboards."""
+        props = self._item.user_properties
+        props += [("detllm_env_key", c.env_key), ("detllm_seed", seed), ("detllm_trials", trials),
+                  ("detllm_divergences", divergences), ("detllm_logit_hash", c.logit_hash)]

@@ -210,12 +210,25 @@ def _check_causal(folder: Path, config: Any) -> None:
         )
 
 
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+
+
 def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
-         trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
-    """Load the model named by ``spec`` (None: the embedded default)."""
+         trust_remote_code: bool = False, allow_pickle: bool = False, device_map: str | None = None) -> LoadedModel:
+    """Load the model named by ``spec`` (None: the embedded default).
+
+    ``device_map`` (auto, balanced, sequential) spreads the layers over the visible GPUs with
+    accelerate's placement: each layer still runs whole on one GPU, so no arithmetic changes.
+    """
     torch_dtype = _torch_dtype(dtype)
     dev = resolve_device(device)
     check_dtype_for_device(dtype, dev)
+    if device_map is not None:
+        if device_map not in DEVICE_MAPS:
+            raise ConfigError(f"--detllm-device-map={device_map!r}: choose one of {', '.join(DEVICE_MAPS)}")
+        if dev.type != "cuda":
+            raise ConfigError(f"--detllm-device-map={device_map} spreads a model over GPUs, but the device is "
+                              f"{dev.type}; drop the option or run on a CUDA machine")
     if spec is None:
         gguf = default_gguf()
         folder, name = convert_gguf(gguf), DEFAULT_MODEL_NAME
@@ -250,9 +263,10 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
             raise ModelLoadError(f"{folder}: cannot read config.json ({str(exc).splitlines()[0]})") from None
         _check_causal(folder, config)
         try:
+            placement = {} if device_map is None else {"device_map": device_map}
             model = AutoModelForCausalLM.from_pretrained(
                 str(folder), config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                local_files_only=True, use_safetensors=None if allow_pickle else True,
+                local_files_only=True, use_safetensors=None if allow_pickle else True, **placement,
             )
         except ValueError as exc:
             raise ModelLoadError(
@@ -264,6 +278,9 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
         except Exception as exc:  # noqa: BLE001 - any tokenizer failure means the same thing here
             raise ModelLoadError(f"{folder}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
     model.eval()
-    model.to(dev)
+    if device_map is None:
+        model.to(dev)
+    else:  # the input side (embeddings) decides where batches are built
+        dev = model.get_input_embeddings().weight.device
     chat = bool(getattr(tok, "chat_template", None))
     return LoadedModel(model=model, tokenizer=tok, name=name, source=str(folder), device=dev, dtype=dtype, chat_template=chat)

@@ -16,6 +16,7 @@ from .model import DTYPES  # stdlib-only module: keeps plugin loading light
 DEFAULT_FUZZ_TRIALS = 4
 DEFAULT_MAX_NEW_TOKENS = 32
 DEFAULT_TIMEOUT_S = 120
+MISSING_ENV_POLICIES = ("fail", "compare", "skip")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("trust-remote-code", "allow running code from the model directory (off by default)", False, kind="bool"),
     Opt("allow-pickle", "allow loading pickle weights (.bin/.pt); off by default", False, kind="bool"),
     Opt("allow-update-in-ci", "allow --snapshot-update when CI=true", False, kind="bool"),
+    Opt("device-map", "spread the model's layers over the visible GPUs (accelerate placement; no arithmetic "
+        "changes, so no new goldens)", None, choices=("auto", "balanced", "sequential")),
+    Opt("missing-env", "when a golden exists only for other environments: 'fail' (default), 'compare' with the "
+        "nearest one (passes iff the tokens are identical), or 'skip' (refused under CI=true)", "fail",
+        choices=MISSING_ENV_POLICIES),
     # A served model over the OpenAI API instead of the in-process one (pytest_detllm/backends/openai.py).
     Opt("backend", "'inprocess' (default: the model in this process) or 'openai' (a server at --detllm-base-url)",
         "inprocess", choices=("inprocess", "openai")),
@@ -139,6 +145,12 @@ def check_backend(values: dict[str, Any], env: "os._Environ[str] | dict[str, str
     if key_var and not env.get(key_var):
         raise pytest.UsageError(f"--detllm-api-key-env={key_var}: the environment variable {key_var} is not set; "
                                 "export the server's API key in it")
+
+
+def in_ci(environ: "dict[str, str] | None" = None) -> bool:
+    """CI=true (or 1, yes): goldens are never written and never skipped there."""
+    env = os.environ if environ is None else environ
+    return env.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def explicitly_set(values: dict[str, Any]) -> bool:

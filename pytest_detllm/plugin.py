@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
@@ -67,6 +68,16 @@ def pytest_configure(config: pytest.Config) -> None:
         msg = refuse_update_in_ci()
         if msg:
             raise pytest.UsageError(msg)
+    if values["missing-env"][0] == "skip" and options.in_ci():
+        raise pytest.UsageError(
+            "detllm: --detllm-missing-env=skip is refused under CI=true (a green CI run must have checked every "
+            "golden); use fail (the default), or compare to check against the nearest other environment's goldens"
+        )
+
+
+def missing_env_policy(config: pytest.Config) -> str:
+    """fail | compare | skip: what a test does when only other environments have its golden."""
+    return str(_value(config, "missing-env"))
 
 
 # Marker keyword -> accepted types (bool is an int subclass: checked apart below).
@@ -121,12 +132,43 @@ def _model_label(config: pytest.Config) -> str:
     return _value(config, "model") or f"{DEFAULT_MODEL_NAME} (embedded)"
 
 
-def header_line(config: pytest.Config) -> str:
+def resolved_device(config: pytest.Config) -> str:
+    """``cpu`` or ``cuda:N (card name)``: the device ``--detllm-device`` resolves to here (imports torch)."""
+    from .errors import DetllmError
+    from .model import resolve_device
+
+    requested = str(_value(config, "device"))
+    try:
+        dev = resolve_device(requested)
+    except DetllmError:
+        return f"{requested} (unavailable)"  # the tests say why, with what to do
+    if dev.type == "cuda":
+        import torch
+
+        return f"{dev.type}:{dev.index or 0} ({torch.cuda.get_device_name(dev)})"
+    return str(dev.type)
+
+
+def resolved_threads(config: pytest.Config) -> int:
+    threads = int(_settings(config).threads)
+    if threads:
+        return threads
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def header_line(config: pytest.Config, resolve: bool = True) -> str:
+    """With `resolve` (only for suites that use detllm: it may import torch), the device and thread
+    count this run uses; without, the options as given."""
     v = lambda n: _value(config, n)  # noqa: E731
     trials = v("batch-fuzz")
     model = _model_label(config)
-    engine = ("" if v("backend") == "openai"  # a server's device, dtype and kernels are its own
-              else f"device={v('device')} dtype={v('dtype')} kernels={v('kernels')} ")
+    engine = ""  # a server's device, dtype, kernels and threads are its own
+    if v("backend") != "openai":
+        device = resolved_device(config) if resolve else v("device")
+        threads = resolved_threads(config) if resolve else (_settings(config).threads or "auto")
+        engine = f"device={device} dtype={v('dtype')} kernels={v('kernels')} threads={threads} "
     return (f"detllm: model={model} {engine}"
             f"fuzz={'off' if not trials else f'{trials} trials'} seed={v('seed')}"
             + (" strict" if v("strict") else "") + (f" (reuse: --detllm-seed={v('seed')})" if trials else ""))
@@ -134,10 +176,9 @@ def header_line(config: pytest.Config) -> str:
 
 def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items: list[pytest.Item]) -> list[str]:
     # Printed only for suites that use detllm, so that loading the plugin elsewhere prints nothing.
-    if _uses_detllm(items) or options.explicitly_set(
-        {k: val for k, val in config.stash[_SETTINGS].items() if k != "seed"}
-    ):
-        return [header_line(config)]
+    uses = _uses_detllm(items)
+    if uses or options.explicitly_set({k: val for k, val in config.stash[_SETTINGS].items() if k != "seed"}):
+        return [header_line(config, resolve=uses)]
     return []
 
 
@@ -155,7 +196,8 @@ def _settings(config: pytest.Config) -> Any:
                     max_batch=v("max-batch"), threads=threads, check_prefill=v("check-prefill"),
                     strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"),
                     backend=v("backend"), base_url=v("base-url"), served_model=v("served-model"),
-                    api_key=os.environ.get(key_var) if key_var else None, timeout=v("timeout"))
+                    api_key=os.environ.get(key_var) if key_var else None, timeout=v("timeout"),
+                    device_map=v("device-map"))
 
 
 def get_runtime(config: pytest.Config) -> "Runtime":
@@ -174,26 +216,63 @@ def detllm_runtime(pytestconfig: pytest.Config) -> "Runtime":
     return get_runtime(pytestconfig)
 
 
-def _progress(config: pytest.Config) -> Callable[[int, int], None] | None:
-    if config.option.verbose <= 0:
-        return None
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is None:
-        return None
+PROGRESS_INTERVAL_S = 30.0  # a line at least this often during one long fuzzed call, where output is not a TTY
 
-    capman = config.pluginmanager.get_plugin("capturemanager")
 
-    def show(done: int, total: int) -> None:
+class FuzzProgress:
+    """Fuzz progress that reaches the terminal and CI logs.
+
+    On a TTY with -v: `` [fuzz 3/8]`` appended to the test's line as trials finish. Where output is
+    not a TTY (a CI log): one line per fuzzed call with trials done/total, plus a line every
+    PROGRESS_INTERVAL_S seconds while a long call runs.
+    """
+
+    def __init__(self, config: pytest.Config, tr: Any) -> None:
+        self._tr = tr
+        self._capman = config.pluginmanager.get_plugin("capturemanager")
+        self._inline = bool(getattr(tr, "isatty", False)) and config.option.verbose > 0
+        self._lines = not getattr(tr, "isatty", False)
+        self._label = ""
+        self._t0 = self._last = 0.0
+
+    def _write(self, text: str, line: bool) -> None:
         # The test's output is being captured: step around the capture to reach the terminal.
-        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
-            tr.write(f" [fuzz {done}/{total}]", flush=True)
+        with self._capman.global_and_fixture_disabled() if self._capman is not None else contextlib.nullcontext():
+            if line:
+                self._tr.write_line(text, flush=True)
+            else:
+                self._tr.write(text, flush=True)
 
-    return show
+    def start(self, label: str) -> None:
+        self._label = label
+        self._t0 = self._last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._inline:
+            self._write(f" [fuzz {done}/{total}]", line=False)
+        now = time.monotonic()
+        if self._lines and done < total and now - self._last >= PROGRESS_INTERVAL_S:
+            self._last = now
+            self._write(f"detllm: {self._label}: fuzz {done}/{total} trials ({now - self._t0:.0f} s)", line=True)
+
+    def finish(self, done: int, total: int, divergences: int) -> None:
+        if self._lines:
+            from .report import plural
+
+            self._write(f"detllm: {self._label}: fuzz {done}/{total} trials, {plural(divergences, 'divergence')} "
+                        f"({time.monotonic() - self._t0:.1f} s)", line=True)
+
+
+def _progress(config: pytest.Config) -> FuzzProgress | None:
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or getattr(config, "workerinput", None) is not None:
+        return None  # an xdist worker's terminal is not shown
+    return FuzzProgress(config, tr)
 
 
 def _rerun_extra(config: pytest.Config) -> dict[str, Any]:
     extra = {}
-    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch",
+    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch", "threads",
                  "backend", "base-url", "served-model", "api-key-env", "timeout"):
         value, src = config.stash[_SETTINGS][name]
         if src != "default":
@@ -237,6 +316,33 @@ def pytest_testnodedown(node: Any, error: Any) -> None:  # xdist: merge each wor
         node.config.stash[_MERGED][node.gateway.id] = data
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> Any:
+    # syrupy explains `completion == snapshot` with its diff; name the golden file above it.
+    explanations = yield
+    if op == "==" and type(left).__module__ == "pytest_detllm.completion":
+        from .snapshot import golden_diff_note
+
+        note = golden_diff_note(right)
+        for expl in explanations if note else ():
+            if expl:
+                expl.insert(1, note)
+                break
+    return explanations
+
+
+def _compare_lines(terminalreporter: Any) -> list[str]:
+    """The --detllm-missing-env=compare line of each test, from its report (so xdist workers' too)."""
+    lines = []
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "when", None) == "call":
+                lines += [v for k, v in getattr(rep, "user_properties", ()) if k == "detllm_compare"]
+    return lines
+
+
+# trylast: after syrupy's report, every run, so the detllm lines close the summary.
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if getattr(config, "workerinput", None) is not None:
         return
@@ -244,6 +350,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     merged = config.stash.get(_MERGED, {})
     if own is None and not merged:
         return  # no detllm fixture ran: print nothing, import nothing heavy
+    compared = _compare_lines(terminalreporter)
+    if compared:
+        terminalreporter.write_line(f"detllm: compared with the nearest other environment's goldens "
+                                    f"(--detllm-missing-env=compare):")
+        for line in compared:
+            terminalreporter.write_line(f"  {line}")
     from .report import Stats
 
     if merged:  # xdist: the controller collects nothing, so its header never showed the seed

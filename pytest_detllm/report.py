@@ -5,21 +5,48 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .atomic import replacing
-from .engine import Generation
-from .fuzz import Layout, StepDiff
+
+if TYPE_CHECKING:  # torch-free at import: the golden comparison prints tables too
+    import torch
+
+    from .engine import Generation
+    from .fuzz import Layout, StepDiff
 
 SCHEMA_VERSION = 1
 Decode = Callable[[int], str]
 
 
-def top_k(logits: torch.Tensor, decode: Decode, k: int = 5) -> list[dict[str, Any]]:
+def top_k(logits: "torch.Tensor", decode: Decode, k: int = 5) -> list[dict[str, Any]]:
+    import torch
+
     vals, idx = torch.topk(logits, k=min(k, logits.numel()))
     return [{"token_id": int(i), "piece": decode(int(i)), "logit": float(v)} for v, i in zip(vals, idx)]
+
+
+def token_cell(toks: Sequence[int], i: int, pieces: dict[int, str]) -> str:
+    """``'piece'(id)`` of token ``i``, or ``-`` past the end."""
+    if i >= len(toks):
+        return "-"
+    return f"{pieces.get(toks[i], '')!r}({toks[i]})"
+
+
+def aligned_rows(a: Sequence[int], b: Sequence[int], pieces: dict[int, str], step: int,
+                 names: tuple[str, str]) -> list[str]:
+    """Two continuations side by side, one row per token, the first divergence marked."""
+    rows = [f"  {'step':>4}  {names[0]:<24} {names[1]:<24}"]
+    for i in range(max(len(a), len(b))):
+        x, y = token_cell(a, i, pieces), token_cell(b, i, pieces)
+        mark = "  <-- first divergence" if i == step else ("  *" if x != y else "")
+        rows.append(f"  {i:>4}  {x:<24} {y:<24}{mark}")
+    return rows
+
+
+def plural(n: int, word: str) -> str:
+    """``1 call``, ``2 calls``, ``1 divergence``, ``0 divergences``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 @dataclass
@@ -38,6 +65,9 @@ class Divergence:
     solo_top: list[dict[str, Any]] = field(default_factory=list)
     other_top: list[dict[str, Any]] = field(default_factory=list)
     pieces: dict[int, str] = field(default_factory=dict)
+    # How `seed` came about (the session seed, the test id, the call), so the rerun line's
+    # --detllm-seed and this per-call seed read as one story.
+    seed_origin: str = ""
 
     @classmethod
     def build(cls, *, nodeid: str, prompt: str, check: str, seed: int, rerun: str, diff: StepDiff,
@@ -62,26 +92,15 @@ class Divergence:
         ]
         if self.layout is not None:
             lines.append(f"  layout: {self.layout.describe()}")
-        lines.append(f"  seed: {self.seed}")
+        lines.append(f"  seed: {self.seed}" + (f" ({self.seed_origin})" if self.seed_origin else ""))
         lines.append(f"  rerun: {self.rerun}")
         for name, top in (("solo", self.solo_top), (self.other_name, self.other_top)):
             if top:
                 gap = top[0]["logit"] - top[1]["logit"] if len(top) > 1 else float("nan")
                 cells = ", ".join(f"{e['piece']!r}({e['token_id']}) {e['logit']:.6g}" for e in top)
                 lines.append(f"  top-5 {name:<7} at step {self.step} (gap {gap:.4g}): {cells}")
-        lines.append(f"  {'step':>4}  {'solo':<24} {self.other_name:<24}")
-        n = max(len(self.solo_tokens), len(self.other_tokens))
-        for i in range(n):
-            a = self._cell(self.solo_tokens, i)
-            b = self._cell(self.other_tokens, i)
-            mark = "  <-- first divergence" if i == self.step else ("  *" if a != b else "")
-            lines.append(f"  {i:>4}  {a:<24} {b:<24}{mark}")
+        lines += aligned_rows(self.solo_tokens, self.other_tokens, self.pieces, self.step, ("solo", self.other_name))
         return "\n".join(lines)
-
-    def _cell(self, toks: list[int], i: int) -> str:
-        if i >= len(toks):
-            return "-"
-        return f"{self.pieces.get(toks[i], '')!r}({toks[i]})"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,8 +133,9 @@ class Stats:
                 "divergences": self.divergences, "records": self.records}
 
     def summary_line(self) -> str:
-        extra = f", {self.prefill_checks} prefill checks" if self.prefill_checks else ""
-        return f"detllm: {self.calls} calls, {self.trials} trials{extra}, {self.divergences} divergences"
+        extra = f", {plural(self.prefill_checks, 'prefill check')}" if self.prefill_checks else ""
+        return (f"detllm: {plural(self.calls, 'call')}, {plural(self.trials, 'trial')}{extra}, "
+                f"{plural(self.divergences, 'divergence')}")
 
 
 def write_json_report(path: str, stats: Stats, header: dict[str, Any]) -> None:

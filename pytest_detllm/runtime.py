@@ -35,6 +35,7 @@ class Settings:
     strict: bool
     trust_remote_code: bool
     allow_pickle: bool
+    device_map: str | None = None
     # --detllm-backend=openai: a served model instead of the in-process one.
     backend: str = "inprocess"
     base_url: str | None = None
@@ -83,7 +84,7 @@ class Runtime:
         spec = spec if spec is not None else self.settings.model
         if spec not in self._models:
             s = self.settings
-            self._models[spec] = load(spec, device=s.device, dtype=s.dtype,
+            self._models[spec] = load(spec, device=s.device, dtype=s.dtype, device_map=s.device_map,
                                       trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle)
         return self._models[spec]
 
@@ -203,7 +204,7 @@ def _generate_halving(eng: Engine, requests: list[Request], layout: Any) -> list
     reqs = list(requests)
     while True:
         try:
-            return eng.generate(reqs)
+            return eng.generate(reqs, keep_logits=[layout.slot])
         except torch.OutOfMemoryError:
             if len(reqs) <= 2:
                 raise

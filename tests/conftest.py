@@ -7,6 +7,10 @@ import pytest
 
 from tests.models import build_tiny_model
 
+# Imported once here: pytester's in-process runs drop modules first imported inside them, and
+# Hypothesis' pytest plugin imports hypothesis at every session's end (~2 s per run otherwise).
+import hypothesis  # noqa: E402,F401
+
 # The plugin's own runs (pytester) must not inherit a user's DETLLM_* settings.
 for _k in [k for k in os.environ if k.startswith("DETLLM_")]:
     del os.environ[_k]

@@ -256,27 +256,6 @@ def test_corrupt_golden_names_file_and_line_and_is_never_rewritten(pytester: pyt
     assert path.read_text() == good
 
 
-def test_golden_from_another_environment_skips_and_is_kept(pytester: pytest.Pytester, tiny: str) -> None:
-    pytester.makepyfile(test_x=ONE_TEST)
-    args = (f"--detllm-model={tiny}", "-p", "no:cacheprovider")
-    pytester.runpytest(*args, "--detllm-kernels=stock", "--snapshot-update").assert_outcomes(passed=1)
-    (stock_env,) = env_dirs(pytester)
-    root = pytester.path / "__detllm_snapshots__"
-    before = tree_hash(root)
-
-    result = pytester.runpytest(*args, "-rs")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([f"SKIPPED*detllm: golden 'test_one' exists only for environment(s) {stock_env}, "
-                                 "not for cpu-float32-invariant-*; record one with --snapshot-update "
-                                 "(other environments' goldens are kept)"])
-    assert tree_hash(root) == before  # never compared, rewritten nor deleted
-
-    # An update in this environment, of a suite that no longer has the test, deletes nothing elsewhere.
-    pytester.makepyfile(test_x="def test_other():\n    pass\n")
-    pytester.runpytest(*args, "--snapshot-update").assert_outcomes(passed=1)
-    assert tree_hash(root) == before
-
-
 # -- prompts ---------------------------------------------------------------------------------------
 
 def test_empty_prompt(pytester: pytest.Pytester, tiny: str) -> None:
@@ -354,25 +333,27 @@ def test_max_new_tokens_not_positive(pytester: pytest.Pytester, tiny: str) -> No
 # -- interrupts and memory -------------------------------------------------------------------------
 
 INTERRUPT_CONFTEST = """
+import contextlib
 from pathlib import Path
 
-from syrupy.extensions.amber.serializer import AmberDataSerializer
+import pytest_detllm.golden as golden
 
-_real = AmberDataSerializer.write_file.__func__
+_real = golden.replacing
 
 
-def _half_then_interrupt(cls, snapshot_collection, *args, **kwargs):
-    # Write the real content, cut it in half, and get interrupted: a half-written file.
-    _real(cls, snapshot_collection, *args, **kwargs)
-    path = Path(snapshot_collection.location)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    Path(__file__).with_name("interrupted-at.txt").write_text(path.name)
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _half_then_interrupt(target, **kwargs):
+    # Write the real content, cut it in half, and get interrupted before the rename.
+    with _real(target, **kwargs) as tmp:
+        yield tmp
+        data = Path(tmp).read_bytes()
+        Path(tmp).write_bytes(data[: len(data) // 2])
+        Path(__file__).with_name("interrupted-at.txt").write_text(Path(tmp).name)
+        raise KeyboardInterrupt
 
 
 def pytest_configure(config):
-    AmberDataSerializer.write_file = classmethod(_half_then_interrupt)
+    golden.replacing = _half_then_interrupt
 """
 
 
@@ -443,7 +424,7 @@ def test_out_of_memory_while_building_a_fuzz_batch_halves_it(pytester: pytest.Py
     assert ("8", str(sizes[sizes.index(8) + 1])) in halvings
     for big, small in halvings:
         assert int(small) < int(big)
-    result.stdout.fnmatch_lines(["detllm: 1 calls, 5 trials, 0 divergences"])
+    result.stdout.fnmatch_lines(["detllm: 1 call, 5 trials, 0 divergences"])
 
 
 def test_halving_always_makes_progress() -> None:

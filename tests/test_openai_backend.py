@@ -202,9 +202,11 @@ def test_goldens_are_keyed_by_the_servers_identity(pytester: pytest.Pytester) ->
     folders = sorted(p.name for p in (pytester.path / "__detllm_snapshots__").iterdir())
     assert len(folders) == 1 and folders[0].startswith("openai-fakeserve-1.0-fake-model-")
     with FakeOpenAI(version="2.0") as b:  # another server: never compared with the first one's golden
-        result = pytester.runpytest(*served(b.url), "-rs")
-    result.assert_outcomes(skipped=1)
-    assert f"exists only for environment(s) {folders[0]}" in result.stdout.str()
+        result = pytester.runpytest(*served(b.url))
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "no golden 'test_one' for this environment (openai-fakeserve-2.0-fake-model-" in out
+    assert f"this test has goldens for: {folders[0]}" in out
     assert sorted(p.name for p in (pytester.path / "__detllm_snapshots__").iterdir()) == folders
 
 

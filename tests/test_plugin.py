@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 HEADER_RE = re.compile(
-    r"^detllm: model=(?P<model>.+?) device=(?P<device>\S+) dtype=(?P<dtype>\S+) kernels=(?P<kernels>\S+) "
-    r"fuzz=(?P<fuzz>off|\d+ trials) seed=(?P<seed>\d+)",
+    r"^detllm: model=(?P<model>.+?) device=(?P<device>\S+)(?: \((?P<card>[^)]*)\))? dtype=(?P<dtype>\S+) "
+    r"kernels=(?P<kernels>\S+) threads=(?P<threads>\d+|auto) fuzz=(?P<fuzz>off|\d+ trials) seed=(?P<seed>\d+)",
     re.M,
 )
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "report.schema.json"
@@ -118,9 +118,16 @@ def test_header_line_names_model_device_dtype_kernels_fuzz_and_seed(pytester: py
     lines = [ln for ln in result.outlines if ln.startswith("detllm: model=")]
     assert len(lines) == 1, lines
     h = header(result)
-    assert h == {"model": tiny, "device": "auto", "dtype": "float32", "kernels": "stock",
-                 "fuzz": "2 trials", "seed": "1234"}
+    import torch
+
+    # The resolved device (auto -> cpu here, or cuda:N with the card's name) and torch's thread count.
+    assert h == {"model": tiny, "device": "cpu", "card": None, "dtype": "float32", "kernels": "stock",
+                 "threads": str(torch.get_num_threads()), "fuzz": "2 trials", "seed": "1234"}
     assert "(reuse: --detllm-seed=1234)" in lines[0]
+    result = pytester.runpytest(f"--detllm-model={tiny}", "--detllm-kernels=stock", "--detllm-threads=3",
+                                "-p", "no:cacheprovider")
+    torch.set_num_threads(int(h["threads"]))  # that in-process run set this process's torch threads
+    assert header(result)["threads"] == "3"
 
 
 def test_suite_without_detllm_fixtures_prints_no_detllm_line(pytester: pytest.Pytester) -> None:
@@ -234,11 +241,14 @@ def test_marker_argument_of_the_wrong_type_is_a_usage_error(pytester: pytest.Pyt
 
 # -- snapshots -----------------------------------------------------------------------------------
 
-def test_missing_golden_fails_as_syrupy_does(pytester: pytest.Pytester, tiny: str) -> None:
+def test_missing_golden_fails_naming_the_way_to_record_it(pytester: pytest.Pytester, tiny: str) -> None:
     pytester.makepyfile(test_x=ONE_TEST)
     result = pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*Snapshot 'test_one' does not exist!*", "*1 snapshot failed*"])
+    result.stdout.fnmatch_lines([
+        "detllm: no golden 'test_one' in any environment (this one is cpu-float32-invariant-*); record it with "
+        "`pytest test_x.py::test_one --snapshot-update`, then review and commit *__detllm_snapshots__*test_x.ambr",
+        "*1 snapshot failed*"])
     assert env_dirs(pytester) == []  # nothing written without --snapshot-update
 
 
@@ -301,11 +311,11 @@ def test_env_keying_two_environments_keep_their_own_goldens(pytester: pytest.Pyt
     stock_bytes = stock.read_bytes()
     assert "# name: test_one" in stock_bytes.decode() and "# name: test_two" in stock_bytes.decode()
 
-    # Only the stock environment has goldens: the invariant run skips, naming that environment.
-    result = pytester.runpytest(*args, "-rs")
-    result.assert_outcomes(skipped=2)
-    result.stdout.fnmatch_lines([f"*golden 'test_one' exists only for environment(s) {stock.parent.name}, "
-                                 "not for cpu-float32-invariant-*"])
+    # Only the stock environment has goldens: the invariant run fails, naming that environment.
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([f"detllm: no golden 'test_one' for this environment (cpu-float32-invariant-*); "
+                                 f"this test has goldens for: {stock.parent.name}."])
     assert stock.read_bytes() == stock_bytes
 
     # Recording the invariant env (with test_two gone) writes its own folder and keeps every stock golden.
@@ -459,7 +469,9 @@ def test_fuzz_failure_message_names_seed_rerun_layout_step_and_both_continuation
     bsz, slot = int(layout.group(2)), int(layout.group(3))
     fillers = [int(x) for x in layout.group(4).split(",") if x.strip()]
     assert bsz >= 2 and 0 <= slot < bsz and len(fillers) == bsz - 1 and all(n >= 1 for n in fillers)
-    call_seed = re.search(r"^\s+seed: (\d+)$", out, re.M)
+    # One seed story: the call's seed is derived from the session seed that the rerun line passes.
+    call_seed = re.search(r"^\s+seed: (\d+) \(derived from --detllm-seed=4242, the test id and call #0 of this "
+                          r"test; the rerun line below replays it\)$", out, re.M)
     assert call_seed, out
     rerun = re.search(r"^\s+rerun: (.+)$", out, re.M)
     assert rerun, out
@@ -471,7 +483,7 @@ def test_fuzz_failure_message_names_seed_rerun_layout_step_and_both_continuation
     assert "<-- first divergence" in rows[0][3]
     assert re.search(r"top-5 solo\s+at step 0 \(gap [0-9.e+-]+\): ", out), out
     assert re.search(r"top-5 batched at step 0 \(gap [0-9.e+-]+\): ", out), out
-    result.stdout.fnmatch_lines(["detllm: 1 calls, 1 trials, 1 divergences", "detllm: report written to out/report.json"])
+    result.stdout.fnmatch_lines(["detllm: 1 call, 1 trial, 1 divergence", "detllm: report written to out/report.json"])
 
     doc = json.loads((pytester.path / "out" / "report.json").read_text())
     validate_report(doc)
@@ -575,6 +587,9 @@ def test_xdist_two_workers_fuzz_and_merge_reports(pytester: pytest.Pytester, tin
     assert re.search(r"\[gw0\].*PASSED", out) and re.search(r"\[gw1\].*PASSED", out), out
     summary = [ln for ln in result.outlines if ln.startswith("detllm: ") and "calls" in ln]
     assert summary == ["detllm: 2 calls, 2 trials, 0 divergences"]
+    from tests.test_terminal import summary_after_syrupy
+
+    summary_after_syrupy(result)  # the same place as without xdist
     assert header(result)["seed"] == "77"
     result.stdout.fnmatch_lines(["*2 snapshots generated*"])
     path = golden_path(pytester)

@@ -13,10 +13,10 @@ from pytest_detllm.fuzz import FillerPool, design_trials, first_divergence
 def divergent_trials(eng: Engine, req: Request, pool: FillerPool, trials: int, *, max_batch: int,
                      max_filler: int, seed: int = 0) -> int:
     """How many of `trials` co-batched runs of `req` differ (tokens or logits) from its solo run."""
-    solo = eng.generate([req])[0]
+    solo = eng.generate([req], keep_logits=[0])[0]
     n = 0
     for t in design_trials(random.Random(seed), trials, req, pool, max_batch=max_batch, max_filler=max_filler):
-        n += first_divergence(solo, eng.generate(t.requests)[t.layout.slot]) is not None
+        n += first_divergence(solo, eng.generate(t.requests, keep_logits=[t.layout.slot])[t.layout.slot]) is not None
     return n
 
 

@@ -42,7 +42,8 @@ class Backend(Protocol):
         ...
 
     def fuzz_limits(self, req: "Request", max_batch: int) -> tuple[int, int]:
-        """(largest co-batch, longest filler) for this backend; ``max_batch`` 0 means its default."""
+        """(largest co-batch, longest filler) for this backend; ``max_batch`` 0 means its default.
+        Called once before a call's trials: a backend may size itself for them here."""
         ...
 
     def co_batch(self, trial: "Trial", rng: random.Random) -> list["Generation"]:

@@ -22,10 +22,15 @@ __all__ = ["CUDA_IMPLS", "cuda_attention"]
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _kernels() -> Any:
-    import detllm_kernels
+_KERNELS: list[Any] = []
 
-    return detllm_kernels
+
+def _kernels() -> Any:
+    if not _KERNELS:  # imported on first use: importing this module needs torch only
+        import detllm_kernels
+
+        _KERNELS.append(detllm_kernels)
+    return _KERNELS[0]
 
 
 def _need_float(op: str, *ts: torch.Tensor) -> None:
@@ -133,13 +138,15 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
 
 
 def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
-                   scale: float, causal: bool = True, softcap: float | None = None) -> torch.Tensor:
+                   scale: float, causal: bool = True, softcap: float | None = None,
+                   key_end: torch.Tensor | None = None) -> torch.Tensor:
     """q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) -> (B,Tq,H,d).
 
     Query i sits at key position Tk - Tq + i and sees keys key_start[b] .. Tk - Tq + i (causal);
-    query rows inside the left padding come back as zeros.
+    query rows inside the left padding come back as zeros. key_end (a one-element device tensor)
+    replaces Tk: the static engine's cache is longer than what is filled.
     """
-    return _kernels().invariant_attention(q, k, v, key_start, scale, causal, softcap)
+    return _kernels().invariant_attention(q, k, v, key_start, scale, causal, softcap, key_end)
 
 
 # `rms_norm` itself is CompositeImplicitAutograd and on CUDA forwards to `_fused_rms_norm`;

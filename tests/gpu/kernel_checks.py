@@ -85,6 +85,10 @@ def check_mm(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int],
     bias = _randn((n,), dtype, device, g)
     for name, b in (("w.t()", w.t()), ("contiguous", w.t().contiguous())):
         check_rows(lambda x: km.mm(x, b), a, ms, f"mm {dtype} K={k} N={n} b={name}")
+    # A stored column-major (a transposed view), as autograd's and some models' matmuls pass it
+    a_cm = a.t().contiguous().t()
+    check_rows(lambda x: km.mm(x, w.t()), a_cm, ms, f"mm {dtype} K={k} N={n} a=column-major")
+    assert torch.equal(km.mm(a_cm, w.t()), km.mm(a, w.t())), f"mm {dtype}: A layout changed bits"
     check_rows(lambda x: km.addmm(bias, x, w.t()), a, ms, f"addmm {dtype} K={k} N={n}")
     m = max(ms)
     assert_close(km.mm(a, w.t()), a.double() @ w.double().t(), dtype, f"mm {dtype} vs fp64")
@@ -115,6 +119,12 @@ def check_bmm(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int]
                     solo[(r, i)] = km.bmm(a[i:i + 1, r:r + 1], b[i:i + 1])[0, 0]
                 assert torch.equal(out[i, r], solo[(r, i)]), f"bmm {dtype}: batch {i} row {r} at M={m}"
     assert_close(km.bmm(a, b), a.double() @ b.double(), dtype, f"bmm {dtype} vs fp64")
+    # batched strided views: B as a transposed view (attention's q @ k^T), A as a strided slice
+    bt = b.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(km.bmm(a, bt), km.bmm(a, b)), f"bmm {dtype}: transposed-B view changed bits"
+    wide = _randn((nb, max(ms), 2 * k), dtype, device, g)
+    a_view = wide[:, :, :k]
+    assert torch.equal(km.bmm(a_view, b), km.bmm(a_view.contiguous(), b)), f"bmm {dtype}: strided A changed bits"
     # rotary-embedding shape: K = 1, fp32
     f = _randn((2, 8, 1), torch.float32, device, g)
     p = _randn((2, 1, 5), torch.float32, device, g)

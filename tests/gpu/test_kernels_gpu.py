@@ -116,9 +116,26 @@ def test_fast_launch_path_is_used() -> None:
     km = kc.load_kernels()
     from detllm_kernels import matmul
 
+    from detllm_kernels import attention, mean
+
     a = torch.randn(3, 256, device=DEV, dtype=BF16)
     w = torch.randn(512, 256, device=DEV, dtype=BF16)
     first = km.mm(a, w.t())
+    hits = matmul._LAUNCH.hits
     again = km.mm(a, w.t())
     assert torch.equal(first, again)
-    assert matmul._LAUNCH.enabled and matmul._LAUNCH.cache
+    assert matmul._LAUNCH.enabled and matmul._LAUNCH.plans and matmul._LAUNCH.hits == hits + 1
+    x = torch.randn(5, 300, device=DEV)
+    km.mean_lastdim(x)
+    hits = mean._LAUNCH.hits
+    assert torch.equal(km.mean_lastdim(x), km.mean_lastdim(x)) and mean._LAUNCH.hits == hits + 2
+    q = torch.randn(1, 8, 1, 64, device=DEV, dtype=BF16)
+    k = torch.randn(1, 2, 40, 64, device=DEV, dtype=BF16)
+    ks = torch.zeros(1, dtype=torch.int32, device=DEV)
+    ref = km.invariant_attention(q, k, k, ks, 0.125)
+    hits = attention._LAUNCH.hits
+    # a device-side key count (the static engine's decode) is the same plan family, same bits
+    end = torch.tensor([40], dtype=torch.int32, device=DEV)
+    long_k = torch.cat([k, torch.randn(1, 2, 24, 64, device=DEV, dtype=BF16)], dim=2)
+    assert torch.equal(km.invariant_attention(q, long_k, long_k, ks, 0.125, key_end=end), ref)
+    assert torch.equal(km.invariant_attention(q, k, k, ks, 0.125), ref) and attention._LAUNCH.hits >= hits + 1

@@ -1,0 +1,97 @@
+"""The CUDA engine: CUDA-graph decode, static KV cache, token choice on the device (issue: GPU
+engine). Bits: graphs == eager steps == transformers' own generate under batch_invariant(); padding
+rows of a bucket never change a real row; the stock control runs the same graphs and diverges."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+pytest.importorskip("triton")
+
+from pytest_detllm import batch_invariant  # noqa: E402
+from pytest_detllm.engine import Engine, Request  # noqa: E402
+from pytest_detllm.fuzz import FillerPool, first_divergence  # noqa: E402
+from tests.trials import divergent_trials  # noqa: E402
+
+VOCAB = 32000
+
+
+@pytest.fixture(scope="module")
+def llama():  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
+
+
+def _ids(n: int, seed: int) -> tuple[int, ...]:
+    r = random.Random(seed)
+    return tuple(r.randrange(3, VOCAB) for _ in range(n))
+
+
+def _fillers(n: int, seed: int) -> list[Request]:
+    r = random.Random(seed)
+    return [Request(_ids(r.randint(1, 300), seed * 100 + i), max_new_tokens=r.randint(1, 12),
+                    temperature=0.8 if i % 3 == 0 else 0.0, seed=i) for i in range(n)]
+
+
+def test_engine_uses_cuda_graphs_and_they_equal_eager_steps(llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    dev = torch.device("cuda")
+    req = Request(_ids(57, 1), max_new_tokens=20)
+    batch = _fillers(5, 2) + [req]
+    graphed = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    a = graphed.generate(batch, keep_logits=[5])[5]
+    assert graphed.static and graphed._impl.graphs, "CUDA graphs were not used"
+    assert all(s.graph is not None for s in graphed._impl._slots.values())
+    monkeypatch.setenv("DETLLM_CUDA_GRAPHS", "0")
+    eager = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    assert not eager._impl.graphs
+    b = eager.generate(batch, keep_logits=[5])[5]
+    assert first_divergence(a, b) is None
+
+
+def test_engine_equals_transformers_generate_under_batch_invariant(llama) -> None:  # type: ignore[no-untyped-def]
+    dev = torch.device("cuda")
+    ids = _ids(45, 3)
+    eng = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    mine = eng.generate([Request(ids, max_new_tokens=16)], keep_logits=[0])[0]
+    with batch_invariant("cuda"), torch.inference_mode():
+        out = llama.generate(torch.tensor([ids], device=dev), max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    theirs = out.sequences[0, len(ids):].tolist()
+    assert mine.token_ids == theirs
+    for t, lg in enumerate(out.logits):
+        assert torch.equal(mine.step_logits[t], lg[0].float().cpu()), f"step {t}"
+
+
+def test_bucket_padding_rows_do_not_change_bits(llama) -> None:  # type: ignore[no-untyped-def]
+    """The same request at buckets 16 and 64 (and alone, bucket 1) gives the same bits."""
+    dev = torch.device("cuda")
+    eng = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    req = Request(_ids(80, 4), max_new_tokens=12, temperature=0.7, seed=5)
+    solo = eng.generate([req], keep_logits=[0])[0]
+    for n in (9, 33):  # rows 9 -> bucket 16, 33 -> bucket 64
+        batch = _fillers(n - 1, n)
+        batch.insert(n // 2, req)
+        got = eng.generate(batch, keep_logits=[n // 2])[n // 2]
+        assert first_divergence(solo, got) is None, f"batch of {n}"
+    assert {1, 16, 64} <= set(eng._impl._slots)
+
+
+def test_stock_engine_runs_the_same_graphs_and_diverges(llama) -> None:  # type: ignore[no-untyped-def]
+    """The negative control is the same engine and the same graphs with stock kernels."""
+    dev = torch.device("cuda")
+    stock = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=False)
+    # A short prompt among longer fillers: left padding moves it, as in a real fuzz trial.
+    n = divergent_trials(stock, Request(_ids(23, 1), max_new_tokens=8), FillerPool(list(_ids(4000, 2))), 10,
+                         max_batch=40, max_filler=300, seed=3)
+    assert stock._impl.graphs and all(s.graph is not None for s in stock._impl._slots.values())
+    assert n > 0, "stock kernels never diverged (control is void)"

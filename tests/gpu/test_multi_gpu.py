@@ -1,0 +1,62 @@
+"""Several GPUs on one host (issue: several GPUs): a model split by layers over two GPUs gives the
+single-GPU bits and stays batch invariant. Needs 2 CUDA devices; skipped cleanly otherwise."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices"),
+]
+pytest.importorskip("triton")
+pytest.importorskip("accelerate")
+
+from pytest_detllm.engine import Engine, Request  # noqa: E402
+from pytest_detllm.fuzz import FillerPool, first_divergence  # noqa: E402
+from pytest_detllm.model import load  # noqa: E402
+from tests.trials import divergent_trials  # noqa: E402
+
+VOCAB = 32000
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                      num_attention_heads=8, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("split") / "llama"
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(str(folder))
+    # the loader wants a tokenizer beside the weights; any small one will do for id-level tests
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))) \
+        .save_pretrained(str(folder))
+    return folder
+
+
+def _ids(n: int, seed: int) -> tuple[int, ...]:
+    r = random.Random(seed)
+    return tuple(r.randrange(3, VOCAB) for _ in range(n))
+
+
+def test_split_over_two_gpus_gives_the_single_gpu_bits(saved: Path) -> None:
+    one = load(str(saved), device="cuda", dtype="bfloat16")
+    split = load(str(saved), device="cuda", dtype="bfloat16", device_map="balanced")
+    devices = {p.device for p in split.model.parameters()}
+    assert len(devices) >= 2, f"balanced placement left the model on {devices}"
+    req = Request(_ids(40, 1), max_new_tokens=10)
+    a = Engine(one.model, pad_id=0, eos_ids=[], device=one.device, invariant=True).generate([req], keep_logits=[0])[0]
+    eng = Engine(split.model, pad_id=0, eos_ids=[], device=split.device, invariant=True)
+    assert not eng.static  # a split model takes the eager loop
+    b = eng.generate([req], keep_logits=[0])[0]
+    assert first_divergence(a, b) is None, "splitting by layers changed the bits"
+    # and the split model is batch invariant
+    n = divergent_trials(eng, req, FillerPool(list(_ids(3000, 2))), 6, max_batch=24, max_filler=200, seed=4)
+    assert n == 0
