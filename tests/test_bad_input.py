@@ -392,12 +392,12 @@ def small_memory(monkeypatch):
     real = Engine.generate
     sizes = []
 
-    def generate(self, requests):
+    def generate(self, requests, keep_logits=None):
         sizes.append(len(requests))
         Path(__file__).with_name("sizes.json").write_text(json.dumps(sizes))
         if len(requests) > LIMIT:
             raise torch.OutOfMemoryError(f"simulated: batch of {len(requests)} does not fit")
-        return real(self, requests)
+        return real(self, requests, keep_logits=keep_logits)
 
     monkeypatch.setattr(Engine, "generate", generate)
 """
@@ -436,7 +436,7 @@ def test_halving_always_makes_progress() -> None:
     calls: list[int] = []
 
     class OutOfMemory:
-        def generate(self, requests: list[object]) -> list[object]:
+        def generate(self, requests: list[object], keep_logits: object = None) -> list[object]:
             calls.append(len(requests))
             if len(calls) > 5:
                 raise RuntimeError(f"no progress: batch sizes tried {calls}")
