@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import random
 from typing import TYPE_CHECKING, Collection, Sequence
 
@@ -21,10 +20,7 @@ class InProcessBackend:
         self.spec = spec
 
     def generate(self, requests: Sequence["Request"], keep_logits: Collection[int] | None = None) -> list["Generation"]:
-        eng = self.rt.engine(self.spec)
-        if keep_logits is not None and "keep_logits" in inspect.signature(eng.generate).parameters:
-            return eng.generate(requests, keep_logits=keep_logits)
-        return eng.generate(requests)
+        return self.rt.engine(self.spec).generate(requests, keep_logits=keep_logits)
 
     def identity(self) -> str:
         return self.rt.env_key(self.spec)

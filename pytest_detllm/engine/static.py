@@ -74,7 +74,18 @@ class StaticEngine:
         bsz = len(requests)
         batch = left_pad(requests, self.pad_id)
         steps = max(r.max_new_tokens for r in requests)
-        slot = self._slot(row_bucket(bsz), batch.length + steps)
+        try:
+            slot = self._slot(row_bucket(bsz), batch.length + steps)
+        except torch.OutOfMemoryError:
+            # The reservation did not fit: forget it, so a smaller retry (the fuzz halves its batch
+            # on OOM) allocates only what that batch needs.
+            self._reserved = (1, 0)
+            self._slots.clear()
+            self._kv = None
+            self._graph_pool = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
         keep_rows = list(range(bsz)) if keep is None else sorted(set(keep))
         keep_idx = torch.tensor(keep_rows or [0], dtype=torch.int64, device=self.device)
         kept: list[torch.Tensor] = []
