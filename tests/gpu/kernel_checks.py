@@ -153,6 +153,22 @@ def check_mm_configs(device: str, dtype: torch.dtype, k: int, n: int, m: int, se
     return [name for name, _ in variants]
 
 
+def check_program_counts(device: str, dtype: torch.dtype, k: int, n: int, m: int, counts: Sequence[int],
+                         seed: int = 6) -> None:
+    """A persistent launch gives the same bits with any number of programs: goldens recorded on a
+    card with one SM count hold on cards with others (H100 SXM 132, H100 PCIe 114, H20 78)."""
+    km = load_kernels()
+    from detllm_kernels.matmul import matmul_config
+
+    assert matmul_config(m, n, dtype).persistent, "the shape must take the persistent config"
+    g = _gen(device, seed)
+    a = _randn((m, k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)
+    ref = km.mm(a, w.t(), programs=counts[0])
+    for c in counts[1:]:
+        assert torch.equal(km.mm(a, w.t(), programs=c), ref), f"mm {dtype}: {c} programs differ from {counts[0]}"
+
+
 def stock_mm_differs(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int],
                      seed: int = 3) -> list[int]:
     """Negative control: the Ms at which stock F.linear gives row 0 different bits than alone."""

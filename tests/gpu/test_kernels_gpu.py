@@ -47,6 +47,12 @@ def test_mm_every_config_same_bits(dtype: torch.dtype, m: int) -> None:
     kc.check_mm_configs(DEV, dtype, 4096, 1536, m)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16, F32], ids=str)
+def test_persistent_matmul_bits_do_not_depend_on_the_program_count(dtype: torch.dtype) -> None:
+    """Program counts of the H100 SXM (132 SMs), H100 PCIe (114) and H20 (78), and odd ones."""
+    kc.check_program_counts(DEV, dtype, 4096, 1536, 3000, (132, 114, 78, 1, 7))
+
+
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 def test_negative_control_stock_matmul_differs(dtype: torch.dtype) -> None:
     """The checks above would catch cuBLAS: stock F.linear changes row 0 with the batch size."""
