@@ -11,6 +11,12 @@ from tests.models import build_tiny_model
 # Hypothesis' pytest plugin imports hypothesis at every session's end (~2 s per run otherwise).
 import hypothesis  # noqa: E402,F401
 
+# Under CI the property tests run a fixed set of examples (no example database, derandomized):
+# a CI verdict must not flip between runs of the same commit. Locally they explore as usual.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    hypothesis.settings.load_profile("ci")
+
 # The plugin's own runs (pytester) must not inherit a user's DETLLM_* settings.
 for _k in [k for k in os.environ if k.startswith("DETLLM_")]:
     del os.environ[_k]
