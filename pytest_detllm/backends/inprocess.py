@@ -45,11 +45,11 @@ class InProcessBackend:
     def fuzz_limits(self, req: "Request", max_batch: int) -> tuple[int, int]:
         cuda = self.rt.loaded(self.spec).device.type == "cuda"
         max_filler = 1024 if cuda else 256
-        limit = self.rt.engine(self.spec).max_positions
+        eng = self.rt.engine(self.spec)
+        limit = eng.max_positions
         if limit:  # a filler and its new tokens must fit the model's context too
             max_filler = max(1, min(max_filler, limit - req.max_new_tokens))
         max_batch = max_batch or (64 if cuda else 16)
-        eng = self.rt.engine(self.spec)
         if hasattr(eng, "reserve"):  # the CUDA engine sizes its cache and graph buckets once for these trials
             eng.reserve(max(2, max_batch), max(len(req.input_ids), max_filler) + req.max_new_tokens)
         return max_batch, max_filler

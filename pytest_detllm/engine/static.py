@@ -86,7 +86,7 @@ class StaticEngine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             raise
-        keep_rows = list(range(bsz)) if keep is None else sorted(set(keep))
+        keep_rows = list(range(bsz)) if keep is None else sorted(keep)  # the facade passes a set
         keep_idx = torch.tensor(keep_rows or [0], dtype=torch.int64, device=self.device)
         kept: list[torch.Tensor] = []
 
