@@ -108,6 +108,8 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (trials run round-robin)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workers", type=int, default=1, help="run the trials in this many processes and merge")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="afterwards, rerun K of the first prompt's trials under torch.profiler and print where the time goes")
     args = ap.parse_args()
     if args.workers > 1:
         return run_workers(args)
@@ -178,6 +180,8 @@ def main() -> int:
                 st["closed"] = args.stop_on_first
         if timed_out:
             break
+    if args.profile:
+        _profile(eng, states[0]["trials"][: args.profile], dev)
     results = []
     total_div = 0
     for st in states:
@@ -210,6 +214,28 @@ def main() -> int:
                                                "timed_out": timed_out, "results": results, "seconds": dt,
                                                "trial_timing": timing}, indent=2))
     return 1 if (total_div and args.kernels == "invariant") else 0
+
+
+def _profile(eng, trials, dev) -> None:  # type: ignore[no-untyped-def]
+    """Where a warm trial's wall time goes: host ops (self CPU time) and GPU kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    walls = []
+    with profile(activities=acts) as prof:
+        for trial in trials:
+            t = time.perf_counter()
+            eng.generate(trial.requests, keep_logits=[trial.layout.slot])
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            walls.append(time.perf_counter() - t)
+            print(f"profile trial: batch {len(trial.requests)}, longest {max(len(r.input_ids) for r in trial.requests)} "
+                  f"tokens: {walls[-1] * 1e3:.1f} ms", flush=True)
+    ka = prof.key_averages()
+    print(ka.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))
+    if dev.type == "cuda":
+        print(ka.table(sort_by="self_cuda_time_total" if hasattr(ka[0], "self_cuda_time_total") else "self_device_time_total",
+                       row_limit=14, max_name_column_width=60))
 
 
 def _trial_timing(trial_s: list[float]) -> dict[str, float] | None:
