@@ -27,6 +27,11 @@ def _not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite runs under CI=true in CI; the plugin's own runs must behave as on a laptop unless a
     test sets CI itself (the refusal test does)."""
     monkeypatch.delenv("CI", raising=False)
+    # When this suite itself runs under xdist (`pytest -n N`), in-process pytester runs would
+    # inherit the worker's variables: syrupy would then act as a worker (no report, lock files
+    # left for a controller that is not there) and the plugin would split threads among workers.
+    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="session")
