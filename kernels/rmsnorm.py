@@ -46,7 +46,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
     n = 1
     for s in x.shape[x.dim() - normalized_ndim:]:
         n *= s
-    rows = x.reshape(-1, n)
+    nrows = 1
+    for s in lead:
+        nrows *= s
+    if nrows == 0 or n == 0:
+        # No rows, or empty rows (reshape(-1, 0) is ambiguous): stock's rstd is NaN per row (0/0).
+        return (torch.empty(x.shape, device=x.device, dtype=x.dtype),
+                torch.full((*lead, *([1] * normalized_ndim)), float("nan"), device=x.device, dtype=torch.float32))
+    rows = x.reshape(nrows, n)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     w = weight.reshape(-1).contiguous() if weight is not None else None

@@ -7,6 +7,7 @@ and never calls back into an overridden aten op, so no override recurses.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -96,7 +97,7 @@ def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = Fals
 
 def _softmax_like(self: torch.Tensor, dim: int, half_to_float: bool, log: bool) -> torch.Tensor:
     if not (self.is_floating_point() and self.dim() > 0 and edges.dim_ok(self, dim) and self.numel() > 0
-            and (not half_to_float or self.dtype in (torch.float16, torch.bfloat16))):
+            and (not half_to_float or self.dtype == torch.float16)):  # stock CUDA: Half only
         op = _aten._log_softmax.out if log else _aten._softmax.out
         return edges.to_out(op, torch.float32 if half_to_float else self.dtype, self.device, self, dim, half_to_float)
     out_dtype = torch.float32 if half_to_float else self.dtype
@@ -161,7 +162,10 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
         return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
     out, mean, rstd = fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape),
                                             weight, bias, eps)
-    # A row holding inf or NaN has rstd NaN; stock's running (Welford) mean is NaN there too.
+    # A row holding inf or NaN has rstd NaN; stock's running (Welford) mean is NaN there too, once
+    # a second element meets the inf (inf - inf). A one-element row keeps its value as the mean.
+    if math.prod(normalized_shape) == 1:
+        return out, mean, rstd
     return out, torch.where(torch.isnan(rstd), rstd, mean), rstd
 
 
