@@ -2,8 +2,8 @@
 
 Why it is batch-invariant: every output element C[m, n] is produced by one program that walks
 the whole K axis in BLOCK_K steps, in order, into an fp32 accumulator (no split-K). BLOCK_K is
-64 for prefill shapes; decode uses 128, which issues the same k16 MMA steps in the same order
-(see matmul_config). BLOCK_M / BLOCK_N / BLOCK_K, warps, stages and the load path (TMA or
+64 for prefill shapes; decode uses 128 or 256, which issue the same k16 MMA steps in the same
+order (see matmul_config). BLOCK_M / BLOCK_N / BLOCK_K, warps, stages and the load path (TMA or
 pointers) vary with M only because tests/gpu proves bitwise that they leave a row's bits
 alone. fp32 runs true IEEE fp32 (`input_precision="ieee"`), never TF32.
 """
@@ -73,11 +73,16 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
         # FMA path (IEEE fp32): one config for every shape.
         return MatmulConfig(64, 64, 8, 4, 3)
     if m <= 16:
-        # Decode: memory-bound on the weight. One program per BLOCK_N weight rows, deep K steps,
-        # plain pointer loads (cheaper to launch than TMA descriptors, as fast here). N <= 8192
-        # (q/o/down/k/v projections) takes 32 rows a program: 64 programs for N = 4096 left half
-        # of an H100's 132 SMs idle while streaming the weight.
-        return MatmulConfig(16, 32 if n <= 8192 else 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
+        # Decode: memory-bound on the weight. One program per BLOCK_N weight rows, plain pointer
+        # loads (cheaper to launch than TMA descriptors, as fast here), K steps of 256 to keep
+        # enough bytes in flight per SM. Picked by benchmarks/sweep_decode_mm.py on an H100
+        # (GPU time, M = 1 and 16; every one of its 24 candidates gave these configs' bits):
+        # 8B q/o 23.6 -> 16.7 us, k/v 13.3 -> 11.3, down 63.5 -> 46.1, gate/up 46.0 -> 43.3.
+        if n <= 2048:
+            return MatmulConfig(16, 32, 8, 4, 6, persistent=False, block_k=256, tma=False)
+        if 8192 < n <= 32768:
+            return MatmulConfig(16, 128, 8, 4, 4, persistent=False, block_k=128, tma=False)
+        return MatmulConfig(16, 64, 8, 4, 4, persistent=False, block_k=256, tma=False)
     if m <= 64:
         return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 256:
@@ -87,7 +92,7 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
 
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
-    shapes = [(1, 1024), (1, 4096), (1, 14336), (32, 4096), (128, 4096), (4096, 4096)]
+    shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 4096), (128, 4096), (4096, 4096)]
     return sorted({matmul_config(m, n, dtype) for m, n in shapes}, key=repr)
 
 
