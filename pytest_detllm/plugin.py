@@ -321,12 +321,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None and data is not None:
         workeroutput["detllm_stats"] = data
+        # This worker's own header (its device: on a multi-GPU host each worker has its own card),
+        # for the controller to print, since a worker's terminal is not shown.
+        workeroutput["detllm_header"] = header_line(session.config)
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:  # xdist: merge each worker's counters
-    data = getattr(node, "workeroutput", {}).get("detllm_stats")
+    out = getattr(node, "workeroutput", {})
+    data = out.get("detllm_stats")
     if data:
-        node.config.stash[_MERGED][node.gateway.id] = data
+        node.config.stash[_MERGED][node.gateway.id] = dict(data, _header=out.get("detllm_header"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -371,8 +375,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             terminalreporter.write_line(f"  {line}")
     from .report import Stats
 
-    if merged:  # xdist: the controller collects nothing, so its header never showed the seed
-        terminalreporter.write_line(header_line(config))
+    if merged:  # xdist: the controller collects nothing, so its header never showed; one per worker
+        for wid, data in sorted(merged.items()):
+            terminalreporter.write_line(f"{data.get('_header') or header_line(config)} [{wid}]")
     stats = Stats()
     for data in ([own] if own else []) + list(merged.values()):
         stats.merge(data)

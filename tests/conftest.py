@@ -51,3 +51,14 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path)
 def tiny_models(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-archs")
     return {arch: build_tiny_model(root / arch, arch, embedded_dir) for arch in ("llama", "qwen3", "gpt2")}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `pytest -n N tests/gpu` on a multi-GPU host: worker gwI works on GPU I mod count, as the
+    # plugin's own device resolution does for users' suites (tests here say plain "cuda").
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and worker.startswith("gw"):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            torch.cuda.set_device(int(worker[2:]) % torch.cuda.device_count())

@@ -591,6 +591,10 @@ def test_xdist_two_workers_fuzz_and_merge_reports(pytester: pytest.Pytester, tin
 
     summary_after_syrupy(result)  # the same place as without xdist
     assert header(result)["seed"] == "77"
+    # One header per worker, each with the device that worker resolved (CPU here; on a 2-GPU host
+    # tests/gpu/test_multi_gpu.py checks cuda:0 and cuda:1).
+    workers = [m.group(2) for m in re.finditer(r"^(detllm: model=.*) \[(gw\d)\]$", out, re.M)]
+    assert workers == ["gw0", "gw1"], out
     result.stdout.fnmatch_lines(["*2 snapshots generated*"])
     path = golden_path(pytester)
     text = path.read_text()

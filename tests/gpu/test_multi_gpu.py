@@ -34,10 +34,12 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(str(folder))
     # the loader wants a tokenizer beside the weights; any small one will do for id-level tests
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))) \
-        .save_pretrained(str(folder))
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, **{w: 3 + i for i, w in enumerate("prompt 0 1 2 3".split())}},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words -> ids, so prompts differ
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(folder))
     return folder
 
 
@@ -60,3 +62,29 @@ def test_split_over_two_gpus_gives_the_single_gpu_bits(saved: Path) -> None:
     # and the split model is batch invariant
     n = divergent_trials(eng, req, FillerPool(list(_ids(3000, 2))), 6, max_batch=24, max_filler=200, seed=4)
     assert n == 0
+
+
+GOLDEN_TESTS = "".join(
+    f"def test_{i}(llm, snapshot):\n    assert llm('prompt {i} ' * {i + 1}, max_new_tokens=6, chat=False) == snapshot\n\n"
+    for i in range(4))
+
+
+def test_xdist_workers_take_a_gpu_each_and_goldens_recorded_on_gpu0_pass_on_gpu1(
+        pytester: pytest.Pytester, saved: Path) -> None:
+    """Would fail if both workers resolved the same card (device headers) or if the goldens
+    recorded on GPU 0 did not hold on GPU 1 (the gw1 tests compare them there)."""
+    import re
+
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_g=GOLDEN_TESTS)
+    common = (f"--detllm-model={saved}", "--detllm-device=cuda", "--detllm-dtype=bfloat16", "-p", "no:cacheprovider")
+    rec = pytester.runpytest_subprocess(*common, "--snapshot-update")  # main process: GPU 0
+    rec.assert_outcomes(passed=4)
+    assert re.search(r"^detllm: model=.* device=cuda:0 ", rec.stdout.str(), re.M), rec.stdout.str()
+    run = pytester.runpytest_subprocess(*common, "-n", "2", "-v", "--detllm-batch-fuzz=2")
+    run.assert_outcomes(passed=4)
+    out = run.stdout.str()
+    devices = dict((w, d) for d, w in re.findall(r"^detllm: model=.* device=(cuda:\d) .*\[(gw\d)\]$", out, re.M))
+    assert devices == {"gw0": "cuda:0", "gw1": "cuda:1"}, out
+    assert re.search(r"\[gw1\].*PASSED", out), out  # GPU 1 checked goldens recorded on GPU 0
+    assert "detllm: 4 calls, 8 trials, 0 divergences" in out, out
