@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
 _MAX_PLANS = 8192  # prefill shapes vary; keep the table bounded
+_current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: 0)
 
 try:
     _raw_stream = torch._C._cuda_getCurrentRawStream  # no Python Stream object per call
@@ -75,6 +76,16 @@ class Launcher:
     def launch(self, key: Any, grid: Sequence[int], args: Sequence[Any],
                meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:
         """`meta` may be a callable returning the constexpr dict: it is only needed on a miss."""
+        first = args[0]
+        if isinstance(first, torch.Tensor) and first.is_cuda and first.device.index != _current_device():
+            # Triton launches in the current device's context: a tensor on another card (a model
+            # split over GPUs, an xdist worker on cuda:1) needs that card made current, as torch
+            # does for its own ops. Plans are per device (the compiled function is per context).
+            with torch.cuda.device(first.device):
+                self.launch(key, grid, args, meta)
+            return
+        if isinstance(first, torch.Tensor) and first.is_cuda:
+            key = (first.device.index, key)
         plan = self.plans.get(key) if self.enabled else None
         if plan is None:
             if callable(meta):

@@ -69,6 +69,11 @@ class Engine:
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
+            if self.device.type == "cuda":
+                # Work (kernels, graph capture, streams) on the engine's own card, not the process's
+                # current one: an xdist worker on cuda:1 of a 2-GPU host would otherwise launch
+                # Triton kernels in cuda:0's context.
+                stack.enter_context(torch.cuda.device(self.device))
             if self.invariant:
                 stack.enter_context(batch_invariant(self.device.type))
             yield
