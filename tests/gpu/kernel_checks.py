@@ -223,10 +223,15 @@ def check_cuda_impls(device: str, seed: int = 5) -> None:
         raise AssertionError("mean.dim over non-trailing dims must raise NotImplementedError")
     except NotImplementedError:
         pass
-    xb = x.to(torch.bfloat16)
-    sm = i["_softmax"](xb, 1, True)
+    xh = x.to(torch.float16)  # stock CUDA converts only Half to float (bfloat16 raises)
+    sm = i["_softmax"](xh, 1, True)
     assert sm.dtype == torch.float32 and sm.shape == x.shape
-    assert_close(sm, xb.double().softmax(1), torch.float32, "_softmax dim=1 half_to_float")
+    assert_close(sm, xh.double().softmax(1), torch.float32, "_softmax dim=1 half_to_float")
+    try:
+        i["_softmax"](x.to(torch.bfloat16), 1, True)
+        raise AssertionError("_softmax(bfloat16, half_to_float=True) must raise, as stock does")
+    except RuntimeError:
+        pass
     assert_close(i["_log_softmax"](x, -1, False), x.double().log_softmax(-1), torch.float32, "_log_softmax")
     w = _randn((48,), torch.float32, device, g)
     y, rstd = i["_fused_rms_norm"](x, [48], w, 1e-5)
