@@ -53,6 +53,10 @@ def main() -> int:
         AutoModelForCausalLM.from_config(LlamaConfig(**CFG), dtype=torch.bfloat16).save_pretrained(args.path)
     dist.barrier()
     model = AutoModelForCausalLM.from_pretrained(args.path, tp_plan="auto", dtype=torch.bfloat16).eval()
+    w = model.model.layers[0].self_attn.q_proj.weight
+    local = tuple((w.to_local() if hasattr(w, "to_local") else w).shape)
+    if rank == 0:  # proof that the weights really are sharded (a silent no-op would look invariant too)
+        print(f"q_proj weight: global {tuple(w.shape)}, local on rank 0 {local} ({type(w).__name__})", flush=True)
     from pytest_detllm import batch_invariant
 
     rng = random.Random(1234)  # same on every rank: every rank must see the same batch
@@ -90,7 +94,8 @@ def main() -> int:
                   f"{torch.cuda.get_device_name()})", flush=True)
     if rank == 0 and args.json:
         Path(args.json).write_text(json.dumps({"world": world, "card": torch.cuda.get_device_name(),
-                                               "torch": torch.__version__, "config": CFG, **result}, indent=1))
+                                               "torch": torch.__version__, "config": CFG,
+                                               "q_proj_local_shape": local, **result}, indent=1))
     dist.destroy_process_group()
     return 0
 
