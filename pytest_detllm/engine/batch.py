@@ -47,3 +47,46 @@ def row_bucket(n: int) -> int:
 def length_bucket(n: int, floor: int = 256) -> int:
     """KV-cache columns for a batch needing n: the next power of two, at least `floor`."""
     return max(floor, 1 << max(0, n - 1).bit_length())
+
+
+def prefill_groups(lengths: Sequence[int], group_cost: float) -> list[list[int]]:
+    """Split rows (given by their lengths) into prefill groups, each left padded only to its own
+    longest row. Rows are sorted by length and cut into contiguous runs minimising
+
+        sum over groups (rows in group x longest row of group) + groups x group_cost,
+
+    the padded tokens computed plus a per-forward overhead in token-equivalents. A small DP over the
+    distinct lengths, O(distinct^2). Rows of equal length always share a group; ties go to fewer
+    groups. Returns the groups as lists of row indices, each sorted by (length, index), shortest
+    group first. Legal only because the kernels are batch invariant: a row's prefill bits do not
+    depend on which rows it is prefilled with or on its padding."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    if not order:
+        return []
+    uniq: list[int] = []
+    upto: list[int] = [0]  # upto[k]: rows with length < uniq[k] (and then the total)
+    for i in order:
+        if not uniq or lengths[i] != uniq[-1]:
+            uniq.append(lengths[i])
+            upto.append(upto[-1])
+        upto[-1] += 1
+    m = len(uniq)
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(float("inf"), 0)] * m  # (cost, groups) of the first j lengths
+    cut = [0] * (m + 1)
+    for j in range(1, m + 1):
+        top = uniq[j - 1]
+        for i in range(j):
+            cand = (best[i][0] + (upto[j] - upto[i]) * top + group_cost, best[i][1] + 1)
+            if cand < best[j]:
+                best[j], cut[j] = cand, i
+    bounds = []
+    j = m
+    while j:
+        bounds.append((upto[cut[j]], upto[j]))
+        j = cut[j]
+    return [order[a:b] for a, b in reversed(bounds)]
+
+
+def prefill_tokens(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
+    """Tokens (padding included) the grouped prefill computes: sum of rows x longest row per group."""
+    return sum(len(g) * max(lengths[i] for i in g) for g in groups)

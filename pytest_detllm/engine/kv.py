@@ -53,7 +53,12 @@ class StaticKV:
         self.host_starts: list[int] = [0] * rows
         self.host_col = 0
         self.phase = "decode"
-        self.prefill_rows = 0
+        # The prefill group being run (see set_prefill_group): its slot rows, the cache column its
+        # first key goes to, and its starts relative to its own (shorter) padded length.
+        self.prefill_rows = torch.zeros(0, dtype=torch.int64, device=device)
+        self.prefill_col0 = 0
+        self.prefill_starts = torch.zeros(0, dtype=torch.int32, device=device)
+        self.prefill_host_starts: list[int] = []
 
     def buffers(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kb, vb = self.pool.layer(layer, key, value)
@@ -66,6 +71,16 @@ class StaticKV:
         self.starts.copy_(torch.tensor(full, dtype=torch.int32))
         self.col.fill_(col)
         self.end.fill_(col + 1)
+
+    def set_prefill_group(self, rows: list[int], col0: int, starts: list[int]) -> None:
+        """The next prefill forward runs these slot rows, left padded to their own longest row Lg:
+        its keys go to cache columns [col0, col0 + Lg) of those rows (col0 = L - Lg, so each row
+        lands where the global left-padded layout of decode has it), and it attends over its own
+        keys only, with group-relative starts (global start - col0)."""
+        self.prefill_rows = torch.tensor(rows, dtype=torch.int64).to(self.device)
+        self.prefill_col0 = col0
+        self.prefill_starts = torch.tensor(starts, dtype=torch.int32).to(self.device)
+        self.prefill_host_starts = list(starts)
 
 
 @contextlib.contextmanager
@@ -108,10 +123,13 @@ def engine_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     kb, vb = kv.buffers(int(layer), key, value)
     if kv.phase == "prefill":
-        n, length = key.shape[0], key.shape[2]
-        kb[:n, :, :length].copy_(key)
-        vb[:n, :, :length].copy_(value)
-        return _attend(kv, query, key, value, kv.starts[:n], kv.host_starts[:n], None, length, scale, softcap), None
+        rows, c0, length = kv.prefill_rows, kv.prefill_col0, key.shape[2]
+        if rows.shape[0] != key.shape[0]:
+            raise RuntimeError(f"detllm's engine: prefill of {key.shape[0]} rows, group of {rows.shape[0]}")
+        kb[:, :, c0 : c0 + length].index_copy_(0, rows, key)
+        vb[:, :, c0 : c0 + length].index_copy_(0, rows, value)
+        return _attend(kv, query, key, value, kv.prefill_starts, kv.prefill_host_starts, None, length, scale,
+                       softcap), None
     kb.index_copy_(2, kv.col, key)
     vb.index_copy_(2, kv.col, value)
     return _attend(kv, query, kb, vb, kv.starts, kv.host_starts, kv.end, kv.host_col + 1, scale, softcap), None

@@ -19,11 +19,21 @@ from typing import Any, Callable, Collection, ContextManager
 import torch
 
 from . import kv as kvmod
-from .batch import left_pad, length_bucket, row_bucket
+from .batch import left_pad, length_bucket, prefill_groups, prefill_tokens, row_bucket
 from .requests import Generation, Request
 from .sampling import choose_rows
 
 DONE_CHECK_EVERY = 8  # decode steps between host checks of "every row finished"
+
+# Length-grouped prefill: the cost of one more prefill forward, in token-equivalents (the grouping
+# minimises padded tokens computed + groups x this). On CUDA a forward of a small model is bound by
+# its ~20 launches per layer (a few ms for SmolLM2-135M's 30 layers), while a token of it costs
+# ~0.3 GFLOP, ~1-3 us at the batch-invariant GEMMs' rate: one more forward pays off once it saves
+# some 2k padded tokens. For a large model (8B: the per-forward cost is reading the weights, ~5 ms,
+# and a token ~30 us) the break-even is nearer 200, so 2048 there merely groups less than it could.
+# On CPU the kernels loop per row and a token costs far more relative to a forward's dispatch.
+# DETLLM_PREFILL_GROUP_COST overrides it (a tuning knob; any value gives the same bits).
+PREFILL_GROUP_COST = {"cuda": 2048, "cpu": 256}
 
 
 @dataclass
@@ -62,6 +72,10 @@ class StaticEngine:
         self._kv: kvmod.KVPool | None = None
         self._reserved = (1, 0)  # (rows, columns) the cache must hold at least
         self._graph_pool: Any = None  # one CUDA-graph memory pool for every bucket's graph
+        env_cost = os.environ.get("DETLLM_PREFILL_GROUP_COST")
+        self.prefill_group_cost = float(env_cost) if env_cost else PREFILL_GROUP_COST.get(device.type, 2048)
+        self.last_prefill_groups: list[list[int]] = []  # row indices of each prefill group, last call
+        self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
         kvmod.register()
 
     def reserve(self, rows: int, length: int) -> None:
@@ -72,10 +86,12 @@ class StaticEngine:
     # -- public ---------------------------------------------------------------------------------
     def generate(self, requests: list[Request], keep: Collection[int] | None) -> list[Generation]:
         bsz = len(requests)
-        batch = left_pad(requests, self.pad_id)
+        lengths = [len(r.input_ids) for r in requests]
+        length = max(lengths)
+        starts = [length - n for n in lengths]  # the global left-padded layout decode reads
         steps = max(r.max_new_tokens for r in requests)
         try:
-            slot = self._slot(row_bucket(bsz), batch.length + steps)
+            slot = self._slot(row_bucket(bsz), length + steps)
         except torch.OutOfMemoryError:
             # The reservation did not fit: forget it, so a smaller retry (the fuzz halves its batch
             # on OOM) allocates only what that batch needs.
@@ -90,13 +106,10 @@ class StaticEngine:
         keep_idx = torch.tensor(keep_rows or [0], dtype=torch.int64, device=self.device)
         kept: list[torch.Tensor] = []
 
-        # Prefill: exactly the B requests, eager; writes columns [0, L) of the slot's cache.
-        slot.kv.set_layout(batch.starts, batch.length)
-        ids, pos = batch.ids.to(self.device), batch.positions.to(self.device)
-        with self._audit(0), kvmod.serving(self.model, slot.kv, "prefill"):
-            res = self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1)
-        logits0 = res.logits[:, -1, :].float()
-        self._fill(slot, requests, batch, logits0)
+        # Prefill: exactly the B requests, eager, in groups of similar length (see _prefill).
+        slot.kv.set_layout(starts, length)
+        logits0 = self._prefill(slot, requests, lengths, length)
+        self._fill(slot, requests, logits0)
         kept.append(slot.logits.index_select(0, keep_idx))
         done_steps = 1
         for step in range(1, steps):
@@ -194,7 +207,33 @@ class StaticEngine:
             s.logits = torch.empty_like(logits)
         s.logits.copy_(logits)
 
-    def _fill(self, s: Slot, requests: list[Request], batch: Any, logits0: torch.Tensor) -> None:
+    def _prefill(self, s: Slot, requests: list[Request], lengths: list[int], length: int) -> torch.Tensor:
+        """Prefill the B rows in groups of similar length, each left padded only to its own longest
+        row Lg, and write each group's keys/values into cache columns [L - Lg, L) of its rows: the
+        global left-padded layout decode reads (a row of length n sits at [L - n, L)). With
+        batch-invariant kernels a row's bits depend neither on its group nor on its padding, so
+        this equals one left-padded prefill of all rows bit for bit, minus the padding's work.
+        Returns the first token's logits, (B, V) float32, in request order."""
+        groups = prefill_groups(lengths, self.prefill_group_cost)
+        self.last_prefill_groups = groups
+        self.last_prefill_tokens = (prefill_tokens(lengths, groups), len(lengths) * length)
+        logits0: torch.Tensor | None = None
+        with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"):
+            for rows in groups:
+                part = left_pad([requests[i] for i in rows], self.pad_id)
+                s.kv.set_prefill_group(rows, length - part.length, part.starts)
+                ids = torch.stack([part.ids, part.positions]).to(self.device)  # one copy to the device
+                res = self.model(input_ids=ids[0], position_ids=ids[1], use_cache=False, logits_to_keep=1)
+                out = res.logits[:, -1, :].float()
+                if len(groups) == 1 and rows == list(range(len(rows))):
+                    return out
+                if logits0 is None:
+                    logits0 = out.new_empty((len(requests), out.shape[1]))
+                logits0.index_copy_(0, s.kv.prefill_rows, out)
+        assert logits0 is not None
+        return logits0
+
+    def _fill(self, s: Slot, requests: list[Request], logits0: torch.Tensor) -> None:
         """Load this call's rows into the slot, and choose token 0 from the prefill logits."""
         bsz, rows, dev = len(requests), s.rows, self.device
         pad = rows - bsz
