@@ -160,6 +160,7 @@ def main() -> int:
                        "trials": design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler)})
     timed_out = False
     trial_s: list[float] = []  # wall time of each co-batched trial (generate + compare)
+    prefill = [0, 0, 0]  # static engine's grouped prefill: tokens computed, tokens of one group, groups
     for k in range(per_prompt):  # round-robin, so a time limit cuts every prompt evenly
         for st in states:
             if st["closed"]:
@@ -174,6 +175,11 @@ def main() -> int:
             st["seen"].add(_key(g.token_ids, logit_hash(g.step_logits)))
             d = first_divergence(st["solo"], g)
             trial_s.append(time.perf_counter() - t_trial)
+            if eng.static:
+                done_tok, one_tok = eng._impl.last_prefill_tokens
+                prefill[0] += done_tok
+                prefill[1] += one_tok
+                prefill[2] += len(eng._impl.last_prefill_groups)
             if d is not None:
                 st["div"].append({"trial": trial.index, "step": d.step, "tokens_differ": d.tokens_differ,
                                   "layout": trial.layout.to_json()})
@@ -207,6 +213,11 @@ def main() -> int:
         print(f"trial time: mean {timing['mean_ms']:.1f} ms over {timing['n']} trials (first trial of each batch "
               f"bucket and cache length included: graph capture); mean of the last half {timing['mean_last_half_ms']:.1f} ms, "
               f"median {timing['median_ms']:.1f} ms, max {timing['max_ms']:.1f} ms", flush=True)
+        if prefill[1]:
+            timing["prefill_tokens"], timing["prefill_tokens_one_group"] = prefill[0], prefill[1]
+            timing["prefill_groups_mean"] = prefill[2] / timing["n"]
+            print(f"prefill: {prefill[0]} tokens computed in {timing['prefill_groups_mean']:.2f} length groups a trial "
+                  f"(one left-padded group: {prefill[1]}, x{prefill[0] / prefill[1]:.3f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
                                                "kernels": args.kernels, "torch": torch.__version__,

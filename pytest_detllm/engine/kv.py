@@ -5,6 +5,8 @@ then hands each layer's attention the new keys only and builds no mask (the name
 function), and this function writes them into preallocated per-layer buffers and attends over
 them. Row starts and the filled length live in device tensors, so one captured CUDA graph serves
 every decode step and every padding layout, and no transformers cache class is involved.
+A prefill forward runs one length group of rows (set_prefill_group): its keys go to the group's
+slot rows at the columns the global left-padded layout gives them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The static engine: a KV cache allocated once per batch bucket, decode steps replayed from CUDA
 graphs, token choice and finishing on the device.
 
-Per call: one eager prefill of exactly the requests (B rows, left padded), then decode steps on a
-slot of R = row_bucket(B) rows (dummy rows padded in). A decode step (model forward, token
+Per call: an eager prefill of exactly the requests (B rows, in groups of similar length, each left
+padded to its own longest row, written into the cache's global left-padded layout), then decode
+steps on a slot of R = row_bucket(B) rows (dummy rows padded in). A decode step (model forward, token
 choice, EOS/length bookkeeping, position and cache-column updates) touches only the slot's static
 tensors, so on CUDA it is captured once per slot and replayed; the host only enqueues replays and
 copies the kept rows' logits aside. Nothing is synchronised until the end of the call, except a
@@ -27,13 +28,14 @@ DONE_CHECK_EVERY = 8  # decode steps between host checks of "every row finished"
 
 # Length-grouped prefill: the cost of one more prefill forward, in token-equivalents (the grouping
 # minimises padded tokens computed + groups x this). On CUDA a forward of a small model is bound by
-# its ~20 launches per layer (a few ms for SmolLM2-135M's 30 layers), while a token of it costs
-# ~0.3 GFLOP, ~1-3 us at the batch-invariant GEMMs' rate: one more forward pays off once it saves
-# some 2k padded tokens. For a large model (8B: the per-forward cost is reading the weights, ~5 ms,
-# and a token ~30 us) the break-even is nearer 200, so 2048 there merely groups less than it could.
-# On CPU the kernels loop per row and a token costs far more relative to a forward's dispatch.
-# DETLLM_PREFILL_GROUP_COST overrides it (a tuning knob; any value gives the same bits).
-PREFILL_GROUP_COST = {"cuda": 2048, "cpu": 256}
+# its launches (~20 per layer: a few ms for SmolLM2-135M's 30 layers), while a token of it is
+# ~0.3 GFLOP, ~1-3 us at the batch-invariant GEMMs' rate: one more forward pays once it saves some
+# 2k padded tokens. For an 8B model a forward's fixed cost is reading the weights (~5 ms) and a
+# token ~30 us, so the break-even is nearer 200: 2048 there just groups less than it could.
+# On CPU (one thread, SmolLM2-135M, measured here): a one-token prefill ~195 ms, each further
+# token ~4 ms, so ~50 tokens a forward.
+# DETLLM_PREFILL_GROUP_COST overrides it: a tuning knob only, every value gives the same bits.
+PREFILL_GROUP_COST = {"cuda": 2048, "cpu": 64}
 
 
 @dataclass
