@@ -97,3 +97,21 @@ def test_stock_engine_runs_the_same_graphs_and_diverges(llama) -> None:  # type:
                          max_batch=40, max_filler=300, seed=3)
     assert stock._impl.graphs and all(s.graph is not None for s in stock._impl._slots.values())
     assert n > 0, "stock kernels never diverged (control is void)"
+
+
+def test_length_grouped_prefill_equals_one_group(llama) -> None:  # type: ignore[no-untyped-def]
+    """Rows prefilled in length groups (each group's keys at columns [L - Lg, L) of the cache) give
+    the bits of one left-padded prefill, through many graph-replayed decode steps, even with stale
+    keys from an earlier call in the cache."""
+    dev = torch.device("cuda")
+    batch = [Request(r.input_ids, max_new_tokens=24, temperature=r.temperature, seed=r.seed) for r in _fillers(33, 6)]
+    grouped = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    grouped._impl.prefill_group_cost = 64
+    grouped.generate(_fillers(20, 7))  # stale keys everywhere
+    single = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    single._impl.prefill_group_cost = 1e12
+    a, b = grouped.generate(batch), single.generate(batch)
+    assert len(grouped._impl.last_prefill_groups) >= 3 and len(single._impl.last_prefill_groups) == 1
+    assert grouped._impl.graphs and all(s.graph is not None for s in grouped._impl._slots.values())
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert len(x.token_ids) == 24 and first_divergence(x, y) is None, f"row {i}"
