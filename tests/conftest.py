@@ -17,8 +17,9 @@ hypothesis.settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     hypothesis.settings.load_profile("ci")
 
-# The plugin's own runs (pytester) must not inherit a user's DETLLM_* settings.
-for _k in [k for k in os.environ if k.startswith("DETLLM_")]:
+# The plugin's own runs (pytester) must not inherit a user's DETLLM_* settings. DETLLM_VLLM_VENV is
+# not one: it says where scripts/dev.py put vLLM's server for tests/servers.py.
+for _k in [k for k in os.environ if k.startswith("DETLLM_") and k != "DETLLM_VLLM_VENV"]:
     del os.environ[_k]
 
 

