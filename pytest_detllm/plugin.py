@@ -386,7 +386,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if path:
         from .report import write_json_report
 
-        header = {"seed": _value(config, "seed"), "kernels": _value(config, "kernels"),
+        # A served model runs the server's kernels, not ours: say so rather than "invariant".
+        kernels = "server" if _value(config, "backend") == "openai" else _value(config, "kernels")
+        header = {"seed": _value(config, "seed"), "kernels": kernels,
                   "model": _model_label(config)}
         write_json_report(path, stats, header)
         terminalreporter.write_line(f"detllm: report written to {path}")

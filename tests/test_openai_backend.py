@@ -257,6 +257,7 @@ def test_fuzz_finds_a_server_that_moves_with_load(pytester: pytest.Pytester) -> 
     check_schema(report, SCHEMA_DOC, SCHEMA_DOC)
     rec = report["records"][0]
     assert report["divergences"] == 1 and rec["check"] == "batch" and rec["layout"]["filler_length_unit"] == "words"
+    assert report["kernels"] == "server"  # the server's kernels, not the plugin's
     assert "prompt_delay_ms" in rec["layout"] and max_in_flight > 1
 
 
