@@ -1,7 +1,7 @@
 """Decode-size (M <= 16) matmul tile sweep: which BLOCK_N / BLOCK_K / stages / warps stream a weight
 fastest, and does every candidate give the default config's bits?
 
-    python benchmarks/sweep_decode_mm.py [--json FILE] [--engine]
+    python benchmarks/sweep_decode_mm.py [--json FILE] [--engine] [--only 8b gpt2]
 
 GPU time per call over CUDA graphs (no host overhead), against cuBLAS (torch.mm) timed the same
 way, for the Llama-3-8B linear shapes as nn.Linear weights ((N, K), read as W.t()) and GPT-2's
@@ -52,6 +52,7 @@ def main() -> int:
     ap.add_argument("--json", help="write every timing and the best config per shape here")
     ap.add_argument("--engine", action="store_true", help="time the 8B engine decode with the best configs")
     ap.add_argument("--ms", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--only", nargs="+", metavar="PREFIX", help="shapes whose label starts with one of these (8b, smollm2, gpt2)")
     args = ap.parse_args()
     dt = torch.bfloat16
     card = torch.cuda.get_device_name()
@@ -59,6 +60,8 @@ def main() -> int:
     rows, best = [], {}
     cands = candidates()
     for k, n, layout, label in SHAPES:
+        if args.only and not label.startswith(tuple(args.only)):
+            continue
         nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
         base = [torch.randn(n, k, device="cuda", dtype=dt) for _ in range(nbuf)]
         ws = [w.t() for w in base] if layout == "NK" else [w.reshape(k, n) for w in base]
