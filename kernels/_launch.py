@@ -8,7 +8,8 @@ dict lookup and one call into Triton's C launcher.
 
 Two ways to key a launch:
 * ``launch(key, grid, args, meta)``: the caller builds the key from the shapes, strides, dtypes and
-  pointer alignments it already holds (cheap tuples). It must determine everything Triton
+  pointer alignments it already holds (cheap tuples). It must hold the first tensor's device index
+  (a compiled function belongs to one card's context) and determine everything Triton
   specialises on: dtypes, 16-byte alignment of pointers, int values == 1 / divisible by 16 /
   outside 32 bits (exact ints satisfy that), and the constexprs (``meta``, also a function of the
   key at every call site).
@@ -77,15 +78,14 @@ class Launcher:
                meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:
         """`meta` may be a callable returning the constexpr dict: it is only needed on a miss."""
         first = args[0]
-        if isinstance(first, torch.Tensor) and first.is_cuda and first.device.index != _current_device():
+        dev = first.device.index if isinstance(first, torch.Tensor) and first.is_cuda else None
+        if dev is not None and dev != _current_device():
             # Triton launches in the current device's context: a tensor on another card (a model
             # split over GPUs, an xdist worker on cuda:1) needs that card made current, as torch
-            # does for its own ops. Plans are per device (the compiled function is per context).
-            with torch.cuda.device(first.device):
+            # does for its own ops. Plans are per device, since every key holds the device index.
+            with torch.cuda.device(dev):
                 self.launch(key, grid, args, meta)
             return
-        if isinstance(first, torch.Tensor) and first.is_cuda:
-            key = (first.device.index, key)
         plan = self.plans.get(key) if self.enabled else None
         if plan is None:
             if callable(meta):
@@ -95,7 +95,6 @@ class Launcher:
             if self.enabled and kernel is not None and hasattr(kernel, "run"):
                 if len(self.plans) >= _MAX_PLANS:
                     self.plans.clear()
-                dev = args[0].device.index if isinstance(args[0], torch.Tensor) else 0
                 tail = tuple(meta[n] for n in self.names[len(args):])
                 self.plans[key] = (kernel, kernel.run, tail, dev or 0)
             return

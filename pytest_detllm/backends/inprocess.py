@@ -50,8 +50,8 @@ class InProcessBackend:
         if limit:  # a filler and its new tokens must fit the model's context too
             max_filler = max(1, min(max_filler, limit - req.max_new_tokens))
         max_batch = max_batch or (64 if cuda else 16)
-        if hasattr(eng, "reserve"):  # the CUDA engine sizes its cache and graph buckets once for these trials
-            eng.reserve(max(2, max_batch), max(len(req.input_ids), max_filler) + req.max_new_tokens)
+        # The CUDA engine sizes its cache and graph buckets once for these trials (a no-op on the eager loop).
+        eng.reserve(max(2, max_batch), max(len(req.input_ids), max_filler) + req.max_new_tokens)
         return max_batch, max_filler
 
     def co_batch(self, trial: "Trial", rng: random.Random) -> list["Generation"]:

@@ -46,7 +46,7 @@ def row_bucket(n: int) -> int:
 
 def length_bucket(n: int, floor: int = 256) -> int:
     """KV-cache columns for a batch needing n: the next power of two, at least `floor`."""
-    return max(floor, 1 << max(0, n - 1).bit_length())
+    return max(floor, row_bucket(n))
 
 
 def prefill_groups(lengths: Sequence[int], group_cost: float) -> list[list[int]]:

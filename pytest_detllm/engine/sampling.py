@@ -32,7 +32,6 @@ def choose(logits: torch.Tensor, req: Request, step: int) -> int:
 _M1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64 (splitmix64's constants)
 _M2 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _M3 = -7723592293110705685  # 0x94D049BB133111EB
-_LOW31 = (1 << 31) - 1
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
