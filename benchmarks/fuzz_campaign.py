@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (trials run round-robin)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--workers", type=int, default=1, help="run the trials in this many processes and merge")
+    ap.add_argument("--trial-log", action="store_true", help="print each trial's time, batch, groups and compiles")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="afterwards, rerun K of the first prompt's trials under torch.profiler and print where the time goes")
     args = ap.parse_args()
@@ -159,6 +160,17 @@ def main() -> int:
                        "closed": False, "seen": {solo_key},
                        "trials": design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler)})
     timed_out = False
+    compiles = [0]  # Triton specialisations compiled (or loaded from its disk cache) in this process
+    if args.trial_log:
+        try:
+            from triton import knobs
+
+            def _count(*_a: object, **_k: object) -> None:
+                compiles[0] += 1
+
+            knobs.runtime.jit_post_compile_hook = _count
+        except (ImportError, AttributeError):
+            pass
     trial_s: list[float] = []  # wall time of each co-batched trial (generate + compare)
     prefill = [0, 0, 0]  # static engine's grouped prefill: tokens computed, tokens of one group, groups
     for k in range(per_prompt):  # round-robin, so a time limit cuts every prompt evenly
@@ -175,6 +187,11 @@ def main() -> int:
             st["seen"].add(_key(g.token_ids, logit_hash(g.step_logits)))
             d = first_divergence(st["solo"], g)
             trial_s.append(time.perf_counter() - t_trial)
+            if args.trial_log:
+                groups = len(getattr(eng._impl, "last_prefill_groups", ())) if eng.static else 1
+                print(f"trial {len(trial_s):3d}: batch {len(trial.requests):2d}, longest "
+                      f"{max(len(r.input_ids) for r in trial.requests):4d}, {groups} prefill groups, "
+                      f"{trial_s[-1] * 1e3:7.1f} ms, {compiles[0]} Triton compiles so far", flush=True)
             if eng.static:
                 done_tok, one_tok = eng._impl.last_prefill_tokens
                 prefill[0] += done_tok

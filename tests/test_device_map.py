@@ -26,6 +26,18 @@ def test_a_model_on_several_devices_is_not_one_device() -> None:
     assert _one_device(torch.nn.Linear(2, 2))
 
 
+def test_a_device_map_over_two_cards_is_not_one_device() -> None:
+    # accelerate can map a module (a tied head, a buffer-only rotary module) to a second card while
+    # every parameter is on the first: the map decides, so the engine never captures a graph of it.
+    m = torch.nn.Linear(2, 2)
+    m.hf_device_map = {"model.embed_tokens": 0, "lm_head": 1}  # type: ignore[assignment]
+    assert not _one_device(m)
+    m.hf_device_map = {"": 0}  # type: ignore[assignment]
+    assert _one_device(m)
+    m.register_buffer("inv_freq", torch.ones(2, device="meta"))
+    assert not _one_device(m)
+
+
 def test_device_map_option_reaches_the_runtime(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

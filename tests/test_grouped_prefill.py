@@ -92,12 +92,11 @@ def test_grouping_dp_keeps_one_group_when_nothing_is_saved() -> None:
 
 
 def test_group_cost_at_batch_64_saves_padding() -> None:
-    """The fuzz's layout (fillers 1-1024 tokens at batch 64) with the CUDA default cost."""
-    from pytest_detllm.engine.static import PREFILL_GROUP_COST
-
+    """The fuzz's layout (fillers 1-1024 tokens at batch 64) with the cost DETLLM_PREFILL_GROUP_COST
+    would set on CUDA (off there by default: see static.PREFILL_GROUP_COST)."""
     rng = random.Random(1)
     lengths = [rng.randint(1, 1024) for _ in range(64)]
-    groups = prefill_groups(lengths, PREFILL_GROUP_COST["cuda"])
+    groups = prefill_groups(lengths, 2048)
     assert 1 < len(groups) < 16
     assert prefill_tokens(lengths, groups) < 0.75 * 64 * max(lengths)
 

@@ -15,6 +15,7 @@ eager, kv, static):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from typing import Any, Collection, Iterator, Sequence
 
@@ -34,7 +35,11 @@ def _static_by_default(device: torch.device) -> bool:
 
 
 def _one_device(model: Any) -> bool:
-    return len({p.device for p in model.parameters()}) <= 1
+    """True when every weight and buffer is on one device and no device map spreads the model
+    (tied weights appear once in parameters(), so the map is asked too)."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    mapped = set((getattr(model, "hf_device_map", None) or {}).values())
+    return len({t.device for t in tensors}) <= 1 and len(mapped) <= 1
 
 
 class Engine:

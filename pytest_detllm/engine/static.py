@@ -27,15 +27,16 @@ from .sampling import choose_rows
 DONE_CHECK_EVERY = 8  # decode steps between host checks of "every row finished"
 
 # Length-grouped prefill: the cost of one more prefill forward, in token-equivalents (the grouping
-# minimises padded tokens computed + groups x this). On CUDA a forward of a small model is bound by
-# its launches (~20 per layer: a few ms for SmolLM2-135M's 30 layers), while a token of it is
-# ~0.3 GFLOP, ~1-3 us at the batch-invariant GEMMs' rate: one more forward pays once it saves some
-# 2k padded tokens. For an 8B model a forward's fixed cost is reading the weights (~5 ms) and a
-# token ~30 us, so the break-even is nearer 200: 2048 there just groups less than it could.
+# minimises padded tokens computed + groups x this); None: one left-padded group.
 # On CPU (one thread, SmolLM2-135M, measured here): a one-token prefill ~195 ms, each further
 # token ~4 ms, so ~50 tokens a forward.
-# DETLLM_PREFILL_GROUP_COST overrides it: a tuning knob only, every value gives the same bits.
-PREFILL_GROUP_COST = {"cuda": 2048, "cpu": 64}
+# On CUDA grouping is off by default: every group is a new (rows, length) shape, and the Triton
+# kernels compile a specialisation for shapes they have not seen (~0.5 s each). Measured on an H100
+# (SmolLM2-135M shape, the fuzz's trial design): one group settles at 25 compiles and a median trial
+# of 227 ms; groups at C = 2048 (0.53x the tokens) were still compiling ~5 kernels a trial after 19
+# trials, 2.1 s a trial. DETLLM_PREFILL_GROUP_COST=2048 turns it on (a tuning knob: every value,
+# and one group, give the same bits).
+PREFILL_GROUP_COST: dict[str, float | None] = {"cuda": None, "cpu": 64}
 
 
 @dataclass
@@ -75,7 +76,7 @@ class StaticEngine:
         self._reserved = (1, 0)  # (rows, columns) the cache must hold at least
         self._graph_pool: Any = None  # one CUDA-graph memory pool for every bucket's graph
         env_cost = os.environ.get("DETLLM_PREFILL_GROUP_COST")
-        self.prefill_group_cost = float(env_cost) if env_cost else PREFILL_GROUP_COST.get(device.type, 2048)
+        self.prefill_group_cost = float(env_cost) if env_cost else PREFILL_GROUP_COST.get(device.type)
         self.last_prefill_groups: list[list[int]] = []  # row indices of each prefill group, last call
         self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
         kvmod.register()
@@ -175,8 +176,15 @@ class StaticEngine:
             if self._graph_pool is None:
                 self._graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._graph_pool):
-                self._decode_step(slot)
+            # Capture on the warmed-up stream: cuBLAS(Lt) sets up its per-stream workspace in the
+            # warm-up, not during the capture (stock GPT-2's addmm failed there on another stream).
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
+                    self._decode_step(slot)
+            if any("Graph is empty" in str(w.message) for w in caught):
+                # The step's kernels ran on another card or stream: replaying would do nothing.
+                raise RuntimeError("the captured graph is empty (the step ran on another device or stream)")
             slot.graph = graph
         except Exception as exc:  # never a wrong answer: fall back to eager steps, say so once
             warnings.warn(f"detllm: CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly",
@@ -216,7 +224,8 @@ class StaticEngine:
         batch-invariant kernels a row's bits depend neither on its group nor on its padding, so
         this equals one left-padded prefill of all rows bit for bit, minus the padding's work.
         Returns the first token's logits, (B, V) float32, in request order."""
-        groups = prefill_groups(lengths, self.prefill_group_cost)
+        cost = self.prefill_group_cost
+        groups = [sorted(range(len(lengths)), key=lambda i: lengths[i])] if cost is None else prefill_groups(lengths, cost)
         self.last_prefill_groups = groups
         self.last_prefill_tokens = (prefill_tokens(lengths, groups), len(lengths) * length)
         logits0: torch.Tensor | None = None

@@ -69,6 +69,7 @@ def test_split_over_two_gpus_gives_the_single_gpu_bits(saved: Path) -> None:
     assert n == 0
     # The plugin's own placement (--detllm-device-map) loads, runs, and gives the same bits too.
     placed = load(str(saved), device="cuda", dtype="bfloat16", device_map="balanced")
+    print("balanced device map:", getattr(placed.model, "hf_device_map", None))
     c = Engine(placed.model, pad_id=0, eos_ids=[], device=placed.device, invariant=True).generate([req], keep_logits=[0])[0]
     assert first_divergence(a, c) is None
 
