@@ -18,6 +18,7 @@ workers, so the solo runs of different processes must agree bitwise too.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -161,12 +162,15 @@ def main() -> int:
                        "trials": design_trials(rng, per_prompt, req, pool, args.max_batch, args.max_filler)})
     timed_out = False
     compiles = [0]  # Triton specialisations compiled (or loaded from its disk cache) in this process
+    compiled: list[tuple[int, str, str]] = []  # (trial, kernel, Triton's repr of the specialisation)
     if args.trial_log:
         try:
             from triton import knobs
 
             def _count(*_a: object, **_k: object) -> None:
                 compiles[0] += 1
+                fn = _k.get("fn")
+                compiled.append((len(trial_s) + 1, str(getattr(fn, "name", fn)), str(_k.get("repr", ""))))
 
             knobs.runtime.jit_post_compile_hook = _count
         except (ImportError, AttributeError):
@@ -203,6 +207,12 @@ def main() -> int:
                 st["closed"] = args.stop_on_first
         if timed_out:
             break
+    if args.trial_log and compiled:
+        late = [c for c in compiled if c[0] > 3]
+        print(f"compiles after trial 3: {len(late)}, by kernel: "
+              f"{dict(sorted(collections.Counter(c[1] for c in late).items()))}")
+        for trial_no, name, rep in late[:12]:
+            print(f"  trial {trial_no}: {name}: {rep[:400]}")
     if args.profile:
         _profile(eng, states[0]["trials"][: args.profile], dev)
     results = []

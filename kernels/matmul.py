@@ -207,7 +207,10 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     if cfg.persistent:
         # One program per SM by default; `programs` forces another count (tests: goldens recorded on
         # a card with 132 SMs must hold on one with 114 or 78, so the count must not change bits).
-        progs = min(tiles, programs or (4 if _INTERPRET else _num_sms(dev)))
+        # Not min(tiles, SMs): NUM_PROGS is a constexpr, so a program count that followed the tile
+        # count compiled a new kernel for every small M (~0.5 s each; length-grouped prefill met
+        # dozens). Programs beyond the tile count find no tile and exit.
+        progs = programs or (4 if _INTERPRET else _num_sms(dev))
     upcast = _INTERPRET and a.dtype == torch.bfloat16
     has_x = x is not None and beta != 0
     xt = x if x is not None else out

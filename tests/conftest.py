@@ -19,7 +19,7 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
 
 # The plugin's own runs (pytester) must not inherit a user's DETLLM_* settings. DETLLM_VLLM_VENV is
 # not one: it says where scripts/dev.py put vLLM's server for tests/servers.py.
-for _k in [k for k in os.environ if k.startswith("DETLLM_") and k != "DETLLM_VLLM_VENV"]:
+for _k in [k for k in os.environ if k.startswith("DETLLM_") and k not in ("DETLLM_VLLM_VENV", "DETLLM_RECORD_CROSS_CARD")]:
     del os.environ[_k]
 
 

@@ -145,6 +145,27 @@ def test_grouped_prefill_writes_the_global_layout(tiny, arch: str) -> None:  # t
         assert first_divergence(x, y) is None, f"row {i}"
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("cost", [8, 1e12])
+def test_aligned_widths_change_no_bit(tiny, arch: str, cost: float) -> None:  # type: ignore[no-untyped-def]
+    """The CUDA engine rounds every prefill width and the global layout's length up to a multiple
+    of col_align (64 there): more left padding, so the same bits as unaligned widths, and the keys
+    still land where decode reads them (24 decode steps would show a column off)."""
+    lm = tiny[arch]
+    reqs = _requests(8, LENGTHS, new=24, sample_every=4)
+    plain = _static(lm, cost=cost)
+    aligned = _static(lm, cost=cost)
+    aligned._impl.col_align = 48  # not a power of two, and not a divisor of any row's length
+    a = plain.generate(reqs)
+    b = aligned.generate(reqs)
+    done, one = aligned._impl.last_prefill_tokens
+    assert one == len(LENGTHS) * 144  # max(LENGTHS) = 130, rounded up to 3 x 48
+    assert done % 48 == 0
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert len(x.token_ids) == 24
+        assert first_divergence(x, y) is None, f"row {i}"
+
+
 def test_rows_alone_and_grouped_agree(tiny) -> None:  # type: ignore[no-untyped-def]
     """Each row of a grouped batch gives the bits of its solo run (its own one-row prefill)."""
     lm = tiny["qwen3"]

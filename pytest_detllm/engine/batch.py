@@ -23,9 +23,15 @@ class Batch:
         return int(self.ids.shape[1])
 
 
-def left_pad(requests: Sequence[Request], pad_id: int) -> Batch:
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def left_pad(requests: Sequence[Request], pad_id: int, align: int = 1) -> Batch:
+    """Left pad to the longest row, rounded up to a multiple of `align` (the static CUDA engine
+    aligns every width, so Triton sees few distinct shapes: see StaticEngine.col_align)."""
     bsz = len(requests)
-    length = max(len(r.input_ids) for r in requests)
+    length = round_up(max(len(r.input_ids) for r in requests), align)
     ids = torch.full((bsz, length), pad_id, dtype=torch.long)
     mask = torch.zeros((bsz, length), dtype=torch.long)
     starts = []

@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, ContextManager
 import torch
 
 from . import kv as kvmod
-from .batch import left_pad, length_bucket, prefill_groups, prefill_tokens, row_bucket
+from .batch import left_pad, length_bucket, prefill_groups, round_up, row_bucket
 from .requests import Generation, Request
 from .sampling import choose_rows
 
@@ -78,19 +78,25 @@ class StaticEngine:
         env_cost = os.environ.get("DETLLM_PREFILL_GROUP_COST")
         self.prefill_group_cost = float(env_cost) if env_cost else PREFILL_GROUP_COST.get(device.type)
         self.last_prefill_groups: list[list[int]] = []  # row indices of each prefill group, last call
+        # Every prefill width and the global layout's length are rounded up to a multiple of this
+        # (more left padding: the same bits with batch-invariant kernels). On CUDA it keeps the
+        # shapes, offsets and M = rows x width that Triton specialises on (== 1, % 16) to a few
+        # values, so a stream of fuzz trials stops compiling new kernels.
+        self.col_align = int(os.environ.get("DETLLM_PREFILL_ALIGN", 64 if device.type == "cuda" else 1))
         self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
         kvmod.register()
 
     def reserve(self, rows: int, length: int) -> None:
         """Size the shared cache for batches of up to `rows` and `length` columns up front, so that
         a fuzz session allocates and captures each bucket once instead of growing as it goes."""
-        self._reserved = (max(self._reserved[0], row_bucket(rows)), max(self._reserved[1], length))
+        self._reserved = (max(self._reserved[0], row_bucket(rows)),
+                          max(self._reserved[1], length + self.col_align - 1))
 
     # -- public ---------------------------------------------------------------------------------
     def generate(self, requests: list[Request], keep: Collection[int] | None) -> list[Generation]:
         bsz = len(requests)
         lengths = [len(r.input_ids) for r in requests]
-        length = max(lengths)
+        length = round_up(max(lengths), self.col_align)
         starts = [length - n for n in lengths]  # the global left-padded layout decode reads
         steps = max(r.max_new_tokens for r in requests)
         try:
@@ -227,11 +233,12 @@ class StaticEngine:
         cost = self.prefill_group_cost
         groups = [sorted(range(len(lengths)), key=lambda i: lengths[i])] if cost is None else prefill_groups(lengths, cost)
         self.last_prefill_groups = groups
-        self.last_prefill_tokens = (prefill_tokens(lengths, groups), len(lengths) * length)
+        self.last_prefill_tokens = (0, len(lengths) * length)
         logits0: torch.Tensor | None = None
         with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"):
             for rows in groups:
-                part = left_pad([requests[i] for i in rows], self.pad_id)
+                part = left_pad([requests[i] for i in rows], self.pad_id, self.col_align)
+                self.last_prefill_tokens = (self.last_prefill_tokens[0] + part.ids.numel(), len(lengths) * length)
                 s.kv.set_prefill_group(rows, length - part.length, part.starts)
                 ids = torch.stack([part.ids, part.positions]).to(self.device)  # one copy to the device
                 res = self.model(input_ids=ids[0], position_ids=ids[1], use_cache=False, logits_to_keep=1)

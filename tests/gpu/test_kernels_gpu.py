@@ -53,6 +53,14 @@ def test_persistent_matmul_bits_do_not_depend_on_the_program_count(dtype: torch.
     kc.check_program_counts(DEV, dtype, 4096, 1536, 3000, (132, 114, 78, 1, 7))
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=str)
+def test_persistent_matmul_with_more_programs_than_tiles(dtype: torch.dtype) -> None:
+    """A persistent launch always runs one program per SM (a program count that followed the tile
+    count compiled a new kernel per small M): programs without a tile must exit and change nothing.
+    M = 300: 18 tiles in bf16, 120 in fp32, against 132 programs."""
+    kc.check_program_counts(DEV, dtype, 4096, 1536, 300, (132, 18, 1, 7, 500))
+
+
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 def test_negative_control_stock_matmul_differs(dtype: torch.dtype) -> None:
     """The checks above would catch cuBLAS: stock F.linear changes row 0 with the batch size."""

@@ -41,7 +41,7 @@ CHECKS: dict[str, Callable[[], object]] = {
     "bmm_bf16": lambda: kc.check_bmm(DEV, BF16, 32, 24, MS),
     "mm_configs_fp16": lambda: kc.check_mm_configs(DEV, F16, 64, 40, 33),
     "mm_configs_fp32": lambda: kc.check_mm_configs(DEV, F32, 40, 24, 7),
-    "programs_fp32": lambda: kc.check_program_counts(DEV, F32, 24, 130, 130, (4, 1, 3, 9)),
+    "programs_fp32": lambda: kc.check_program_counts(DEV, F32, 24, 130, 130, (4, 1, 3, 9, 20)),
     "reductions_fp32": lambda: kc.check_reductions(DEV, F32, 50, MS),
     "reductions_bf16": lambda: kc.check_reductions(DEV, BF16, 1100, MS),
     "reductions_fp16": lambda: kc.check_reductions(DEV, F16, 64, MS),
