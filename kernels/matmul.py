@@ -207,9 +207,10 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     if cfg.persistent:
         # One program per SM by default; `programs` forces another count (tests: goldens recorded on
         # a card with 132 SMs must hold on one with 114 or 78, so the count must not change bits).
-        # Not min(tiles, SMs): NUM_PROGS is a constexpr, so a program count that followed the tile
-        # count compiled a new kernel for every small M (~0.5 s each; length-grouped prefill met
-        # dozens). Programs beyond the tile count find no tile and exit.
+        # The loop step NUM_PROGS is a constexpr: it stays the SM count even when the product has
+        # fewer tiles, and then only `tiles` programs are launched, one tile each (every later
+        # tile_id is past the end). A step that followed min(tiles, SMs) compiled a new kernel for
+        # every small M (~0.5 s each): length-grouped prefill met dozens.
         progs = programs or (4 if _INTERPRET else _num_sms(dev))
     upcast = _INTERPRET and a.dtype == torch.bfloat16
     has_x = x is not None and beta != 0
@@ -220,7 +221,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, cfg, bk, tma, progs, dev,
            a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15, xt.data_ptr() & 15,
            None if x is None else x.dtype)
-    _LAUNCH.launch(key, (progs,), (
+    _LAUNCH.launch(key, (min(tiles, progs),), (
         a, b, out, xt, a_desc, b_desc,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), lambda: dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,

@@ -55,9 +55,9 @@ def test_persistent_matmul_bits_do_not_depend_on_the_program_count(dtype: torch.
 
 @pytest.mark.parametrize("dtype", [BF16, F32], ids=str)
 def test_persistent_matmul_with_more_programs_than_tiles(dtype: torch.dtype) -> None:
-    """A persistent launch always runs one program per SM (a program count that followed the tile
-    count compiled a new kernel per small M): programs without a tile must exit and change nothing.
-    M = 300: 18 tiles in bf16, 120 in fp32, against 132 programs."""
+    """A persistent launch's loop step stays the SM count when the product has fewer tiles (a step
+    that followed the tile count compiled a new kernel per small M); only `tiles` programs run.
+    M = 300: 18 tiles in bf16, 120 in fp32, against steps of 132 and 500."""
     kc.check_program_counts(DEV, dtype, 4096, 1536, 300, (132, 18, 1, 7, 500))
 
 
