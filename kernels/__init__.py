@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "softmax_lastdim": "softmax",
     "log_softmax_lastdim": "softmax",
     "invariant_attention": "attention",
+    "split_kv_attention": "attention_split",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,266 @@
+"""Split-KV batch-invariant attention: decode over long caches with more than B x Hkv programs.
+
+`invariant_attention` gives one program a whole row, so decode (Tq = 1) runs only B x Hkv
+programs. Here a row's keys are cut into chunks of SPLIT_KV_CHUNK keys anchored at the row's own
+first key ks: chunk c covers [ks + c*S, ks + (c+1)*S). Kernel 1 runs one program per (query-row
+block, batch x kv head, chunk), with the same block loop as `_attn_kernel` restricted to its
+chunk, and writes fp32 partials (m, l, acc). Kernel 2 folds a row's partials left to right,
+chunk 0 first. Where the chunks fall depends only on ks and S, and which chunks hold keys only on
+the row's own length, so the bits depend on nothing but the row's keys: not on the batch, the
+padding, Tq, or how many programs run. Chunks past a row's causal end (or past Tk) hold
+m = -inf, l = 0, acc = 0 and the fold skips them exactly, so decode (Tq = 1 over keys [:i+1])
+reproduces row i of a prefill bit for bit. These bits differ from `invariant_attention`'s for
+rows longer than one chunk: it is opt-in (`DETLLM_SPLIT_KV=1`, see `split_kv_enabled`).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._dot import dot_acc
+from ._launch import Launcher
+from ._rows import cdiv, next_pow2
+from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N
+
+__all__ = ["split_kv_attention", "SPLIT_KV_CHUNK", "SPLIT_KV_ENV", "split_kv_enabled"]
+
+# Keys per chunk. It fixes the reduction order, so it is part of the bits (changing it changes
+# goldens) and must not vary with the shape. 256 = 4 blocks of ATTN_BLOCK_N: Llama-8B decode at
+# batch 1 (8 kv heads) gets 8 x Tk/256 programs, i.e. 32 at Tk 1k and 128 (about one per H100
+# SM) at Tk 4k, while each program still runs several blocks to amortise its partial's write.
+SPLIT_KV_CHUNK = 256
+SPLIT_KV_ENV = "DETLLM_SPLIT_KV"
+COMBINE_BLOCK_M = 16
+# Prefill writes B*Hkv*Tq*GROUP*chunks*(d+2) fp32 partials; above this the queries are launched in
+# slabs (each row's keys and chunks stay the same, so slabs change no bits).
+_WORKSPACE_BYTES = 256 << 20
+
+assert SPLIT_KV_CHUNK % ATTN_BLOCK_N == 0
+
+
+def split_kv_enabled() -> bool:
+    """Whether the CUDA invariant attention takes the split-KV kernel (opt-in: it changes bits)."""
+    return os.environ.get(SPLIT_KV_ENV, "0") == "1"
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
+def _split_kernel(
+    q_ptr, k_ptr, v_ptr, ks_ptr, tk_ptr, m_ptr, l_ptr, acc_ptr,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+    HKV, GROUP, Tq, Tk, NC, D, scale, softcap,
+    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
+    CHUNK: tl.constexpr, ANCHOR_ZERO: tl.constexpr,
+):
+    LOG2E: tl.constexpr = 1.4426950408889634
+    if TK_FROM_PTR:
+        Tk = tl.load(tk_ptr).to(tl.int32)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    ks = tl.load(ks_ptr + b).to(tl.int32)
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    pos_q = Tk - Tq + qi
+    b64 = b.to(tl.int64)
+    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b64 * sk_b + hk * sk_h
+    v_base = v_ptr + b64 * sv_b + hk * sv_h
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if CAUSAL:
+        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
+        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
+    else:
+        hi = Tk
+    if ANCHOR_ZERO:
+        # Negative control for the tests only: chunks (and blocks) at absolute multiples of CHUNK,
+        # so left padding moves them relative to the sequence.
+        lo = tl.maximum(ks, pid_c * CHUNK)
+        hi = tl.minimum(hi, (pid_c + 1) * CHUNK)
+    else:
+        lo = ks + pid_c * CHUNK
+        hi = tl.minimum(hi, lo + CHUNK)
+    # From here to the partial's store: _attn_kernel's block loop, restricted to this chunk.
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < hi) & (offs_d[None, :] < D)
+        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        if HAS_SOFTCAP:
+            t = s * (scale / softcap)
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)) * LOG2E
+        else:
+            s = s * (scale * LOG2E)
+        valid = offs_n[None, :] < hi
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= pos_q[:, None])
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None]
+        acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
+        m_i = m_new
+    # Workspace [B*Hkv, NC, Tq*GROUP, D] (m and l without D); an empty chunk stores (-inf, 0, 0).
+    rows = Tq * GROUP
+    base = (pid_bh.to(tl.int64) * NC + pid_c) * rows
+    tl.store(m_ptr + base + offs_r, m_i, mask=row_ok)
+    tl.store(l_ptr + base + offs_r, l_i, mask=row_ok)
+    tl.store(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], acc,
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
+def _combine_kernel(
+    m_ptr, l_ptr, acc_ptr, o_ptr, ks_ptr, tk_ptr,
+    so_b, so_t, so_h, so_d,
+    HKV, GROUP, Tq, Tk, NC, D,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr, CHUNK: tl.constexpr,
+    ANCHOR_ZERO: tl.constexpr,
+):
+    if TK_FROM_PTR:
+        Tk = tl.load(tk_ptr).to(tl.int32)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    ks = tl.load(ks_ptr + b).to(tl.int32)
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = row_ok[:, None] & (offs_d[None, :] < D)
+    rows = Tq * GROUP
+    M = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    L = tl.zeros([BLOCK_M], dtype=tl.float32)
+    ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Chunks from the first starting at or past Tk are empty for every row: folding them is the
+    # identity, so stopping there changes no bits (and skips a static cache's unused capacity).
+    if ANCHOR_ZERO:
+        n_live = NC
+    else:
+        n_live = tl.minimum(NC, (tl.maximum(Tk - ks, 0) + CHUNK - 1) // CHUNK)
+    for c in range(0, n_live):
+        base = (pid_bh.to(tl.int64) * NC + c) * rows
+        m_c = tl.load(m_ptr + base + offs_r, mask=row_ok, other=float("-inf"))
+        l_c = tl.load(l_ptr + base + offs_r, mask=row_ok, other=0.0)
+        acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=d_ok, other=0.0)
+        new_m = tl.maximum(M, m_c)
+        m_safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+        a = tl.exp2(M - m_safe)
+        w = tl.exp2(m_c - m_safe)
+        # An empty partial (m_c = -inf) keeps the state as is: the formula would give
+        # ACC*1 + 0, exact except that it turns a -0.0 into +0.0, so skip it explicitly.
+        live = m_c != float("-inf")
+        ACC = tl.where(live[:, None], ACC * a[:, None] + acc_c * w[:, None], ACC)
+        L = tl.where(live, L * a + l_c * w, L)
+        M = new_m
+    # rows with no visible key (queries inside the left padding) output zeros
+    out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
+    tl.store(o_ptr + b.to(tl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
+             out.to(o_ptr.dtype.element_ty), mask=d_ok)
+
+
+_LAUNCH = Launcher(_split_kernel)
+_LAUNCH_COMBINE = Launcher(_combine_kernel)
+
+
+def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
+                       scale: float | None = None, causal: bool = True,
+                       softcap: float | None = None, key_end: torch.Tensor | None = None, *,
+                       chunk: int = SPLIT_KV_CHUNK, workspace_bytes: int = _WORKSPACE_BYTES,
+                       _anchor_zero: bool = False) -> torch.Tensor:
+    """`invariant_attention`'s contract: q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) ->
+    (B,Tq,H,d) in q.dtype; key_end: a one-element device tensor that replaces Tk.
+
+    chunk and workspace_bytes exist for the tests (small shapes that cross chunk boundaries and
+    slabs); production uses the constants. _anchor_zero is the tests' negative control.
+    """
+    bsz, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    if h % hkv:
+        raise ValueError(f"attention: {h} query heads not a multiple of {hkv} kv heads")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError("attention: q, k, v must share a dtype")
+    if chunk <= 0 or chunk % ATTN_BLOCK_N:
+        raise ValueError(f"split-KV chunk {chunk} must be a positive multiple of {ATTN_BLOCK_N}")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
+    if key_end is not None:
+        # The grid must not depend on the filled length (one CUDA graph serves every step): size
+        # the chunk axis from the cache's capacity; chunks past key_end store empty partials.
+        _launch_pair(q, k, v, ks, key_end, out, tk, scale, causal, softcap, chunk, _anchor_zero)
+        return out
+    group = h // hkv
+    per_query = bsz * hkv * group * cdiv(tk, chunk) * (d + 2) * 4
+    slab = max(1, workspace_bytes // per_query)
+    for a in range(0, tq, slab):
+        e = min(tq, a + slab)
+        # Queries [a, e) sit at keys Tk - Tq + a ..: with causal masking they see no key past
+        # Tk - Tq + e, so the slab's Tk shrinks to that; each row keeps its keys and its chunks.
+        tk_s = tk - tq + e if causal else tk
+        _launch_pair(q[:, :, a:e], k[:, :, :tk_s], v[:, :, :tk_s], ks, None, out[:, a:e], tk_s, scale,
+                     causal, softcap, chunk, _anchor_zero)
+    return out
+
+
+def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor,
+                 key_end: torch.Tensor | None, out: torch.Tensor, tk: int, scale: float, causal: bool,
+                 softcap: float | None, chunk: int, anchor_zero: bool) -> None:
+    bsz, h, tq, d = q.shape
+    hkv = k.shape[1]
+    group = h // hkv
+    nc = max(1, cdiv(tk, chunk))
+    rows = tq * group
+    m_ws = torch.empty((bsz * hkv, nc, rows), device=q.device, dtype=torch.float32)
+    l_ws = torch.empty_like(m_ws)
+    acc_ws = torch.empty((bsz * hkv, nc, rows, d), device=q.device, dtype=torch.float32)
+    upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
+    te = key_end if key_end is not None else ks
+    block_d = max(16, next_pow2(d))
+    # Workspaces are fresh (16-byte aligned, layout fixed by d and group); Tq, Tk, NC are not
+    # specialised. Everything else Triton specialises on is in the keys.
+    key = (q.dtype, q.stride(), k.stride(), v.stride(), hkv, group, d, causal, bool(softcap),
+           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15,
+           ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
+    _LAUNCH.launch(key, (cdiv(rows, ATTN_BLOCK_M), bsz * hkv, nc), (
+        q, k, v, ks, te, m_ws, l_ws, acc_ws,
+        *q.stride(), *k.stride(), *v.stride(),
+        hkv, group, tq, tk, nc, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
+        CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast,
+        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None,
+        CHUNK=chunk, ANCHOR_ZERO=anchor_zero, num_warps=4, num_stages=2,
+    ))
+    ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15,
+            ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
+    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, COMBINE_BLOCK_M), bsz * hkv), (
+        m_ws, l_ws, acc_ws, out, ks, te, *out.stride(), hkv, group, tq, tk, nc, d), lambda: dict(
+        BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
+        ANCHOR_ZERO=anchor_zero, num_warps=4,
+    ))
