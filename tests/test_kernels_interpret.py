@@ -22,6 +22,8 @@ NAMES = [
     "mm_fp32", "mm_fp16", "mm_bf16", "bmm_fp32", "bmm_bf16", "mm_configs_fp16", "mm_configs_fp32", "programs_fp32",
     "reductions_fp32", "reductions_bf16", "reductions_fp16", "cuda_impls",
     "attention_fp32", "attention_bf16", "attention_softcap",
+    "split_attention_fp32", "split_attention_bf16", "split_attention_softcap", "split_single_chunk",
+    "split_negative_controls",
 ]
 # Checks whose kernels call tl.dot: each must have run the fixed-order dot, not the BLAS.
 USES_DOT = {n for n in NAMES if not n.startswith("reductions")}

@@ -9,7 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -310,3 +310,121 @@ def check_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t
     ks[0] = pad
     dec = km.invariant_attention(qb, kb, vb, ks, scale, True, softcap)
     assert torch.equal(dec[0, 0], solo[0, t - 1]), f"attention {dtype}: padded-batch decode != prefill row"
+
+
+# ---------------------------------------------------------------- split-KV attention
+def _decode_points(t: int, chunk: int) -> list[int]:
+    """Decode positions: the last key of chunk 0, the first of chunk 1, the first of every later
+    chunk, and the last token."""
+    pts = {chunk - 1, t - 1, *range(chunk, t, chunk)}
+    return sorted(i for i in pts if 0 < i < t)
+
+
+def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
+                          pads: Sequence[int], batch: int, chunk: int | None = None,
+                          softcap: float | None = None, seed: int = 7) -> None:
+    """split_kv_attention: close to fp64; a sequence alone == the same sequence left-padded at any
+    slot of a batch; decode of token i (Tq = 1 over keys [:i+1]) == prefill row i across chunk
+    boundaries, alone and in a padded batch; key_end (device Tk) == host Tk; query slabs (a small
+    workspace) == one launch. chunk=None: the production SPLIT_KV_CHUNK."""
+    km = load_kernels()
+    from detllm_kernels.attention_split import SPLIT_KV_CHUNK
+
+    s_kv = SPLIT_KV_CHUNK if chunk is None else chunk
+    assert t > 2 * s_kv, "the sequence must cross at least two chunk boundaries"
+
+    def attn(*args: Any, **kw: Any) -> torch.Tensor:
+        return km.split_kv_attention(*args, scale=scale, causal=True, softcap=softcap, chunk=s_kv, **kw)
+
+    g = _gen(device, seed)
+    scale = d ** -0.5
+    what = f"split-KV attention {dtype} chunk={s_kv}"
+    q, k, v = (_randn((1, n, t, d), dtype, device, g) for n in (h, hkv, hkv))
+    ks0 = torch.zeros(1, dtype=torch.int32, device=device)
+    solo = attn(q, k, v, ks0)
+    assert_close(solo, _ref_attention(q, k, v, ks0, scale, softcap), dtype, f"{what} vs fp64")
+    # a workspace for about t/3 queries: three launches, the later ones over more keys
+    slabs = attn(q, k, v, ks0, workspace_bytes=h * -(-t // s_kv) * (d + 2) * 4 * -(-t // 3))
+    assert torch.equal(slabs, solo), f"{what}: query slabs changed bits"
+    for pad in pads:
+        tb = t + pad
+        qb, kb, vb = (_randn((batch, n, tb, d), dtype, device, g) for n in (h, hkv, hkv))
+        ks = torch.randint(0, tb, (batch,), generator=g, device=device, dtype=torch.int32)
+        for slot in sorted({0, batch // 2, batch - 1}):
+            qs, kss, vs = qb.clone(), kb.clone(), vb.clone()
+            qs[slot, :, pad:], kss[slot, :, pad:], vs[slot, :, pad:] = q[0], k[0], v[0]
+            kst = ks.clone()
+            kst[slot] = pad
+            out = attn(qs, kss, vs, kst)
+            assert torch.equal(out[slot, pad:], solo[0]), (
+                f"{what}: sequence at slot {slot} with {pad} pad tokens differs from alone")
+            assert torch.count_nonzero(out[slot, :pad]) == 0, "padding query rows must be zeros"
+    extra = 2 * s_kv + 5  # a static cache's unused capacity: more chunks in the grid than used
+    kcap = torch.cat([k, _randn((1, hkv, extra, d), dtype, device, g)], dim=2)
+    vcap = torch.cat([v, _randn((1, hkv, extra, d), dtype, device, g)], dim=2)
+    for i in _decode_points(t, s_kv):
+        dec = attn(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0)
+        assert torch.equal(dec[0, 0], solo[0, i]), f"{what}: decode of token {i} != prefill row"
+        if i % s_kv == 0 or i == t - 1:
+            end = torch.tensor([i + 1], dtype=torch.int32, device=device)
+            dev = attn(q[:, :, i:i + 1], kcap, vcap, ks0, key_end=end)
+            assert torch.equal(dev, dec), f"{what}: key_end={i + 1} (device Tk) != host Tk"
+        if i % s_kv == 0:  # a 3-query chunk whose last query opens a new chunk of keys
+            ch = attn(q[:, :, i - 2:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0)
+            assert torch.equal(ch[0], solo[0, i - 2:i + 1]), f"{what}: 3-query chunk ending at {i} != prefill"
+    # decode inside a left-padded batch, host and device Tk, equals the prefill row
+    pad = pads[-1]
+    kb = _randn((batch, hkv, t + pad + extra, d), dtype, device, g)
+    vb = _randn((batch, hkv, t + pad + extra, d), dtype, device, g)
+    qb = _randn((batch, h, 1, d), dtype, device, g)
+    kb[0, :, pad:pad + t], vb[0, :, pad:pad + t], qb[0] = k[0], v[0], q[0, :, t - 1:t]
+    ks = torch.randint(0, t + pad, (batch,), generator=g, device=device, dtype=torch.int32)
+    ks[0] = pad
+    dec = attn(qb, kb[:, :, :t + pad], vb[:, :, :t + pad], ks)
+    assert torch.equal(dec[0, 0], solo[0, t - 1]), f"{what}: padded-batch decode != prefill row"
+    end = torch.tensor([t + pad], dtype=torch.int32, device=device)
+    assert torch.equal(attn(qb, kb, vb, ks, key_end=end), dec), f"{what}: padded-batch key_end != host Tk"
+
+
+def check_split_single_chunk(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
+                             seed: int = 8) -> None:
+    """Rows with at most one chunk of keys get invariant_attention's bits: one partial folded
+    into the empty state is itself (exp2(-inf) = 0, exp2(0) = 1), then the same division."""
+    km = load_kernels()
+    from detllm_kernels.attention_split import SPLIT_KV_CHUNK
+
+    assert t <= SPLIT_KV_CHUNK
+    g = _gen(device, seed)
+    q, k, v = (_randn((2, n, t, d), dtype, device, g) for n in (h, hkv, hkv))
+    ks = torch.tensor([0, t // 3], dtype=torch.int32, device=device)
+    split = km.split_kv_attention(q, k, v, ks, d ** -0.5)
+    assert torch.equal(split, km.invariant_attention(q, k, v, ks, d ** -0.5)), (
+        f"split-KV {dtype}: a one-chunk row differs from invariant_attention")
+
+
+def check_split_negative_controls(device: str, h: int, hkv: int, d: int, t: int, pad: int, chunk: int,
+                                  seed: int = 9) -> None:
+    """The checks above would catch a chunking that is not anchored at the row's first key: with
+    chunks at absolute multiples of `chunk` (still correct attention), a left-padded sequence gets
+    other bits than alone; and another chunk size gives other bits (the chunk size is part of them)."""
+    km = load_kernels()
+    assert t > chunk and pad % chunk, "the row must cross a chunk boundary that the padding moves"
+    g = _gen(device, seed)
+    f32, scale = torch.float32, d ** -0.5
+    q, k, v = (_randn((1, n, t + pad, d), f32, device, g) for n in (h, hkv, hkv))
+    ks0 = torch.zeros(1, dtype=torch.int32, device=device)
+    ksp = torch.full((1,), pad, dtype=torch.int32, device=device)
+    alone = (q[:, :, pad:], k[:, :, pad:], v[:, :, pad:])
+
+    def attn(qq: torch.Tensor, kk: torch.Tensor, vv: torch.Tensor, ks: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return km.split_kv_attention(qq, kk, vv, ks, scale, True, None, **kw)
+
+    anchored = attn(q, k, v, ksp, chunk=chunk)
+    assert torch.equal(anchored[0, pad:], attn(*alone, ks0, chunk=chunk)[0]), "anchored chunks: padded != alone"
+    zero = attn(q, k, v, ksp, chunk=chunk, _anchor_zero=True)
+    assert_close(zero[:, pad:], _ref_attention(*alone, ks0, scale, None), f32, "zero-anchored chunks vs fp64")
+    assert not torch.equal(zero[0, pad:], attn(*alone, ks0, chunk=chunk, _anchor_zero=True)[0]), (
+        "chunks anchored at position 0 gave a padded row the bits of the row alone: the padding "
+        "check cannot tell anchoring at key_start from anchoring at 0")
+    assert not torch.equal(attn(*alone, ks0, chunk=2 * chunk), attn(*alone, ks0, chunk=chunk)), (
+        f"chunk sizes {chunk} and {2 * chunk} gave the same bits")
