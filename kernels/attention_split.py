@@ -10,7 +10,8 @@ the row's own length, so the bits depend on nothing but the row's keys: not on t
 padding, Tq, or how many programs run. Chunks past a row's causal end (or past Tk) hold
 m = -inf, l = 0, acc = 0 and the fold skips them exactly, so decode (Tq = 1 over keys [:i+1])
 reproduces row i of a prefill bit for bit. These bits differ from `invariant_attention`'s for
-rows longer than one chunk: it is opt-in (`DETLLM_SPLIT_KV=1`, see `split_kv_enabled`).
+rows longer than one chunk: it is opt-in (`DETLLM_SPLIT_KV=1`, read by
+`pytest_detllm.invariant.flags.split_kv_enabled`).
 """
 from __future__ import annotations
 
@@ -26,14 +27,13 @@ from ._launch import Launcher
 from ._rows import cdiv, next_pow2
 from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N
 
-__all__ = ["split_kv_attention", "SPLIT_KV_CHUNK", "SPLIT_KV_ENV", "split_kv_enabled"]
+__all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 
 # Keys per chunk. It fixes the reduction order, so it is part of the bits (changing it changes
 # goldens) and must not vary with the shape. 256 = 4 blocks of ATTN_BLOCK_N: Llama-8B decode at
 # batch 1 (8 kv heads) gets 8 x Tk/256 programs, i.e. 32 at Tk 1k and 128 (about one per H100
 # SM) at Tk 4k, while each program still runs several blocks to amortise its partial's write.
 SPLIT_KV_CHUNK = 256
-SPLIT_KV_ENV = "DETLLM_SPLIT_KV"
 # Combine tile rows: the fold is elementwise per row, so this changes no bits. 16 for decode (a
 # kv head's GROUP query rows), 64 for prefill (fewer programs).
 COMBINE_BLOCK_M_DECODE = 16
@@ -43,11 +43,6 @@ COMBINE_BLOCK_M = 64
 _WORKSPACE_BYTES = 256 << 20
 
 assert SPLIT_KV_CHUNK % ATTN_BLOCK_N == 0
-
-
-def split_kv_enabled() -> bool:
-    """Whether the CUDA invariant attention takes the split-KV kernel (opt-in: it changes bits)."""
-    return os.environ.get(SPLIT_KV_ENV, "0") == "1"
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk", "NC"])

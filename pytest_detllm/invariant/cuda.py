@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import edges, fixed
+from .flags import split_kv_enabled
 
 # Fail at import (the registry turns ImportError into a clear "no kernels for cuda" error) rather
 # than inside the first overridden op. find_spec checks presence without importing triton.
@@ -177,8 +178,14 @@ def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start:
     Query i sits at key position Tk - Tq + i and sees keys key_start[b] .. Tk - Tq + i (causal);
     query rows inside the left padding come back as zeros. key_end (a one-element device tensor)
     replaces Tk: the static engine's cache is longer than what is filled.
+
+    Every CUDA attention path (transformers' interface, direct SDPA calls, the static engine's
+    prefill and decode) comes through here, so DETLLM_SPLIT_KV switches them all at once: decode
+    equals prefill only while both use the same kernel.
     """
-    return _kernels().invariant_attention(q, k, v, key_start, scale, causal, softcap, key_end)
+    km = _kernels()
+    fn = km.split_kv_attention if split_kv_enabled() else km.invariant_attention
+    return fn(q, k, v, key_start, scale, causal, softcap, key_end)
 
 
 # `rms_norm` itself is CompositeImplicitAutograd and on CUDA forwards to `_fused_rms_norm`;
