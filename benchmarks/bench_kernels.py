@@ -1,10 +1,11 @@
 """Timing of the batch-invariant row kernels and attention vs the stock torch ops, plus which aten
 ops the stock RMSNorm entry points dispatch to on this device (what CUDA_IMPLS must cover).
 
-    python benchmarks/bench_kernels.py
+    python benchmarks/bench_kernels.py [--only attention|split] [--split-tk 1024 4096 8192]
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -113,13 +114,50 @@ def t_us(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 
 
-def main() -> None:
+def split_table(tks: list[int]) -> None:
+    """Split-KV attention (DETLLM_SPLIT_KV) next to the one-program-per-row kernel, both as ratios to
+    SDPA measured in this run: decode (Tq = 1; also with the static engine's device-side key count
+    over a cache twice as long) and causal prefill, B1 H32/Hkv8 d128 bf16."""
+    bf, d = torch.bfloat16, 128
+    print(f"\n{'split-KV attn B1 H32/8 d128':<34} {'inv us':>8} {'split us':>9} {'sdpa us':>8} "
+          f"{'inv/sdpa':>8} {'split/sdpa':>10}")
+    for tq, tk, graph in ([(1, tk, False) for tk in tks] + [(1, tks[len(tks) // 2], True)]
+                          + [(tk, tk, False) for tk in tks[:2]]):
+        q = torch.randn(1, 32, tq, d, device="cuda", dtype=bf)
+        cap = 2 * tk if graph else tk
+        k = torch.randn(1, 8, cap, d, device="cuda", dtype=bf)
+        v = torch.randn_like(k)
+        ks = torch.zeros(1, dtype=torch.int32, device="cuda")
+        end = torch.tensor([tk], dtype=torch.int32, device="cuda") if graph else None
+        inv = t_us(lambda: km.invariant_attention(q, k, v, ks, d ** -0.5, True, None, end))
+        split = t_us(lambda: km.split_kv_attention(q, k, v, ks, d ** -0.5, True, None, end))
+        kk, vv = k[:, :, :tk], v[:, :, :tk]
+        stock = t_us(lambda: F.scaled_dot_product_attention(q, kk, vv, is_causal=tq == tk, enable_gqa=True))
+        name = f"{'decode' if tq == 1 else 'prefill'} Tq{tq} Tk{tk}" + (f" key_end (cap {cap})" if graph else "")
+        print(f"{name:<34} {inv:8.1f} {split:9.1f} {stock:8.1f} {inv / stock:8.2f} {split / stock:10.2f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Timing of the batch-invariant kernels vs the stock torch ops.")
+    ap.add_argument("--only", choices=("all", "attention", "split"), default="all",
+                    help="attention: the attention rows (and split-KV); split: the split-KV rows only")
+    ap.add_argument("--split-tk", type=int, nargs="+", default=[1024, 4096, 8192],
+                    help="key counts of the split-KV decode rows (the first two also give prefill rows)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
-    dispatch_report()
-    host_table()
+    if args.only == "split":
+        split_table(args.split_tk)
+        return
+    if args.only == "all":
+        dispatch_report()
+        host_table()
     bf = torch.bfloat16
     print(f"{'op':<34} {'inv us':>8} {'stock us':>9} {'ratio':>6}")
-    for m, n in ((1, 4096), (64, 4096), (4096, 4096), (1, 128256), (256, 128256)):
+    for m, n in ((1, 4096), (64, 4096), (4096, 4096), (1, 128256), (256, 128256)) if args.only == "all" else ():
         x = torch.randn(m, n, device="cuda", dtype=bf)
         w = torch.randn(n, device="cuda", dtype=bf)
         xf = x.float()
@@ -143,6 +181,7 @@ def main() -> None:
         stock = t_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True))
         print(f"{'attn B%d H%d/%d Tq%d Tk%d' % (bsz, h, hkv, tq, tk):<34} {inv:8.1f} {stock:9.1f} "
               f"{inv / stock:6.2f}")
+    split_table(args.split_tk)
 
 
 if __name__ == "__main__":
