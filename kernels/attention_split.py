@@ -236,13 +236,16 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     group = h // hkv
     nc = max(1, cdiv(tk, chunk))
     rows = tq * group
-    m_ws = torch.empty((bsz * hkv, nc, rows), device=q.device, dtype=torch.float32)
-    l_ws = torch.empty_like(m_ws)
-    acc_ws = torch.empty((bsz * hkv, nc, rows, d), device=q.device, dtype=torch.float32)
+    # One allocation for m, l and acc (a decode step's host time is mostly per-call overhead);
+    # each part starts on a 16-byte boundary, so the launch keys need no alignment for them.
+    n = bsz * hkv * nc * rows
+    n16 = cdiv(n, 4) * 4
+    ws = torch.empty(2 * n16 + n * d, device=q.device, dtype=torch.float32)
+    m_ws, l_ws, acc_ws = ws[:n], ws[n16:n16 + n], ws[2 * n16:]
     upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
     te = key_end if key_end is not None else ks
     block_d = max(16, next_pow2(d))
-    # Workspaces are fresh (16-byte aligned, layout fixed by d and group); Tq, Tk, NC are not
+    # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
     # specialised. Everything else Triton specialises on is in the keys.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), hkv, group, d, causal, bool(softcap),
            key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15,
