@@ -34,9 +34,9 @@ __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 # batch 1 (8 kv heads) gets 8 x Tk/256 programs, i.e. 32 at Tk 1k and 128 (about one per H100
 # SM) at Tk 4k, while each program still runs several blocks to amortise its partial's write.
 SPLIT_KV_CHUNK = 256
-# Combine tile rows: the fold is elementwise per row, so this changes no bits. 16 for decode (a
-# kv head's GROUP query rows), 64 for prefill (fewer programs).
-COMBINE_BLOCK_M_DECODE = 16
+# Combine tile rows. The fold is elementwise per row, but one constant for prefill and decode
+# keeps them on one compiled kernel, so the compiler's choices (which product an FMA absorbs)
+# cannot differ between them. 64: few programs for prefill; decode's idle rows cost no traffic.
 COMBINE_BLOCK_M = 64
 # Prefill writes B*Hkv*Tq*GROUP*chunks*(d+2) fp32 partials; above this the queries are launched in
 # slabs (each row's keys and chunks stay the same, so slabs change no bits).
@@ -258,11 +258,10 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
         BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None,
         CHUNK=chunk, ANCHOR_ZERO=anchor_zero, num_warps=4, num_stages=2,
     ))
-    cbm = COMBINE_BLOCK_M_DECODE if rows <= COMBINE_BLOCK_M_DECODE else COMBINE_BLOCK_M
-    ckey = (cbm, out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15,
+    ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15,
             ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
-    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, cbm), bsz * hkv), (
+    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, COMBINE_BLOCK_M), bsz * hkv), (
         m_ws, l_ws, acc_ws, out, ks, te, *out.stride(), hkv, group, tq, tk, nc, d), lambda: dict(
-        BLOCK_M=cbm, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
+        BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
         ANCHOR_ZERO=anchor_zero, num_warps=4,
     ))
