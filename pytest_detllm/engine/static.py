@@ -79,9 +79,9 @@ class StaticEngine:
         self.prefill_group_cost = float(env_cost) if env_cost else PREFILL_GROUP_COST.get(device.type)
         self.last_prefill_groups: list[list[int]] = []  # row indices of each prefill group, last call
         # Every prefill width and the global layout's length are rounded up to a multiple of this
-        # (more left padding: the same bits with batch-invariant kernels). On CUDA it keeps the
-        # shapes, offsets and M = rows x width that Triton specialises on (== 1, % 16) to a few
-        # values, so a stream of fuzz trials stops compiling new kernels.
+        # (more left padding: the same bits with batch-invariant kernels). On CUDA it narrows the
+        # widths, offsets and M = rows x width that Triton specialises on (== 1, % 16); on its own
+        # it did not stop grouped prefill's compiles (docs/design.md), but it costs nothing measured.
         self.col_align = int(os.environ.get("DETLLM_PREFILL_ALIGN", 64 if device.type == "cuda" else 1))
         self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
         kvmod.register()
@@ -231,7 +231,8 @@ class StaticEngine:
         this equals one left-padded prefill of all rows bit for bit, minus the padding's work.
         Returns the first token's logits, (B, V) float32, in request order."""
         cost = self.prefill_group_cost
-        groups = [sorted(range(len(lengths)), key=lambda i: lengths[i])] if cost is None else prefill_groups(lengths, cost)
+        # One group keeps the request order: its logits need no reordering.
+        groups = [list(range(len(lengths)))] if cost is None else prefill_groups(lengths, cost)
         self.last_prefill_groups = groups
         self.last_prefill_tokens = (0, len(lengths) * length)
         logits0: torch.Tensor | None = None
