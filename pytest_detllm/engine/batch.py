@@ -93,6 +93,7 @@ def prefill_groups(lengths: Sequence[int], group_cost: float) -> list[list[int]]
     return [order[a:b] for a, b in reversed(bounds)]
 
 
-def prefill_tokens(lengths: Sequence[int], groups: Sequence[Sequence[int]]) -> int:
-    """Tokens (padding included) the grouped prefill computes: sum of rows x longest row per group."""
-    return sum(len(g) * max(lengths[i] for i in g) for g in groups)
+def prefill_tokens(lengths: Sequence[int], groups: Sequence[Sequence[int]], align: int = 1) -> int:
+    """Tokens (padding included) the grouped prefill computes: sum of rows x longest row per group,
+    each group's width rounded up to `align` as left_pad does."""
+    return sum(len(g) * round_up(max(lengths[i] for i in g), align) for g in groups)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, ContextManager
 import torch
 
 from . import kv as kvmod
-from .batch import left_pad, length_bucket, prefill_groups, round_up, row_bucket
+from .batch import left_pad, length_bucket, prefill_groups, prefill_tokens, round_up, row_bucket
 from .requests import Generation, Request
 from .sampling import choose_rows
 
@@ -234,12 +234,11 @@ class StaticEngine:
         # One group keeps the request order: its logits need no reordering.
         groups = [list(range(len(lengths)))] if cost is None else prefill_groups(lengths, cost)
         self.last_prefill_groups = groups
-        self.last_prefill_tokens = (0, len(lengths) * length)
+        self.last_prefill_tokens = (prefill_tokens(lengths, groups, self.col_align), len(lengths) * length)
         logits0: torch.Tensor | None = None
         with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"):
             for rows in groups:
                 part = left_pad([requests[i] for i in rows], self.pad_id, self.col_align)
-                self.last_prefill_tokens = (self.last_prefill_tokens[0] + part.ids.numel(), len(lengths) * length)
                 s.kv.set_prefill_group(rows, length - part.length, part.starts)
                 ids = torch.stack([part.ids, part.positions]).to(self.device)  # one copy to the device
                 res = self.model(input_ids=ids[0], position_ids=ids[1], use_cache=False, logits_to_keep=1)
