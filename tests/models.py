@@ -11,6 +11,18 @@ from pathlib import Path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
+def save_word_tokenizer(folder: Path, words: str = "prompt 0 1 2 3") -> None:
+    """A word-level tokenizer beside a model's weights (the GPU host has no embedded model to
+    borrow one from): each word of `words` is an id from 3 up, anything else <unk> (0)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, **{w: 3 + i for i, w in enumerate(words.split())}},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words -> ids, so prompts differ
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(folder))
+
+
 def tiny_config(arch: str, vocab: int = 49152):  # type: ignore[no-untyped-def]
     from transformers import GPT2Config, LlamaConfig, Qwen3Config
 

@@ -268,6 +268,27 @@ def _ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.
     return (p @ vv).transpose(1, 2)
 
 
+def _check_slots(attn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 solo: torch.Tensor, pads: Sequence[int], batch: int, g: torch.Generator, what: str) -> None:
+    """The one sequence (q, k, v, batch 1) placed at several slots of a random batch with `pad`
+    tokens of left padding: its rows give `solo`'s bits, its padding query rows zeros."""
+    _, h, t, d = q.shape
+    hkv = k.shape[1]
+    for pad in pads:
+        tb = t + pad
+        qb, kb, vb = (_randn((batch, n, tb, d), q.dtype, str(q.device), g) for n in (h, hkv, hkv))
+        ks = torch.randint(0, tb, (batch,), generator=g, device=q.device, dtype=torch.int32)
+        for slot in sorted({0, batch // 2, batch - 1}):
+            qs, kss, vs = qb.clone(), kb.clone(), vb.clone()
+            qs[slot, :, pad:], kss[slot, :, pad:], vs[slot, :, pad:] = q[0], k[0], v[0]
+            kst = ks.clone()
+            kst[slot] = pad
+            out = attn(qs, kss, vs, kst)
+            assert torch.equal(out[slot, pad:], solo[0]), (
+                f"{what}: sequence at slot {slot} with {pad} pad tokens differs from alone")
+            assert torch.count_nonzero(out[slot, :pad]) == 0, "padding query rows must be zeros"
+
+
 def check_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
                     pads: Sequence[int], batch: int, softcap: float | None = None,
                     seed: int = 6) -> None:
@@ -280,19 +301,8 @@ def check_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t
     ks0 = torch.zeros(1, dtype=torch.int32, device=device)
     solo = km.invariant_attention(q, k, v, ks0, scale, True, softcap)
     assert_close(solo, _ref_attention(q, k, v, ks0, scale, softcap), dtype, f"attention {dtype} vs fp64")
-    for pad in pads:
-        tb = t + pad
-        qb, kb, vb = (_randn((batch, n, tb, d), dtype, device, g) for n in (h, hkv, hkv))
-        ks = torch.randint(0, tb, (batch,), generator=g, device=device, dtype=torch.int32)
-        for slot in sorted({0, batch // 2, batch - 1}):
-            qs, kss, vs = qb.clone(), kb.clone(), vb.clone()
-            qs[slot, :, pad:], kss[slot, :, pad:], vs[slot, :, pad:] = q[0], k[0], v[0]
-            kst = ks.clone()
-            kst[slot] = pad
-            out = km.invariant_attention(qs, kss, vs, kst, scale, True, softcap)
-            assert torch.equal(out[slot, pad:], solo[0]), (
-                f"attention {dtype}: sequence at slot {slot} with {pad} pad tokens differs from alone")
-            assert torch.count_nonzero(out[slot, :pad]) == 0, "padding query rows must be zeros"
+    _check_slots(lambda *a: km.invariant_attention(*a, scale, True, softcap), q, k, v, solo, pads, batch, g,
+                 f"attention {dtype}")
     # decode: query t-1 against a cache of t keys, and a 3-token chunk, equal the prefill rows
     for i in sorted({1, t // 2, t - 1}):
         dec = km.invariant_attention(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0, scale, True, softcap)
@@ -346,19 +356,7 @@ def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     # a workspace for about t/3 queries: three launches, the later ones over more keys
     slabs = attn(q, k, v, ks0, workspace_bytes=h * -(-t // s_kv) * (d + 2) * 4 * -(-t // 3))
     assert torch.equal(slabs, solo), f"{what}: query slabs changed bits"
-    for pad in pads:
-        tb = t + pad
-        qb, kb, vb = (_randn((batch, n, tb, d), dtype, device, g) for n in (h, hkv, hkv))
-        ks = torch.randint(0, tb, (batch,), generator=g, device=device, dtype=torch.int32)
-        for slot in sorted({0, batch // 2, batch - 1}):
-            qs, kss, vs = qb.clone(), kb.clone(), vb.clone()
-            qs[slot, :, pad:], kss[slot, :, pad:], vs[slot, :, pad:] = q[0], k[0], v[0]
-            kst = ks.clone()
-            kst[slot] = pad
-            out = attn(qs, kss, vs, kst)
-            assert torch.equal(out[slot, pad:], solo[0]), (
-                f"{what}: sequence at slot {slot} with {pad} pad tokens differs from alone")
-            assert torch.count_nonzero(out[slot, :pad]) == 0, "padding query rows must be zeros"
+    _check_slots(attn, q, k, v, solo, pads, batch, g, what)
     extra = 2 * s_kv + 5  # a static cache's unused capacity: more chunks in the grid than used
     kcap = torch.cat([k, _randn((1, hkv, extra, d), dtype, device, g)], dim=2)
     vcap = torch.cat([v, _randn((1, hkv, extra, d), dtype, device, g)], dim=2)

@@ -49,18 +49,16 @@ def test_sampled(llm, snapshot):
 def _model(folder: Path) -> str:
     """A random-weight Llama built on the CPU from a fixed seed (the same weights on every host
     with the same torch; recorded.json keeps their hash to prove it), and a word-level tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.models import save_word_tokenizer
 
     cfg = LlamaConfig(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
                       num_attention_heads=8, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
                       pad_token_id=0, max_position_embeddings=2048)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(str(folder))
-    tok = Tokenizer(models.WordLevel({"<unk>": 0, **{w: 3 + i for i, w in enumerate("prompt 0 1 2 3".split())}},
-                                     unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(folder))
+    save_word_tokenizer(folder)
     return str(folder)
 
 

@@ -33,13 +33,9 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("split") / "llama"
     AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(str(folder))
     # the loader wants a tokenizer beside the weights; any small one will do for id-level tests
-    from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tests.models import save_word_tokenizer
 
-    tok = Tokenizer(models.WordLevel({"<unk>": 0, **{w: 3 + i for i, w in enumerate("prompt 0 1 2 3".split())}},
-                                     unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words -> ids, so prompts differ
-    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(folder))
+    save_word_tokenizer(folder)
     return folder
 
 
