@@ -1,7 +1,7 @@
 """Timing of the batch-invariant row kernels and attention vs the stock torch ops, plus which aten
 ops the stock RMSNorm entry points dispatch to on this device (what CUDA_IMPLS must cover).
 
-    python benchmarks/bench_kernels.py [--only attention|split] [--split-tk 1024 4096 8192]
+    python benchmarks/bench_kernels.py [--only attention|split|host] [--split-tk 1024 4096 8192]
 """
 from __future__ import annotations
 
@@ -110,6 +110,47 @@ def host_table() -> None:
     print(f"  {'attention decode B1 H32/8 Tk1024':<36} {stock:8.1f} {inv:10.1f} {inv / stock:6.2f}  (SDPA vs ours)")
 
 
+def host_breakdown() -> None:
+    """Where an invariant mm's host time goes, layer by layer, at decode size: the dispatcher's
+    round trip into a Python kernel (a trivial override that returns a preallocated tensor), the
+    output allocation, our kernel wrapper called directly, and the whole path; then cProfile."""
+    import cProfile
+    import pstats
+
+    from pytest_detllm import batch_invariant
+
+    bf = torch.bfloat16
+    x = torch.randn(1, 4096, device="cuda", dtype=bf)
+    w = torch.randn(4096, 4096, device="cuda", dtype=bf)
+    wt = w.t()
+    ready = torch.empty(1, 4096, device="cuda", dtype=bf)
+    rows = {"torch.mm stock": host_us(lambda: torch.mm(x, wt)),
+            "torch.empty(1, 4096)": host_us(lambda: torch.empty((1, 4096), device=x.device, dtype=bf)),
+            "detllm_kernels.mm direct": host_us(lambda: km.mm(x, wt))}
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lib.impl("mm", lambda a, b: ready, "CUDA")
+        rows["torch.mm -> trivial Python kernel"] = host_us(lambda: torch.mm(x, wt))
+    finally:
+        lib._destroy()
+    with batch_invariant("cuda"), torch.inference_mode():
+        rows["torch.mm in batch_invariant()"] = host_us(lambda: torch.mm(x, wt))
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(2000):
+            torch.mm(x, wt)
+        prof.disable()
+    torch.cuda.synchronize()
+    print("\nhost breakdown, mm [1x4096]@[4096x4096] bf16 (us per call):")
+    for name, us in rows.items():
+        print(f"  {name:<36} {us:8.1f}")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 def t_us(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 
@@ -139,8 +180,9 @@ def split_table(tks: list[int]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Timing of the batch-invariant kernels vs the stock torch ops.")
-    ap.add_argument("--only", choices=("all", "attention", "split"), default="all",
-                    help="attention: the attention rows (and split-KV); split: the split-KV rows only")
+    ap.add_argument("--only", choices=("all", "attention", "split", "host"), default="all",
+                    help="attention: the attention rows (and split-KV); split: the split-KV rows only; "
+                         "host: host time per op and where an mm's host time goes")
     ap.add_argument("--split-tk", type=int, nargs="+", default=[1024, 4096, 8192],
                     help="key counts of the split-KV decode rows (the first two also give prefill rows)")
     return ap.parse_args(argv)
@@ -151,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     if args.only == "split":
         split_table(args.split_tk)
+        return
+    if args.only == "host":
+        host_table()
+        host_breakdown()
         return
     if args.only == "all":
         dispatch_report()
