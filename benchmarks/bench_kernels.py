@@ -126,6 +126,7 @@ def host_breakdown() -> None:
     ready = torch.empty(1, 4096, device="cuda", dtype=bf)
     rows = {"torch.mm stock": host_us(lambda: torch.mm(x, wt)),
             "torch.empty(1, 4096)": host_us(lambda: torch.empty((1, 4096), device=x.device, dtype=bf)),
+            "x.new_empty((1, 4096))": host_us(lambda: x.new_empty((1, 4096))),
             "detllm_kernels.mm direct": host_us(lambda: km.mm(x, wt))}
     lib = torch.library.Library("aten", "IMPL")
     try:
@@ -145,7 +146,10 @@ def host_breakdown() -> None:
             torch.mm(x, wt)
         prof.disable()
     torch.cuda.synchronize()
-    print("\nhost breakdown, mm [1x4096]@[4096x4096] bf16 (us per call):")
+    from triton import knobs
+
+    print(f"\ntriton launch hooks: enter={knobs.runtime.launch_enter_hook!r} exit={knobs.runtime.launch_exit_hook!r}")
+    print("host breakdown, mm [1x4096]@[4096x4096] bf16 (us per call):")
     for name, us in rows.items():
         print(f"  {name:<36} {us:8.1f}")
     pstats.Stats(prof).sort_stats("tottime").print_stats(14)

@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "MatmulConfig": "matmul",
     "matmul_config": "matmul",
     "mean_lastdim": "mean",
+    "mean_rows": "mean",
     "rms_norm": "rmsnorm",
     "softmax_lastdim": "softmax",
     "log_softmax_lastdim": "softmax",

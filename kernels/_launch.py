@@ -55,6 +55,39 @@ def _spec(a: Any) -> Any:
     raise TypeError(f"fast launch: unsupported argument type {type(a)}")
 
 
+def _hook(chain: Any) -> Any:
+    """The hook to hand the C launcher, or None. Triton 3.6 keeps launch hooks in a HookChain that
+    is never None; an empty chain passed on costs a launch-metadata dict and a Python call per
+    launch (~3-5 us on the device host), so an empty chain counts as no hook."""
+    if chain is None or not getattr(chain, "calls", True):
+        return None
+    return chain
+
+
+def _direct(run: Any) -> "Callable[..., Any] | None":
+    """The C launch function behind Triton 3.6's CudaLauncher, when calling it directly is
+    equivalent: no global or profile scratch to allocate and the 3.6 argument layout (grid, stream,
+    function, cooperative, pdl, two scratch pointers, then the usual tail). Skips a Python frame
+    that allocates two closures per launch. Anything else (other versions, scratch) -> None."""
+    try:
+        import inspect
+
+        params = list(inspect.signature(type(run).__call__).parameters)
+    except (TypeError, ValueError):
+        return None
+    if (params != ["self", "gridX", "gridY", "gridZ", "stream", "function", "args"]
+            or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1)
+            or not hasattr(run, "launch_pdl") or not hasattr(run, "launch_cooperative_grid")
+            or hasattr(run, "launch_cluster") or hasattr(run, "gsan_enabled")):
+        return None
+    launch, coop, pdl = run.launch, run.launch_cooperative_grid, run.launch_pdl
+
+    def direct(g0: int, g1: int, g2: int, stream: int, function: Any, *args: Any) -> None:
+        launch(g0, g1, g2, stream, function, coop, pdl, None, None, *args)
+
+    return direct
+
+
 class Launcher:
     """`Launcher(jit_fn)(grid, *args, **meta)` == `jit_fn[grid](*args, **meta)`, but cheaper."""
 
@@ -70,44 +103,58 @@ class Launcher:
         if not self.enabled:
             self.fn[tuple(grid)](*args, **meta)
             return
-        dev = args[0].device.index if isinstance(args[0], torch.Tensor) else 0
+        dev = args[0].get_device() if isinstance(args[0], torch.Tensor) else 0
         key = (dev, tuple(_spec(a) for a in args), tuple(sorted((k, v) for k, v in meta.items())))
         self.launch(key, grid, args, meta)
 
     def launch(self, key: Any, grid: Sequence[int], args: Sequence[Any],
                meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:
-        """`meta` may be a callable returning the constexpr dict: it is only needed on a miss."""
-        first = args[0]
-        dev = first.device.index if isinstance(first, torch.Tensor) and first.is_cuda else None
-        if dev is not None and dev != _current_device():
+        """`meta` may be a callable returning the constexpr dict: it is only needed on a miss.
+        `grid` is a tuple of one to three ints."""
+        plan = self.plans.get(key) if self.enabled else None
+        if plan is None:
+            self._miss(key, grid, args, meta)
+            return
+        kernel, run, tail, dev, function, packed = plan
+        if dev != _current_device():
             # Triton launches in the current device's context: a tensor on another card (a model
             # split over GPUs, an xdist worker on cuda:1) needs that card made current, as torch
             # does for its own ops. Plans are per device, since every key holds the device index.
             with torch.cuda.device(dev):
                 self.launch(key, grid, args, meta)
             return
-        plan = self.plans.get(key) if self.enabled else None
-        if plan is None:
-            if callable(meta):
-                meta = meta()
-            # normal path: compiles if needed, launches, and returns the CompiledKernel it ran
-            kernel = self.fn[tuple(grid)](*args, **meta)
-            if self.enabled and kernel is not None and hasattr(kernel, "run"):
-                if len(self.plans) >= _MAX_PLANS:
-                    self.plans.clear()
-                tail = tuple(meta[n] for n in self.names[len(args):])
-                self.plans[key] = (kernel, kernel.run, tail, dev or 0)
-            return
-        kernel, run, tail, dev = plan
         self.hits += 1
-        g = (int(grid[0]), int(grid[1]) if len(grid) > 1 else 1, int(grid[2]) if len(grid) > 2 else 1)
+        n = len(grid)
         try:
-            enter = knobs.runtime.launch_enter_hook
+            g = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1)
+            enter, leave = _hook(_RUNTIME.launch_enter_hook), _hook(_RUNTIME.launch_exit_hook)
             stream = _raw_stream(dev)
-            md = None if enter is None else kernel.launch_metadata(g, stream, *args, *tail)
-            run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, md, enter,
-                knobs.runtime.launch_exit_hook, *args, *tail)
+            md = None if enter is None and leave is None else kernel.launch_metadata(g, stream, *args, *tail)
+            run(g[0], g[1], g[2], stream, function, packed, md, enter, leave, *args, *tail)
         except Exception:  # API drift in another Triton version: fall back for good
             self.enabled = False
             self.plans.clear()
             self.fn[tuple(grid)](*args, **(meta() if callable(meta) else meta))
+
+    def _miss(self, key: Any, grid: Sequence[int], args: Sequence[Any],
+              meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:
+        first = args[0]
+        dev = first.get_device() if isinstance(first, torch.Tensor) else -1
+        if dev >= 0 and dev != _current_device():
+            with torch.cuda.device(dev):
+                self._miss(key, grid, args, meta)
+            return
+        if callable(meta):
+            meta = meta()
+        # normal path: compiles if needed, launches, and returns the CompiledKernel it ran
+        kernel = self.fn[tuple(grid)](*args, **meta)
+        if self.enabled and kernel is not None and hasattr(kernel, "run"):
+            if len(self.plans) >= _MAX_PLANS:
+                self.plans.clear()
+            tail = tuple(meta[n] for n in self.names[len(args):])
+            run = kernel.run
+            self.plans[key] = (kernel, _direct(run) or run, tail, max(dev, 0), kernel.function,
+                               kernel.packed_metadata)
+
+
+_RUNTIME = knobs.runtime

@@ -106,6 +106,7 @@ def _attn_kernel(
 
 
 _LAUNCH = Launcher(_attn_kernel)
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton at import, fixed after
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
@@ -126,13 +127,15 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out
-    ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
-    upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
+    ks = key_start
+    if ks.dtype != torch.int32 or ks.get_device() != q.get_device() or ks.stride(0) != 1:
+        ks = ks.to(device=q.device, dtype=torch.int32).contiguous()
+    upcast = _INTERPRET and q.dtype == torch.bfloat16
     grid = (cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),
-           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.device.index)
+           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.get_device())
     _LAUNCH.launch(key, grid, (
         q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),

@@ -188,6 +188,38 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     """a (B,M,K) @ b (B,K,N) -> out (B,M,N) given as base tensors plus (batch, row, col) strides."""
     if m == 0 or n == 0 or batch == 0:
         return
+    has_x = x is not None and beta != 0
+    xt = x if x is not None else out
+    # Everything Triton specialises on is a function of this key (exact shapes and strides,
+    # dtypes, pointer alignment, operand ranks; the constexprs derive from them), so a cached
+    # launch is the one Triton would pick. The derivation (tile config, TMA layout, grid,
+    # constexprs) is memoised under the same key: a repeat call does no Python config work.
+    key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, config, use_tma, programs,
+           a.get_device(), a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15,
+           xt.data_ptr() & 15, None if x is None else x.dtype, a.dim() == 2 and b.dim() == 2)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(a, b, batch, m, n, k, has_x, alpha, config, use_tma, programs)
+        if len(_PLANS) >= 8192:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    grid, meta, tma, bm, bn, bk = plan
+    a_desc = b_desc = None
+    if tma is not None:
+        # Descriptors hold base pointers, so they are built per call (prefill sizes only, where
+        # the GPU work outlasts this).
+        a_desc = TensorDescriptor(a, [m, k], [sa[1], 1], [bm, bk])
+        b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [bn, bk]) if tma
+                  else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, bn]))
+    _LAUNCH.launch(key, grid, (
+        a, b, out, xt, a_desc, b_desc,
+        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
+
+
+def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, has_x: bool,
+          alpha: float, config: MatmulConfig | None, use_tma: bool | None,
+          programs: int | None) -> tuple:
+    """(grid, constexprs, TMA layout, BLOCK_M, BLOCK_N, BLOCK_K) for one product's key."""
     if a.dtype not in BLOCK_K:
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
     cfg = config or matmul_config(m, n, a.dtype)
@@ -196,12 +228,6 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     tma = _tma_layout(a, b) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
     if use_tma and tma is None:
         raise ValueError("TMA path requested but operands do not allow it")
-    a_desc = b_desc = None
-    if tma is not None:
-        a_desc = TensorDescriptor(a, [m, k], [sa[1], 1], [cfg.block_m, bk])
-        b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [cfg.block_n, bk]) if tma
-                  else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, cfg.block_n]))
-    dev = a.device.index or 0
     tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
     progs = tiles
     if cfg.persistent:
@@ -211,26 +237,18 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         # fewer tiles, and then only `tiles` programs are launched, one tile each (every later
         # tile_id is past the end). A step that followed min(tiles, SMs) compiled a new kernel for
         # every small M (~0.5 s each): length-grouped prefill met dozens.
-        progs = programs or (4 if _INTERPRET else _num_sms(dev))
+        progs = programs or (4 if _INTERPRET else _num_sms(a.get_device() if a.is_cuda else 0))
     upcast = _INTERPRET and a.dtype == torch.bfloat16
-    has_x = x is not None and beta != 0
-    xt = x if x is not None else out
-    # Everything Triton specialises on is a function of this key (exact shapes and strides,
-    # dtypes, pointer alignment; the constexprs below derive from them), so a cached launch is
-    # the one Triton would pick.
-    key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, cfg, bk, tma, progs, dev,
-           a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15, xt.data_ptr() & 15,
-           None if x is None else x.dtype)
-    _LAUNCH.launch(key, (min(tiles, progs),), (
-        a, b, out, xt, a_desc, b_desc,
-        batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), lambda: dict(
+    meta = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=progs, USE_TMA=tma is not None, B_NK=bool(tma),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
         UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    ))
+    )
+    return (min(tiles, progs),), meta, tma, cfg.block_m, cfg.block_n, bk
 
 
+_PLANS: dict[tuple, tuple] = {}
 _LAUNCH = Launcher(_matmul_kernel)
 
 
@@ -243,10 +261,15 @@ def _check(a: torch.Tensor, b: torch.Tensor, op: str) -> None:
 
 def _bias_strides(bias: torch.Tensor, m: int, n: int) -> tuple[int, int, int]:
     """(0, row, col) strides that broadcast bias to (m, n) like aten::addmm (expand rules)."""
-    shape = list(bias.shape)
+    return _broadcast_strides(bias.shape, bias.stride(), m, n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _broadcast_strides(shape: tuple[int, ...], stride: tuple[int, ...], m: int, n: int) -> tuple[int, int, int]:
+    shape = list(shape)
     if len(shape) > 2 or any(s not in (1, t) for s, t in zip(shape[::-1], (n, m))):
         raise RuntimeError(f"addmm: bias of shape {tuple(shape)} does not broadcast to {(m, n)}")
-    st = list(bias.stride())
+    st = list(stride)
     full = [1] * (2 - len(shape)) + shape
     strides = [0] * (2 - len(st)) + st
     return (0, strides[0] if full[0] != 1 else 0, strides[1] if full[1] != 1 else 0)

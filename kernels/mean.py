@@ -4,6 +4,8 @@ Serves aten `mean.dim` for HF RMSNorm's `x.pow(2).mean(-1, keepdim=True)`.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import triton
 import triton.language as tl
@@ -33,6 +35,8 @@ def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch
     """Mean over the last dim, fp32 accumulation; returns shape x.shape[:-1] in out_dtype."""
     out_dtype = out_dtype or x.dtype
     n = x.shape[-1]
+    if n and x.is_contiguous() and x.numel():
+        return mean_rows(x, n, x.shape[:-1], out_dtype)
     rows = x.reshape(-1, n) if n else x.reshape(-1, 1)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
@@ -40,7 +44,17 @@ def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch
     if n == 0:
         return out.fill_(float("nan")).reshape(x.shape[:-1])
     if rows.shape[0]:
-        key = (rows.dtype, out_dtype, n, rows.stride(0), rows.data_ptr() & 15, rows.device.index)
+        key = (rows.dtype, out_dtype, n, rows.stride(0), rows.data_ptr() & 15, rows.get_device())
         _LAUNCH.launch(key, (rows.shape[0],), (rows, out, n, rows.stride(0)),
                        lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
     return out.reshape(x.shape[:-1])
+
+
+def mean_rows(x: torch.Tensor, n: int, out_shape: Sequence[int], out_dtype: torch.dtype) -> torch.Tensor:
+    """Mean of each run of n elements of a contiguous, non-empty x (rows n apart: x itself is the
+    row matrix, no reshape on the host), written into a new tensor of out_shape."""
+    out = torch.empty(out_shape, device=x.device, dtype=out_dtype)
+    key = (x.dtype, out_dtype, n, n, x.data_ptr() & 15, x.get_device())
+    _LAUNCH.launch(key, (x.numel() // n,), (x, out, n, n),
+                   lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
+    return out

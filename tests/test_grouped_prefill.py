@@ -93,7 +93,7 @@ def test_grouping_dp_keeps_one_group_when_nothing_is_saved() -> None:
 
 def test_group_cost_at_batch_64_saves_padding() -> None:
     """The fuzz's layout (fillers 1-1024 tokens at batch 64) with the cost DETLLM_PREFILL_GROUP_COST
-    would set on CUDA (off there by default: see static.PREFILL_GROUP_COST)."""
+    sets on CUDA by default (static.PREFILL_GROUP_COST)."""
     rng = random.Random(1)
     lengths = [rng.randint(1, 1024) for _ in range(64)]
     groups = prefill_groups(lengths, 2048)

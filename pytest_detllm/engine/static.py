@@ -30,13 +30,12 @@ DONE_CHECK_EVERY = 8  # decode steps between host checks of "every row finished"
 # minimises padded tokens computed + groups x this); None: one left-padded group.
 # On CPU (one thread, SmolLM2-135M, measured here): a one-token prefill ~195 ms, each further
 # token ~4 ms, so ~50 tokens a forward.
-# On CUDA grouping is off by default: every group is a new (rows, length) shape, and the Triton
-# kernels compile a specialisation for shapes they have not seen (~0.5 s each). Measured on an H100
-# (SmolLM2-135M shape, the fuzz's trial design): one group settles at 25 compiles and a median trial
-# of 227 ms; groups at C = 2048 (0.53x the tokens) were still compiling ~5 kernels a trial after 19
-# trials, 2.1 s a trial. DETLLM_PREFILL_GROUP_COST=2048 turns it on (a tuning knob: every value,
-# and one group, give the same bits).
-PREFILL_GROUP_COST: dict[str, float | None] = {"cuda": None, "cpu": 64}
+# On CUDA, 2048 (H100, SmolLM2-135M shape, the fuzz's trial design, 40 trials each, sixth session):
+# mean trial 219 ms against 232 ms with one group, 0.55x the prefill tokens, 3 Triton compiles
+# either way. Grouping was off while every small M compiled its own persistent-matmul kernel (a
+# constexpr loop step of min(tiles, SMs)): ~5 compiles a trial, 2.1 s trials; kernels/matmul.py
+# now keeps that step at the SM count. Every value, and one group, give the same bits.
+PREFILL_GROUP_COST: dict[str, float | None] = {"cuda": 2048, "cpu": 64}
 
 
 @dataclass

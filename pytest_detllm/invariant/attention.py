@@ -32,6 +32,7 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
     return mask == 0  # additive float mask: 0 where allowed, a large negative number elsewhere
 
 
+_NO_PADDING: dict[int, list[int]] = {}  # never mutated
 _last_layout: list = [None, None]  # one-entry cache: every layer of a forward gets the same mask
 
 
@@ -44,7 +45,8 @@ def mask_layout(
     silently break invariance.
     """
     if attention_mask is None:
-        return [0] * bsz, causal_hint
+        # one list object per batch size, so _starts_on's identity cache holds across calls
+        return _NO_PADDING.setdefault(bsz, [0] * bsz), causal_hint
     # The cache holds the mask itself (not its id): a freed mask's address can be reused by the
     # next one, an object we still reference cannot.
     cached = _last_layout[0]

@@ -49,31 +49,77 @@ def _need_float(op: str, *ts: torch.Tensor) -> None:
 _aten = torch.ops.aten
 
 
+# Which route a matmul's (dtypes, shapes) take, memoised: the checks depend on nothing else, and
+# a decode step asks the same few questions hundreds of times (host time is the cost here).
+_ROUTES: dict[tuple, bool] = {}
+
+
+def _route(key: tuple, ok: Callable[[], bool], op: str, *ts: torch.Tensor) -> bool:
+    r = _ROUTES.get(key)
+    if r is None:
+        r = ok()
+        if r:
+            _need_float(op, *ts)  # raises, and is not memoised
+        if len(_ROUTES) >= 4096:
+            _ROUTES.clear()
+        _ROUTES[key] = r
+    return r
+
+
 def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
-    if not edges.matmul_ok(self, mat2, 2):
+    if not _route(("mm", self.dtype, mat2.dtype, self.shape, mat2.shape),
+                  lambda: edges.matmul_ok(self, mat2, 2), "mm", self, mat2):
         return edges.to_out(torch.mm, self.dtype, self.device, self, mat2)
-    _need_float("mm", self, mat2)
     return _kernels().mm(self, mat2)
 
 
 def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1,
           alpha: float = 1) -> torch.Tensor:
-    if not (edges.matmul_ok(mat1, mat2, 2) and self.dtype == mat1.dtype and alpha != 0
-            and edges.expands_to(self.shape, (mat1.shape[0], mat2.shape[1]))):
+    if not _route(("addmm", self.dtype, mat1.dtype, mat2.dtype, self.shape, mat1.shape, mat2.shape, alpha == 0),
+                  lambda: (edges.matmul_ok(mat1, mat2, 2) and self.dtype == mat1.dtype and alpha != 0
+                           and edges.expands_to(self.shape, (mat1.shape[0], mat2.shape[1]))),
+                  "addmm", mat1, mat2):
         return edges.to_out(torch.addmm, mat1.dtype, mat1.device, self, mat1, mat2, beta=beta, alpha=alpha)
-    _need_float("addmm", mat1, mat2)
     return _kernels().addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha))
 
 
 def bmm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
-    if not edges.matmul_ok(self, mat2, 3):
+    if not _route(("bmm", self.dtype, mat2.dtype, self.shape, mat2.shape),
+                  lambda: edges.matmul_ok(self, mat2, 3), "bmm", self, mat2):
         return edges.to_out(torch.bmm, mat2.dtype, self.device, self, mat2)
-    _need_float("bmm", self, mat2)
     return _kernels().bmm(self, mat2)
+
+
+_MEAN_ROWS: dict[tuple, Any] = {}  # (dtype, shape, dims, keepdim, out dtype) -> (n, out shape) or False
+
+
+def _mean_rows(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool,
+               dtype: torch.dtype | None) -> Any:
+    """(row length, output shape) when the mean runs on a contiguous input as rows over its
+    trailing dims (the common case: no reshapes on the host), else False."""
+    out_dtype = dtype or self.dtype
+    nd = self.dim()
+    dims = edges.dims(self, dim)
+    if (dims is None or nd == 0 or self.numel() == 0 or self.dtype not in _FLOATS
+            or out_dtype not in _FLOATS or dims != list(range(nd - len(dims), nd))):
+        return False
+    n = math.prod(self.shape[nd - len(dims):])
+    shape = tuple(1 if i in dims else s for i, s in enumerate(self.shape)) if keepdim else tuple(self.shape[: nd - len(dims)])
+    return n, shape
 
 
 def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = False, *,
              dtype: torch.dtype | None = None) -> torch.Tensor:
+    if self.is_contiguous():
+        key = (self.dtype, self.shape, dim if dim is None or isinstance(dim, int) else tuple(dim), keepdim, dtype)
+        route = _MEAN_ROWS.get(key)
+        if route is None:
+            route = _mean_rows(self, dim, keepdim, dtype)
+            if len(_MEAN_ROWS) >= 4096:
+                _MEAN_ROWS.clear()
+            _MEAN_ROWS[key] = route
+        if route:
+            return _kernels().mean_rows(self, route[0], route[1], dtype or self.dtype)
     out_dtype = dtype or self.dtype
     nd = self.dim()
     dims = edges.dims(self, dim)
@@ -124,14 +170,20 @@ def log_softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tens
 
 def _rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
          eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    _need_float("rms_norm", input)
     nd = len(normalized_shape)
+    key = ("rms", input.dtype, input.shape, tuple(normalized_shape), None if weight is None else weight.shape)
+    if key in _ROUTES:  # these shapes passed the checks below before
+        return _kernels().rms_norm(input, weight, eps, nd)
+    _need_float("rms_norm", input)
     if input.dim() < nd or tuple(input.shape[input.dim() - nd:]) != tuple(normalized_shape):
         raise RuntimeError(f"rms_norm: normalized_shape {list(normalized_shape)} does not match "
                            f"input shape {list(input.shape)}")
     if weight is not None and tuple(weight.shape) != tuple(normalized_shape):
         raise RuntimeError(f"rms_norm: weight of shape {list(weight.shape)} for normalized_shape "
                            f"{list(normalized_shape)}")
+    if len(_ROUTES) >= 4096:
+        _ROUTES.clear()
+    _ROUTES[key] = True
     return _kernels().rms_norm(input, weight, eps, nd)
 
 
