@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--ms", type=int, nargs="*", default=MS)
     ap.add_argument("--probe", action="store_true", help="launch overhead and CUDA-graph timing of candidates")
     ap.add_argument("--models", action="store_true", help="Llama-3-8B, Qwen3-8B and GPT-2 shapes, both weight layouts")
+    ap.add_argument("--only", nargs="+", metavar="PREFIX", help="with --models: shapes whose label starts so")
     args = ap.parse_args()
     dtype = DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -133,6 +134,8 @@ def main() -> None:
     triton.testing.do_bench(lambda: warm @ warm, warmup=500, rep=1000)  # clocks up before timing
     del warm
     shapes = MODEL_SHAPES if args.models else [(k, n, "NK", "") for k, n in SHAPES]
+    if args.only:
+        shapes = [sh for sh in shapes if sh[3].startswith(tuple(args.only))]
     for k, n, layout, label in shapes:
         # enough weight copies that consecutive calls never share a weight (>= 256 MB in all)
         nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
@@ -144,7 +147,7 @@ def main() -> None:
             xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
             flops = 2.0 * m * n * k
             t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
-            cfg = matmul_config(m, n, dtype)
+            cfg = matmul_config(m, n, dtype, layout == "KN")
             t_inv = bench(lambda i: km.mm(xs[i], ws[i]), nbuf)
             tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
             g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)

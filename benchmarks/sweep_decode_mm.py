@@ -34,8 +34,12 @@ SHAPES = [(4096, 4096, "NK", "8b q/o"), (4096, 1024, "NK", "8b k/v"), (4096, 143
           (768, 2304, "KN", "gpt2 c_attn"), (768, 3072, "KN", "gpt2 c_fc"), (3072, 768, "KN", "gpt2 c_proj")]
 
 
-def candidates() -> list[MatmulConfig]:
-    out = [MatmulConfig(16, bn, 8, w, st, False, bk, False)
+def candidates(tma: bool = False) -> list[MatmulConfig]:
+    """Pointer-load configs; with tma also TMA-load ones (a (K, N) weight read N-contiguous by
+    pointers is the slow case: GPT-2's Conv1D at decode)."""
+    out = [MatmulConfig(16, bn, 8, w, st, False, bk, True)
+           for bn, bk, st, w in itertools.product((32, 64, 128), (64, 128, 256), (3, 4), (4,))] if tma else []
+    out += [MatmulConfig(16, bn, 8, w, st, False, bk, False)
            for bn, bk, st, w in itertools.product((16, 32, 64, 128), (128, 256), (4, 6), (4,))]
     out += [MatmulConfig(16, bn, 8, w, 4, False, 128, False) for bn in (16, 32, 64) for w in (2, 8)]
     out += [MatmulConfig(16, 256, 8, 8, st, False, 64, False) for st in (4, 6)]
@@ -52,13 +56,14 @@ def main() -> int:
     ap.add_argument("--json", help="write every timing and the best config per shape here")
     ap.add_argument("--engine", action="store_true", help="time the 8B engine decode with the best configs")
     ap.add_argument("--ms", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--tma", action="store_true", help="also TMA-load candidates")
     ap.add_argument("--only", nargs="+", metavar="PREFIX", help="shapes whose label starts with one of these (8b, smollm2, gpt2)")
     args = ap.parse_args()
     dt = torch.bfloat16
     card = torch.cuda.get_device_name()
     print(f"# {card} | torch {torch.__version__} | triton {triton.__version__} | bf16, GPU time over CUDA graphs")
     rows, best = [], {}
-    cands = candidates()
+    cands = candidates(args.tma)
     for k, n, layout, label in SHAPES:
         if args.only and not label.startswith(tuple(args.only)):
             continue
@@ -73,7 +78,7 @@ def main() -> int:
             t_cu = graph_us(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             t_def = graph_us(lambda i: km.mm(xs[i], ws[i]), nbuf)
             line = {"shape": label, "K": k, "N": n, "layout": layout, "M": m, "cublas_us": t_cu, "default_us": t_def,
-                    "default": repr(kmm.matmul_config(m, n, dt)), "cands": []}
+                    "default": repr(kmm.matmul_config(m, n, dt, layout == "KN")), "cands": []}
             for c in cands:
                 try:
                     t = graph_us(lambda i: km.mm(xs[i], ws[i], config=c), nbuf)

@@ -62,8 +62,9 @@ def _has_tma(device_index: int) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
-    """Tile config for an (m x K) @ (K x n) product.
+def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> MatmulConfig:
+    """Tile config for an (m x K) @ (K x n) product; kn: the (K, n) operand is row-major (a weight
+    used as x @ W, GPT-2's Conv1D), not an nn.Linear weight read through W.t().
 
     Every entry gives the same bits for a row (tests/gpu: test_mm_every_config_same_bits): the
     K loop is one chain of k16 MMA steps accumulating in order into one fp32 accumulator, and
@@ -72,6 +73,11 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
     if dtype == torch.float32:
         # FMA path (IEEE fp32): one config for every shape.
         return MatmulConfig(64, 64, 8, 4, 3)
+    if kn and m <= 64:
+        # A row-major (K, N) weight read by pointer loads ran 60-100x below cuBLAS at decode sizes
+        # (GPT-2 c_attn, M=1: 263 us against 3.4). Through TMA it streams at cuBLAS speed: 3.8 us
+        # (benchmarks/sweep_decode_mm.py --tma on an H100; every candidate gave the same bits).
+        return MatmulConfig(16, 64, 8, 4, 3, persistent=False, block_k=256, tma=True)
     if m <= 16:
         # Decode: memory-bound on the weight. One program per BLOCK_N weight rows, plain pointer
         # loads (cheaper to launch than TMA descriptors, as fast here), K steps of 256 to keep
@@ -93,7 +99,8 @@ def matmul_config(m: int, n: int, dtype: torch.dtype) -> MatmulConfig:
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
     shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 4096), (128, 4096), (4096, 4096)]
-    return sorted({matmul_config(m, n, dtype) for m, n in shapes}, key=repr)
+    configs = {matmul_config(m, n, dtype) for m, n in shapes} | {matmul_config(1, 2304, dtype, True)}
+    return sorted(configs, key=repr)
 
 
 @triton.jit
@@ -222,7 +229,8 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
     """(grid, constexprs, TMA layout, BLOCK_M, BLOCK_N, BLOCK_K) for one product's key."""
     if a.dtype not in BLOCK_K:
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
-    cfg = config or matmul_config(m, n, a.dtype)
+    kn = b.stride(-1) == 1 and b.stride(-2) != 1 and batch == 1  # row-major (K, N): x @ W
+    cfg = config or matmul_config(m, n, a.dtype, kn)
     bk = cfg.block_k or BLOCK_K[a.dtype]
     want = cfg.tma if use_tma is None else use_tma
     tma = _tma_layout(a, b) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None

@@ -215,8 +215,10 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
         return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
     out, mean, rstd = fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape),
                                             weight, bias, eps)
-    # A row holding inf or NaN has rstd NaN; stock's running (Welford) mean is NaN there too, once
-    # a second element meets the inf (inf - inf). A one-element row keeps its value as the mean.
+    # A row holding inf or NaN has rstd NaN; we report its mean as NaN too. Stock's running
+    # (Welford) mean there is inf or NaN by its update order (a float32 row of two holding -inf
+    # gave -inf on an H100), which a fixed-order reduction does not reproduce; it is a saved
+    # statistic, not an output. A one-element row keeps its value as the mean.
     if math.prod(normalized_shape) == 1:
         return out, mean, rstd
     return out, torch.where(torch.isnan(rstd), rstd, mean), rstd
