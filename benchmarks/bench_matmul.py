@@ -49,7 +49,12 @@ def sweep_configs(m: int) -> list[MatmulConfig]:
         return [MatmulConfig(64, 128, 8, 4, 4, False), MatmulConfig(128, 128, 8, 8, 3, False),
                 MatmulConfig(128, 64, 8, 4, 4, False), MatmulConfig(64, 64, 8, 4, 4, False),
                 MatmulConfig(64, 128, 8, 4, 3, False, 128), MatmulConfig(128, 256, 8, 8, 3, True)]
-    return [MatmulConfig(128, 256, 8, 8, 3, False), MatmulConfig(128, 256, 16, 8, 3, True)]
+    # prefill: the default 128x256 persistent tile next to smaller tiles (more programs where a
+    # narrow N leaves most SMs idle: N = 768-1024 at M = 1024 makes only 24-32 tiles of 128x256)
+    return [MatmulConfig(128, 256, 8, 8, 3, True), MatmulConfig(128, 256, 8, 8, 3, False),
+            MatmulConfig(128, 128, 8, 8, 3, True), MatmulConfig(128, 128, 8, 8, 4, False),
+            MatmulConfig(128, 128, 8, 4, 4, False), MatmulConfig(64, 128, 8, 4, 4, False),
+            MatmulConfig(64, 128, 8, 4, 4, True), MatmulConfig(64, 256, 8, 8, 3, False)]
 
 
 def probe_configs(m: int) -> list[tuple[MatmulConfig, bool]]:

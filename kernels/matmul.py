@@ -91,7 +91,11 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
         return MatmulConfig(16, 64, 8, 4, 4, persistent=False, block_k=256, tma=False)
     if m <= 64:
         return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
-    if m <= 256:
+    if m <= 256 or cdiv(m, 128) * cdiv(n, 256) < 48:
+        # Also a narrow N at prefill sizes: 128x256 tiles of a 1024-row product with N = 768-1024
+        # are 24-32 programs for 132 SMs (0.44-0.46 of cuBLAS); 64x128 tiles run 4x as many
+        # (0.71; benchmarks/bench_matmul.py --sweep, H100, same bits). No tile without split-K
+        # fills the card there.
         return MatmulConfig(64, 128, 8, 4, 4, persistent=False)
     return MatmulConfig(128, 256, 8, 8, 3)
 

@@ -53,12 +53,13 @@ def test_persistent_matmul_bits_do_not_depend_on_the_program_count(dtype: torch.
     kc.check_program_counts(DEV, dtype, 4096, 1536, 3000, (132, 114, 78, 1, 7))
 
 
-@pytest.mark.parametrize("dtype", [BF16, F32], ids=str)
-def test_persistent_matmul_with_more_programs_than_tiles(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("dtype", "m"), [(BF16, 1000), (F32, 300)], ids=str)
+def test_persistent_matmul_with_more_programs_than_tiles(dtype: torch.dtype, m: int) -> None:
     """A persistent launch's loop step stays the SM count when the product has fewer tiles (a step
     that followed the tile count compiled a new kernel per small M); only `tiles` programs run.
-    M = 300: 18 tiles in bf16, 120 in fp32, against steps of 132 and 500."""
-    kc.check_program_counts(DEV, dtype, 4096, 1536, 300, (132, 18, 1, 7, 500))
+    bf16 M = 1000: 48 tiles (the fewest that still take the persistent config); fp32 M = 300: 120
+    tiles; against steps of 132 and 500."""
+    kc.check_program_counts(DEV, dtype, 4096, 1536, m, (132, 48, 1, 7, 500))
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
