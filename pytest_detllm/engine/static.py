@@ -19,6 +19,7 @@ from typing import Any, Callable, Collection, ContextManager
 
 import torch
 
+from . import fuse
 from . import kv as kvmod
 from .batch import left_pad, length_bucket, prefill_groups, prefill_tokens, round_up, row_bucket
 from .requests import Generation, Request
@@ -83,6 +84,10 @@ class StaticEngine:
         # it did not stop grouped prefill's compiles (docs/design.md), but it costs nothing measured.
         self.col_align = int(os.environ.get("DETLLM_PREFILL_ALIGN", 64 if device.type == "cuda" else 1))
         self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
+        # CUDA, invariant kernels: q/k/v in one product inside the engine's forwards (same bits;
+        # engine/fuse.py says why). DETLLM_FUSE_QKV=0 keeps three products.
+        fuse_qkv = device.type == "cuda" and invariant and os.environ.get("DETLLM_FUSE_QKV", "1") != "0"
+        self._qkv = fuse.prepare(model) if fuse_qkv else []
         kvmod.register()
 
     def reserve(self, rows: int, length: int) -> None:
@@ -199,7 +204,7 @@ class StaticEngine:
 
     def _decode_step(self, s: Slot) -> None:
         """One decode step on the slot's static tensors (the body of the captured graph)."""
-        with kvmod.serving(self.model, s.kv, "decode"):
+        with kvmod.serving(self.model, s.kv, "decode"), fuse.fused(self._qkv):
             res = self.model(input_ids=s.tok.view(-1, 1), position_ids=s.pos.view(-1, 1), use_cache=False,
                              logits_to_keep=1)
         logits = res.logits[:, -1, :].float()
@@ -235,7 +240,7 @@ class StaticEngine:
         self.last_prefill_groups = groups
         self.last_prefill_tokens = (prefill_tokens(lengths, groups, self.col_align), len(lengths) * length)
         logits0: torch.Tensor | None = None
-        with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"):
+        with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"), fuse.fused(self._qkv):
             for rows in groups:
                 part = left_pad([requests[i] for i in rows], self.pad_id, self.col_align)
                 s.kv.set_prefill_group(rows, length - part.length, part.starts)

@@ -59,9 +59,12 @@ def test_engine_uses_cuda_graphs_and_they_equal_eager_steps(llama, monkeypatch) 
 
 
 def test_engine_equals_transformers_generate_under_batch_invariant(llama) -> None:  # type: ignore[no-untyped-def]
+    """Also proves the engine's one q/k/v product (engine/fuse.py) gives transformers' three
+    products' bits: generate runs them apart."""
     dev = torch.device("cuda")
     ids = _ids(45, 3)
     eng = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    assert eng._impl._qkv, "the CUDA engine fuses q/k/v"
     mine = eng.generate([Request(ids, max_new_tokens=16)], keep_logits=[0])[0]
     with batch_invariant("cuda"), torch.inference_mode():
         out = llama.generate(torch.tensor([ids], device=dev), max_new_tokens=16, min_new_tokens=16, do_sample=False,

@@ -1,0 +1,122 @@
+"""One product for q, k and v inside the CUDA engine's forwards.
+
+At decode sizes a projection is a read of its weight, and a narrow one (Llama-3-8B's k and v:
+N = 1024, 32 programs of 32 columns for 132 SMs) reads it at a third of the card's bandwidth.
+Reading [Wq; Wk; Wv] in one product keeps every SM busy. It changes no bit: a column of the
+batch-invariant matmul is one program walking K in the same k16 steps whatever N and the tile
+are (tests/gpu: test_mm_every_config_same_bits), and tests/gpu checks the engine against
+transformers' own `generate` under batch_invariant(), which runs the three products apart.
+
+The three weights become row views of one fused tensor (no second copy; their values, shapes
+and Parameter objects stay). Inside `fused(...)` (the engine's forwards, captured graphs
+included) q_proj computes the fused product and leaves k's and v's column slices for k_proj and
+v_proj, which take them only when called on the same input tensor; outside it every module is
+untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+_ATTR = "_detllm_qkv"
+
+
+class QKV:
+    """One attention module's q/k/v projections over one fused weight."""
+
+    def __init__(self, attn: torch.nn.Module) -> None:
+        self.q, self.k, self.v = attn.q_proj, attn.k_proj, attn.v_proj
+        self._left: list[Any] = []  # (input, k slice, v slice) from the last q_proj call
+        self._fuse()
+
+    def _fuse(self) -> None:
+        ws = [m.weight for m in (self.q, self.k, self.v)]
+        self.sizes = [w.shape[0] for w in ws]
+        # Not an inference tensor even if an engine is built inside inference_mode: the weights
+        # stay usable for training (RL trainers share the sampler's model).
+        with torch.inference_mode(False), torch.no_grad():
+            self.weight = torch.cat([w.detach() for w in ws], 0)
+            self.bias = (torch.cat([m.bias.detach() for m in (self.q, self.k, self.v)], 0)
+                         if self.q.bias is not None else None)
+            a = 0
+            for m, n in zip((self.q, self.k, self.v), self.sizes):
+                m.weight.data = self.weight[a:a + n]
+                if self.bias is not None:
+                    m.bias.data = self.bias[a:a + n]
+                a += n
+
+    def _aliased(self) -> bool:
+        """The modules' weights are still views of the fused tensor (a `model.to(...)` or a load
+        that replaced them would leave it stale)."""
+        a, es = self.weight.data_ptr(), self.weight.element_size() * self.weight.shape[1]
+        for m, n in zip((self.q, self.k, self.v), self.sizes):
+            if m.weight.data_ptr() != a or m.weight.shape[0] != n:
+                return False
+            a += n * es
+        return self.bias is None or self.q.bias.data_ptr() == self.bias.data_ptr()
+
+    def _q(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        nq, nk, _ = self.sizes
+        self._left = [x, y[..., nq:nq + nk], y[..., nq + nk:]]
+        return y[..., :nq]
+
+    def _k(self, x: torch.Tensor) -> torch.Tensor:
+        if self._left and self._left[0] is x:
+            return self._left[1]
+        return F.linear(x, self.k.weight, self.k.bias)
+
+    def _v(self, x: torch.Tensor) -> torch.Tensor:
+        if self._left and self._left[0] is x:
+            out = self._left[2]
+            self._left = []
+            return out
+        return F.linear(x, self.v.weight, self.v.bias)
+
+    def install(self) -> None:
+        if not self._aliased():
+            self._fuse()
+        self.q.forward, self.k.forward, self.v.forward = self._q, self._k, self._v
+
+    def remove(self) -> None:
+        for m in (self.q, self.k, self.v):
+            m.__dict__.pop("forward", None)
+        self._left = []
+
+
+def _fusable(attn: torch.nn.Module) -> bool:
+    mods = [getattr(attn, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+    if not all(type(m) is torch.nn.Linear for m in mods):
+        return False
+    ws = [m.weight for m in mods]  # type: ignore[union-attr]
+    has_bias = [m.bias is not None for m in mods]  # type: ignore[union-attr]
+    return (len({(w.device, w.dtype, w.shape[1]) for w in ws}) == 1 and len(set(has_bias)) == 1
+            and all(w.dim() == 2 and w.is_contiguous() for w in ws)
+            and not any("forward" in m.__dict__ for m in mods))  # type: ignore[union-attr]
+
+
+def prepare(model: torch.nn.Module) -> list[QKV]:
+    """Fuse every attention module's q/k/v weights once (kept on the module for later engines)."""
+    out = []
+    for mod in model.modules():
+        qkv = getattr(mod, _ATTR, None)
+        if qkv is None and _fusable(mod):
+            qkv = QKV(mod)
+            object.__setattr__(mod, _ATTR, qkv)  # not a submodule: state_dict and modules() unchanged
+        if qkv is not None:
+            out.append(qkv)
+    return out
+
+
+@contextlib.contextmanager
+def fused(groups: list[QKV]) -> Iterator[None]:
+    for g in groups:
+        g.install()
+    try:
+        yield
+    finally:
+        for g in groups:
+            g.remove()

@@ -1,0 +1,73 @@
+"""The engine's q/k/v fusion (engine/fuse.py): weights become views of one tensor without
+changing the model's parameters or state_dict, the fused forwards are active only inside
+`fused(...)`, and a model moved after fusing is fused again rather than read stale. Bits: on CUDA
+the engine is checked against transformers' generate (tests/gpu/test_engine_gpu.py); here the
+CPU's stock matmul is compared with a tolerance, since it is not column-invariant in general."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pytest_detllm.engine import fuse
+from pytest_detllm.engine.static import StaticEngine
+
+
+@pytest.fixture
+def pair():  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    # Qwen2: q/k/v carry biases, so the bias path is covered too
+    cfg = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    return model, copy.deepcopy(model)
+
+
+def _logits(model, ids):  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_fused_forwards_give_the_three_products(pair) -> None:  # type: ignore[no-untyped-def]
+    model, ref = pair
+    keys = list(model.state_dict())
+    params = [id(p) for p in model.parameters()]
+    groups = fuse.prepare(model)
+    assert len(groups) == 2 and all(g.bias is not None for g in groups)
+    assert list(model.state_dict()) == keys and [id(p) for p in model.parameters()] == params
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.weight.data_ptr() == groups[0].weight.data_ptr()  # a view, no second copy
+    ids = torch.randint(0, 96, (3, 9))
+    want = _logits(ref, ids)
+    with fuse.fused(groups):
+        assert "forward" in q.__dict__
+        got = _logits(model, ids)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_logits(model, ids), want, rtol=0, atol=0)
+    assert fuse.prepare(model)[0] is groups[0]  # fused once, kept on the module
+
+
+def test_a_moved_model_is_fused_again(pair) -> None:  # type: ignore[no-untyped-def]
+    model, ref = pair
+    groups = fuse.prepare(model)
+    model.to(torch.float64)
+    ids = torch.randint(0, 96, (2, 5))
+    with fuse.fused(groups):
+        got = _logits(model, ids)
+    assert got.dtype == torch.float64 and groups[0].weight.dtype == torch.float64
+    torch.testing.assert_close(got, _logits(ref.to(torch.float64), ids), rtol=1e-9, atol=1e-9)
+
+
+def test_cpu_engine_does_not_fuse(pair) -> None:  # type: ignore[no-untyped-def]
+    import contextlib
+
+    model, _ = pair
+    eng = StaticEngine(model, pad_id=0, eos_ids=[], device=torch.device("cpu"), invariant=True,
+                       audit=lambda step: contextlib.nullcontext())
+    assert eng._qkv == [] and not hasattr(model.model.layers[0].self_attn, fuse._ATTR)
