@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
 _MAX_PLANS = 8192  # prefill shapes vary; keep the table bounded
+# Triton's interpreter (CPU tests): triton reads the variable at import, so it is fixed from here on.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: 0)
 
 try:
@@ -94,8 +96,7 @@ class Launcher:
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.plans: dict[Any, tuple] = {}
-        self.enabled = (os.environ.get("TRITON_INTERPRET", "0") != "1"
-                        and os.environ.get("DETLLM_FAST_LAUNCH", "1") == "1")
+        self.enabled = not INTERPRET and os.environ.get("DETLLM_FAST_LAUNCH", "1") == "1"
         self.names: list[str] = list(getattr(fn, "arg_names", []))
         self.hits = 0  # launches served from a plan (tests check the fast path really runs)
 

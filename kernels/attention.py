@@ -10,13 +10,13 @@ decode of token t (Tq = 1) reproduces row t of a fresh prefill.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ._dot import dot_acc
+from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
 from ._rows import cdiv, next_pow2
 
@@ -106,7 +106,6 @@ def _attn_kernel(
 
 
 _LAUNCH = Launcher(_attn_kernel)
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton at import, fixed after
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

@@ -16,13 +16,13 @@ rows longer than one chunk: it is opt-in (`DETLLM_SPLIT_KV=1`, read by
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ._dot import dot_acc
+from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
 from ._rows import cdiv, next_pow2
 from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N
@@ -242,7 +242,7 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     n16 = cdiv(n, 4) * 4
     ws = torch.empty(2 * n16 + n * d, device=q.device, dtype=torch.float32)
     m_ws, l_ws, acc_ws = ws[:n], ws[n16:n16 + n], ws[2 * n16:]
-    upcast = os.environ.get("TRITON_INTERPRET", "0") == "1" and q.dtype == torch.bfloat16
+    upcast = _INTERPRET and q.dtype == torch.bfloat16
     te = key_end if key_end is not None else ks
     block_d = max(16, next_pow2(d))
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not

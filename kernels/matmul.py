@@ -10,7 +10,6 @@ alone. fp32 runs true IEEE fp32 (`input_precision="ieee"`), never TF32.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ._dot import dot_acc
+from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
 from ._rows import cdiv
 
@@ -42,9 +42,6 @@ class MatmulConfig:
     persistent: bool = True  # False: one program per tile (more programs in flight for decode)
     block_k: int | None = None  # None: BLOCK_K[dtype]
     tma: bool = True  # read A/B through TMA descriptors where the layout allows
-
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read by triton at import, fixed after
 
 
 def _interpreting() -> bool:

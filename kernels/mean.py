@@ -44,9 +44,7 @@ def mean_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch
     if n == 0:
         return out.fill_(float("nan")).reshape(x.shape[:-1])
     if rows.shape[0]:
-        key = (rows.dtype, out_dtype, n, rows.stride(0), rows.data_ptr() & 15, rows.get_device())
-        _LAUNCH.launch(key, (rows.shape[0],), (rows, out, n, rows.stride(0)),
-                       lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
+        _launch_rows(rows, out, rows.shape[0], n, rows.stride(0))
     return out.reshape(x.shape[:-1])
 
 
@@ -54,7 +52,11 @@ def mean_rows(x: torch.Tensor, n: int, out_shape: Sequence[int], out_dtype: torc
     """Mean of each run of n elements of a contiguous, non-empty x (rows n apart: x itself is the
     row matrix, no reshape on the host), written into a new tensor of out_shape."""
     out = torch.empty(out_shape, device=x.device, dtype=out_dtype)
-    key = (x.dtype, out_dtype, n, n, x.data_ptr() & 15, x.get_device())
-    _LAUNCH.launch(key, (x.numel() // n,), (x, out, n, n),
-                   lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
+    _launch_rows(x, out, x.numel() // n, n, n)
     return out
+
+
+def _launch_rows(x: torch.Tensor, out: torch.Tensor, nrows: int, n: int, sx: int) -> None:
+    """nrows rows of n elements, sx apart in x (last dim contiguous), one mean each into out."""
+    key = (x.dtype, out.dtype, n, sx, x.data_ptr() & 15, x.get_device())
+    _LAUNCH.launch(key, (nrows,), (x, out, n, sx), lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))

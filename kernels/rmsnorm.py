@@ -49,11 +49,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
         n = x.shape[-1]
         y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
         rstd = torch.empty((*x.shape[:-1], 1), device=x.device, dtype=torch.float32)
-        wt = weight if weight is not None else x
-        key = (x.dtype, None if weight is None else weight.dtype, n, n, n, x.data_ptr() & 15,
-               wt.data_ptr() & 15, x.get_device())
-        _LAUNCH.launch(key, (x.numel() // n,), (x, wt, y, rstd, n, n, n, float(eps)),
-                       lambda: dict(HAS_W=weight is not None, BLOCK=row_block(n), num_warps=row_warps(n)))
+        _launch_rows(x, weight, y, rstd, x.numel() // n, n, n, n, eps)
         return y, rstd
     lead = x.shape[: x.dim() - normalized_ndim]
     n = 1
@@ -73,9 +69,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
     y = torch.empty((rows.shape[0], n), device=x.device, dtype=x.dtype)
     rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
     if rows.shape[0] and n:
-        wt = w if w is not None else rows
-        key = (rows.dtype, None if w is None else w.dtype, n, rows.stride(0), y.stride(0),
-               rows.data_ptr() & 15, wt.data_ptr() & 15, rows.get_device())
-        _LAUNCH.launch(key, (rows.shape[0],), (rows, wt, y, rstd, n, rows.stride(0), y.stride(0), float(eps)),
-                       lambda: dict(HAS_W=w is not None, BLOCK=row_block(n), num_warps=row_warps(n)))
+        _launch_rows(rows, w, y, rstd, rows.shape[0], n, rows.stride(0), y.stride(0), eps)
     return y.reshape(x.shape), rstd.reshape(*lead, *([1] * normalized_ndim))
+
+
+def _launch_rows(x: torch.Tensor, w: torch.Tensor | None, y: torch.Tensor, rstd: torch.Tensor,
+                 nrows: int, n: int, sx: int, sy: int, eps: float) -> None:
+    """nrows rows of n elements, sx / sy apart in x / y (last dim contiguous; w contiguous)."""
+    wt = w if w is not None else x
+    key = (x.dtype, None if w is None else w.dtype, n, sx, sy, x.data_ptr() & 15, wt.data_ptr() & 15,
+           x.get_device())
+    _LAUNCH.launch(key, (nrows,), (x, wt, y, rstd, n, sx, sy, float(eps)),
+                   lambda: dict(HAS_W=w is not None, BLOCK=row_block(n), num_warps=row_warps(n)))

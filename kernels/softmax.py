@@ -53,20 +53,22 @@ def _run(x: torch.Tensor, out_dtype: torch.dtype | None, log: bool) -> torch.Ten
     if n and x.is_contiguous() and x.numel():
         # common case: x itself is the row matrix (rows n apart), no reshape on the host
         y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
-        key = (x.dtype, out_dtype, n, n, n, log, x.data_ptr() & 15, x.get_device())
-        _LAUNCH.launch(key, (x.numel() // n,), (x, y, n, n, n),
-                       lambda: dict(LOG=log, BLOCK=row_block(n), num_warps=row_warps(n)))
+        _launch_rows(x, y, x.numel() // n, n, n, n, log)
         return y
     rows = x.reshape(-1, max(n, 1))
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     y = torch.empty(rows.shape, device=x.device, dtype=out_dtype)
     if rows.shape[0] and n:
-        key = (rows.dtype, out_dtype, n, rows.stride(0), y.stride(0), log, rows.data_ptr() & 15,
-               rows.get_device())
-        _LAUNCH.launch(key, (rows.shape[0],), (rows, y, n, rows.stride(0), y.stride(0)),
-                       lambda: dict(LOG=log, BLOCK=row_block(n), num_warps=row_warps(n)))
+        _launch_rows(rows, y, rows.shape[0], n, rows.stride(0), y.stride(0), log)
     return y.reshape(x.shape)
+
+
+def _launch_rows(x: torch.Tensor, y: torch.Tensor, nrows: int, n: int, sx: int, sy: int, log: bool) -> None:
+    """nrows rows of n elements, sx / sy apart in x / y (last dim contiguous)."""
+    key = (x.dtype, y.dtype, n, sx, sy, log, x.data_ptr() & 15, x.get_device())
+    _LAUNCH.launch(key, (nrows,), (x, y, n, sx, sy),
+                   lambda: dict(LOG=log, BLOCK=row_block(n), num_warps=row_warps(n)))
 
 
 def softmax_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:

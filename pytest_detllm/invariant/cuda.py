@@ -49,21 +49,30 @@ def _need_float(op: str, *ts: torch.Tensor) -> None:
 _aten = torch.ops.aten
 
 
-# Which route a matmul's (dtypes, shapes) take, memoised: the checks depend on nothing else, and
+def _memo(table: dict[tuple, Any], key: tuple, compute: Callable[[], Any]) -> Any:
+    """table[key], computed on a miss (an exception is raised, not memoised); bounded."""
+    r = table.get(key)
+    if r is None:
+        r = compute()
+        if len(table) >= 4096:
+            table.clear()
+        table[key] = r
+    return r
+
+
+# Which route an op's (dtypes, shapes) take, memoised: the checks depend on nothing else, and
 # a decode step asks the same few questions hundreds of times (host time is the cost here).
 _ROUTES: dict[tuple, bool] = {}
 
 
 def _route(key: tuple, ok: Callable[[], bool], op: str, *ts: torch.Tensor) -> bool:
-    r = _ROUTES.get(key)
-    if r is None:
+    def check() -> bool:
         r = ok()
         if r:
-            _need_float(op, *ts)  # raises, and is not memoised
-        if len(_ROUTES) >= 4096:
-            _ROUTES.clear()
-        _ROUTES[key] = r
-    return r
+            _need_float(op, *ts)  # raises
+        return r
+
+    return _memo(_ROUTES, key, check)
 
 
 def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
@@ -112,12 +121,7 @@ def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = Fals
              dtype: torch.dtype | None = None) -> torch.Tensor:
     if self.is_contiguous():
         key = (self.dtype, self.shape, dim if dim is None or isinstance(dim, int) else tuple(dim), keepdim, dtype)
-        route = _MEAN_ROWS.get(key)
-        if route is None:
-            route = _mean_rows(self, dim, keepdim, dtype)
-            if len(_MEAN_ROWS) >= 4096:
-                _MEAN_ROWS.clear()
-            _MEAN_ROWS[key] = route
+        route = _memo(_MEAN_ROWS, key, lambda: _mean_rows(self, dim, keepdim, dtype))
         if route:
             return _kernels().mean_rows(self, route[0], route[1], dtype or self.dtype)
     out_dtype = dtype or self.dtype
@@ -172,19 +176,21 @@ def _rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Ten
          eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     nd = len(normalized_shape)
     key = ("rms", input.dtype, input.shape, tuple(normalized_shape), None if weight is None else weight.shape)
-    if key in _ROUTES:  # these shapes passed the checks below before
-        return _kernels().rms_norm(input, weight, eps, nd)
+    _memo(_ROUTES, key, lambda: _check_rms(input, normalized_shape, weight))
+    return _kernels().rms_norm(input, weight, eps, nd)
+
+
+def _check_rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None) -> bool:
+    """Stock's errors for bad shapes (raised), else True."""
     _need_float("rms_norm", input)
+    nd = len(normalized_shape)
     if input.dim() < nd or tuple(input.shape[input.dim() - nd:]) != tuple(normalized_shape):
         raise RuntimeError(f"rms_norm: normalized_shape {list(normalized_shape)} does not match "
                            f"input shape {list(input.shape)}")
     if weight is not None and tuple(weight.shape) != tuple(normalized_shape):
         raise RuntimeError(f"rms_norm: weight of shape {list(weight.shape)} for normalized_shape "
                            f"{list(normalized_shape)}")
-    if len(_ROUTES) >= 4096:
-        _ROUTES.clear()
-    _ROUTES[key] = True
-    return _kernels().rms_norm(input, weight, eps, nd)
+    return True
 
 
 def fused_rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
