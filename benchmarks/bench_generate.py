@@ -8,7 +8,9 @@ unreachable; timing needs shapes, not facts):
 * ``hf``            stock transformers ``model.generate`` (sdpa, cuBLAS): the baseline a user has;
 * ``hf+inv``        the same ``generate`` inside ``pytest_detllm.batch_invariant()``;
 * ``engine-stock``  the plugin's engine with stock kernels (the fuzz's negative control);
-* ``engine-inv``    the plugin's engine under the invariant kernels (what ``llm()`` runs).
+* ``engine-inv``    the plugin's engine under the invariant kernels (what ``llm()`` runs);
+* ``engine-inv-qkv`` the same with only the q/k/v fusion (RMSNorm and rotary run transformers'
+                    eager ops: DETLLM_FUSE_NORM=0 DETLLM_FUSE_ROPE=0), the sixth session's engine.
 
 Decode ms/token = (time of N new tokens - time of 1 new token) / (N - 1): prefill excluded. The
 floor is the time to read every weight once per step at the measured copy bandwidth.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -35,7 +38,7 @@ SHAPES = {
                     num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
                     max_position_embeddings=8192, tie_word_embeddings=True),
 }
-MODES = ("hf", "hf+inv", "engine-stock", "engine-inv")
+MODES = ("hf", "hf+inv", "engine-stock", "engine-inv", "engine-inv-qkv")
 
 
 def build(shape: str, dtype: torch.dtype, device: torch.device, layers: int | None):  # type: ignore[no-untyped-def]
@@ -127,7 +130,21 @@ def main() -> int:
                     model.generate(ids.to(dev), attention_mask=torch.ones_like(ids, device=dev), max_new_tokens=n,
                                    min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
             return run
-        eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=mode == "engine-inv")
+        off = ("DETLLM_FUSE_NORM", "DETLLM_FUSE_ROPE") if mode == "engine-inv-qkv" else ()
+        saved = {k: os.environ.get(k) for k in off}
+        os.environ.update({k: "0" for k in off})
+        try:
+            eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=mode.startswith("engine-inv"))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
+        if mode.startswith("engine-inv") and dev.type == "cuda":
+            impl = eng._impl
+            print(f"    {mode}: fused {len(getattr(impl, '_qkv', []))} q/k/v, {len(getattr(impl, '_norms', []))} "
+                  f"RMSNorms, {len(getattr(impl, '_ropes', []))} rotary", flush=True)
         reqs = [tuple(r) for r in ids.tolist()]
         return lambda n: eng.generate([Request(r, n) for r in reqs], keep_logits=[0])
 

@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "mean_lastdim": "mean",
     "mean_rows": "mean",
     "rms_norm": "rmsnorm",
+    "hf_rms_norm": "hf_rmsnorm",
+    "rope_qk": "rope",
     "softmax_lastdim": "softmax",
     "log_softmax_lastdim": "softmax",
     "invariant_attention": "attention",

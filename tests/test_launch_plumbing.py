@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 from detllm_kernels import _launch  # noqa: E402
@@ -60,3 +61,23 @@ def test_direct_launch_refused_for_other_layouts() -> None:
         launch_cluster = True
 
     assert _launch._direct(_Cluster()) is None
+
+
+@pytest.mark.parametrize("n,ms", [(4096, (1, 2, 7, 16)), (4096, (17, 33, 64)), (1024, (300, 700, 1000, 1400)),
+                                  (4096, (100, 200, 256))])
+def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...]) -> None:
+    """The constexprs (what Triton compiles a kernel for) of a product depend on its config, not on
+    M: a non-persistent config's loop step is a constant, not its tile count (which compiled a new
+    kernel for every prefill size a fuzz session met)."""
+    from detllm_kernels import matmul
+
+    metas = set()
+    for m in ms:
+        a = torch.empty((m, 576), dtype=torch.bfloat16)
+        b = torch.empty((n, 576), dtype=torch.bfloat16).t()
+        grid, meta, tma, *_ = matmul._plan(a, b, 1, m, n, 576, False, 1.0, None, False, None)
+        cfg = matmul.matmul_config(m, n, torch.bfloat16)
+        assert not cfg.persistent, "these shapes take one-program-per-tile configs"
+        assert grid[0] == -(-m // cfg.block_m) * -(-n // cfg.block_n), "one program per tile"
+        metas.add(tuple(sorted(meta.items())))
+    assert len(metas) == 1, metas

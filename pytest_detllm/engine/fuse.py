@@ -16,7 +16,7 @@ untouched.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,12 +111,20 @@ def prepare(model: torch.nn.Module) -> list[QKV]:
     return out
 
 
+class Patch(Protocol):
+    """A swap of model code for a kernel that is in force only inside `fused(...)`."""
+
+    def install(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+
 @contextlib.contextmanager
-def fused(groups: list[QKV]) -> Iterator[None]:
-    for g in groups:
-        g.install()
+def fused(patches: Sequence[Patch]) -> Iterator[None]:
+    for p in patches:
+        p.install()
     try:
         yield
     finally:
-        for g in groups:
-            g.remove()
+        for p in reversed(patches):
+            p.remove()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, ContextManager
 
 import torch
 
-from . import fuse
+from . import fuse, fuse_norm, fuse_rope
 from . import kv as kvmod
 from .batch import left_pad, length_bucket, prefill_groups, prefill_tokens, round_up, row_bucket
 from .requests import Generation, Request
@@ -84,10 +84,16 @@ class StaticEngine:
         # it did not stop grouped prefill's compiles (docs/design.md), but it costs nothing measured.
         self.col_align = int(os.environ.get("DETLLM_PREFILL_ALIGN", 64 if device.type == "cuda" else 1))
         self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
-        # CUDA, invariant kernels: q/k/v in one product inside the engine's forwards (same bits;
-        # engine/fuse.py says why). DETLLM_FUSE_QKV=0 keeps three products.
-        fuse_qkv = device.type == "cuda" and invariant and os.environ.get("DETLLM_FUSE_QKV", "1") != "0"
-        self._qkv = fuse.prepare(model) if fuse_qkv else []
+        # CUDA, invariant kernels: inside the engine's forwards q/k/v run as one product
+        # (engine/fuse.py), each RMSNorm and each rotary embedding as one kernel (fuse_norm.py,
+        # fuse_rope.py); same bits, each module says why. DETLLM_FUSE_{QKV,NORM,ROPE}=0 keep the
+        # model's own code.
+        on = lambda name: (device.type == "cuda" and invariant  # noqa: E731
+                           and os.environ.get(f"DETLLM_FUSE_{name}", "1") != "0")
+        self._qkv = fuse.prepare(model) if on("QKV") else []
+        self._norms = fuse_norm.prepare(model) if on("NORM") else []
+        self._ropes = fuse_rope.prepare(model) if on("ROPE") else []
+        self._fused: list[Any] = [*self._qkv, *self._norms, *self._ropes]
         kvmod.register()
 
     def reserve(self, rows: int, length: int) -> None:
@@ -204,7 +210,7 @@ class StaticEngine:
 
     def _decode_step(self, s: Slot) -> None:
         """One decode step on the slot's static tensors (the body of the captured graph)."""
-        with kvmod.serving(self.model, s.kv, "decode"), fuse.fused(self._qkv):
+        with kvmod.serving(self.model, s.kv, "decode"), fuse.fused(self._fused):
             res = self.model(input_ids=s.tok.view(-1, 1), position_ids=s.pos.view(-1, 1), use_cache=False,
                              logits_to_keep=1)
         logits = res.logits[:, -1, :].float()
@@ -240,7 +246,7 @@ class StaticEngine:
         self.last_prefill_groups = groups
         self.last_prefill_tokens = (prefill_tokens(lengths, groups, self.col_align), len(lengths) * length)
         logits0: torch.Tensor | None = None
-        with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"), fuse.fused(self._qkv):
+        with self._audit(0), kvmod.serving(self.model, s.kv, "prefill"), fuse.fused(self._fused):
             for rows in groups:
                 part = left_pad([requests[i] for i in rows], self.pad_id, self.col_align)
                 s.kv.set_prefill_group(rows, length - part.length, part.starts)

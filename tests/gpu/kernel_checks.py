@@ -426,3 +426,89 @@ def check_split_negative_controls(device: str, h: int, hkv: int, d: int, t: int,
         "check cannot tell anchoring at key_start from anchoring at 0")
     assert not torch.equal(attn(*alone, ks0, chunk=2 * chunk), attn(*alone, ks0, chunk=chunk)), (
         f"chunk sizes {chunk} and {2 * chunk} gave the same bits")
+
+
+def _hf_rmsnorm_ref(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Transformers' eager RMSNorm with the mean taken by our mean kernel: what the module computes
+    under batch_invariant() on CUDA."""
+    km = load_kernels()
+    h = x.to(torch.float32)
+    var = km.mean_lastdim((h * h).contiguous()).unsqueeze(-1)
+    return w * (h * torch.rsqrt(var + eps)).to(x.dtype)
+
+
+def check_hf_rmsnorm(device: str, dtype: torch.dtype, n: int, w_dtype: torch.dtype | None = None,
+                     seed: int = 11) -> None:
+    """detllm_kernels.hf_rmsnorm gives the eager formula's bits (mean in mean.py's order) for
+    contiguous rows and for a (B, T, H, D) view of a fused q/k/v product's column slice, in the
+    first variant (the one the engine's probe tries first); and a Gemma-style (1 + w) formula
+    does not match it, so the probe can tell formulas apart."""
+    km = load_kernels()
+    from detllm_kernels import hf_rmsnorm
+
+    g = _gen(device, seed)
+    w_dtype = w_dtype or dtype
+    w = _randn((n,), w_dtype, device, g)
+    eps = 1e-6
+    x = _randn((3, 5, n), dtype, device, g) * 10.0 ** torch.arange(-2, 3, device=device).view(1, 5, 1).to(dtype)
+    ref = _hf_rmsnorm_ref(x, w, eps)
+    for what, xs in (("contiguous", x), ("one row", x[:1, :1]),
+                     ("heads of a q/k/v slice", _randn((2, 3, 3 * n + 8), dtype, device, g)[..., :2 * n]
+                      .view(2, 3, 2, n))):
+        assert hf_rmsnorm.supported(xs, w), what
+        r = ref if xs is x else _hf_rmsnorm_ref(xs, w, eps)
+        got = km.hf_rms_norm(xs, w, eps)
+        assert got.dtype == r.dtype and got.shape == r.shape, what
+        assert torch.equal(got, r), f"hf_rms_norm != eager ({what}, {dtype}, n={n}): " \
+                                    f"{(got.float() - r.float()).abs().max().item()}"
+    gemma = (1.0 + w.float()) * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps))
+    assert not torch.equal(km.hf_rms_norm(x, w, eps).float(), gemma.to(ref.dtype).float())
+
+
+def check_rope(device: str, dtype: torch.dtype, hq: int, hk: int, d: int, t: int, seed: int = 12) -> None:
+    """detllm_kernels.rope gives transformers' apply_rotary_pos_emb bits for q/k laid out as
+    attention makes them (transposed views of (B, T, H, D), also column slices of one fused
+    product) and for contiguous (B, H, T, D), with batch-1 cos broadcast over the batch."""
+    km = load_kernels()
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = _gen(device, seed)
+    b = 2
+    fused = _randn((b, t, (hq + 2 * hk) * d), dtype, device, g) * 4
+    q = fused[..., :hq * d].view(b, t, hq, d).transpose(1, 2)
+    k = fused[..., hq * d:(hq + hk) * d].view(b, t, hk, d).transpose(1, 2)
+    ang = torch.rand((b, t, d // 2), generator=g, device=device) * 1000
+    ang = torch.cat([ang, ang], -1)
+    for what, (qq, kk, c, s) in {
+        "views": (q, k, ang.cos().to(dtype), ang.sin().to(dtype)),
+        "contiguous": (q.contiguous(), k.contiguous(), ang.cos().to(dtype), ang.sin().to(dtype)),
+        "batch-1 cos": (q, k, ang[:1].cos().to(dtype), ang[:1].sin().to(dtype)),
+    }.items():
+        want = apply_rotary_pos_emb(qq, kk, c, s)
+        got = km.rope_qk(qq, kk, c, s)
+        for name, a, r in (("q", got[0], want[0]), ("k", got[1], want[1])):
+            assert a.shape == r.shape and a.dtype == r.dtype, (what, name)
+            assert torch.equal(a, r), f"rope {name} != eager ({what}, {dtype}): " \
+                                      f"{(a.float() - r.float()).abs().max().item()}"
+
+
+def check_rope_model(device: str, dtype: torch.dtype) -> None:
+    """The engine's rotary swap (pytest_detllm/engine/fuse_rope.py) with the real kernel: the probe
+    accepts it for a Llama model, and the model's logits inside the swap equal its own."""
+    load_kernels()
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from pytest_detllm.engine import fuse, fuse_rope
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
+    ropes = fuse_rope.prepare(model)
+    assert len(ropes) == 1, "the probe refused the rotary kernel"
+    ids = torch.tensor([[3, 9, 4, 1, 5, 9, 2]], device=device)
+    with torch.no_grad():
+        ref = model(ids).logits
+        with fuse.fused(ropes):
+            got = model(ids).logits
+    assert torch.equal(got, ref), "logits differ with the rotary kernel"

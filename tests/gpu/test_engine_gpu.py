@@ -59,12 +59,15 @@ def test_engine_uses_cuda_graphs_and_they_equal_eager_steps(llama, monkeypatch) 
 
 
 def test_engine_equals_transformers_generate_under_batch_invariant(llama) -> None:  # type: ignore[no-untyped-def]
-    """Also proves the engine's one q/k/v product (engine/fuse.py) gives transformers' three
-    products' bits: generate runs them apart."""
+    """Also proves the engine's one q/k/v product (engine/fuse.py), one-kernel RMSNorms
+    (fuse_norm.py) and one-kernel rotary embeddings (fuse_rope.py) give the bits of transformers'
+    own code: generate runs the three products apart and the eager norm and rotary ops."""
     dev = torch.device("cuda")
     ids = _ids(45, 3)
     eng = Engine(llama, pad_id=0, eos_ids=[], device=dev, invariant=True)
     assert eng._impl._qkv, "the CUDA engine fuses q/k/v"
+    assert len(eng._impl._norms) == 2 * 4 + 1, "every RMSNorm passed its probe"
+    assert len(eng._impl._ropes) == 1, "the rotary embedding passed its probe"
     mine = eng.generate([Request(ids, max_new_tokens=16)], keep_logits=[0])[0]
     with batch_invariant("cuda"), torch.inference_mode():
         out = llama.generate(torch.tensor([ids], device=dev), max_new_tokens=16, min_new_tokens=16, do_sample=False,

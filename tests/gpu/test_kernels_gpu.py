@@ -154,3 +154,15 @@ def test_fast_launch_path_is_used() -> None:
     long_k = torch.cat([k, torch.randn(1, 2, 24, 64, device=DEV, dtype=BF16)], dim=2)
     assert torch.equal(km.invariant_attention(q, long_k, long_k, ks, 0.125, key_end=end), ref)
     assert torch.equal(km.invariant_attention(q, k, k, ks, 0.125), ref) and attention._LAUNCH.hits >= hits + 1
+
+
+@pytest.mark.parametrize("dtype,n,w_dtype", [(BF16, 576, BF16), (BF16, 4096, BF16), (BF16, 128, BF16),
+                                             (BF16, 1100, F32), (F16, 1100, F16), (F32, 4096, F32)], ids=str)
+def test_hf_rmsnorm_gives_the_eager_bits(dtype: torch.dtype, n: int, w_dtype: torch.dtype) -> None:
+    kc.check_hf_rmsnorm(DEV, dtype, n, w_dtype=w_dtype)
+
+
+@pytest.mark.parametrize("dtype,hq,hk,d,t", [(BF16, 9, 3, 64, 7), (BF16, 32, 8, 128, 1), (BF16, 8, 4, 64, 300),
+                                             (F16, 4, 2, 128, 5), (F32, 4, 2, 64, 5)], ids=str)
+def test_rope_gives_the_eager_bits(dtype: torch.dtype, hq: int, hk: int, d: int, t: int) -> None:
+    kc.check_rope(DEV, dtype, hq, hk, d, t)

@@ -93,3 +93,26 @@ def test_strict_mode_passes_with_the_cuda_kernels(model) -> None:  # type: ignor
     # The audit is live: stock kernels under strict fail, naming an op.
     with pytest.raises(StrictModeError, match="ran outside batch_invariant"):
         Engine(m, pad_id=0, eos_ids=[], device=dev, invariant=False, strict=True).generate(reqs)
+
+
+def test_engine_equals_transformers_generate(model) -> None:  # type: ignore[no-untyped-def]
+    """The engine's fused code (q/k/v in one product; each RMSNorm, Qwen3's q/k norms on head views
+    of that product included, and each rotary embedding in one kernel) gives transformers' own
+    generate's bits under batch_invariant(), token for token and logit for logit."""
+    from pytest_detllm import batch_invariant
+
+    arch, m = model
+    dev = torch.device("cuda")
+    eng = Engine(m, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    if arch != "gpt2":  # GPT-2: LayerNorm and learned positions, nothing of this to fuse
+        per_layer = 4 if arch == "qwen3" else 2
+        assert len(eng._impl._norms) == 4 * per_layer + 1, f"{arch}: an RMSNorm failed its probe"
+        assert len(eng._impl._ropes) == 1, f"{arch}: the rotary embedding failed its probe"
+    ids = _ids(61, 7)
+    mine = eng.generate([Request(ids, max_new_tokens=12)], keep_logits=[0])[0]
+    with batch_invariant("cuda"), torch.inference_mode():
+        out = m.generate(torch.tensor([ids], device=dev), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    assert mine.token_ids == out.sequences[0, len(ids):].tolist(), arch
+    for t, lg in enumerate(out.logits):
+        assert torch.equal(mine.step_logits[t], lg[0].float().cpu()), f"{arch}: step {t}"

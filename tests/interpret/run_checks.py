@@ -56,6 +56,15 @@ CHECKS: dict[str, Callable[[], object]] = {
                                                                 softcap=30.0),
     "split_single_chunk": lambda: kc.check_split_single_chunk(DEV, F32, 4, 2, 16, 100),
     "split_negative_controls": lambda: kc.check_split_negative_controls(DEV, 2, 1, 16, 100, 37, 64),
+    # Eager-rounding kernels against transformers' eager code, bit for bit. Not bf16 here: the
+    # interpreter stores fp32 -> bf16 by truncation (round toward zero, measured), where the GPU and
+    # torch round to nearest even; tests/gpu checks bf16.
+    "hf_rmsnorm_fp32": lambda: kc.check_hf_rmsnorm(DEV, F32, 40),
+    "hf_rmsnorm_fp16": lambda: kc.check_hf_rmsnorm(DEV, F16, 1100),
+    "hf_rmsnorm_fp16_w32": lambda: kc.check_hf_rmsnorm(DEV, F16, 64, w_dtype=F32),
+    "rope_fp32": lambda: kc.check_rope(DEV, F32, 4, 2, 16, 3),
+    "rope_fp16": lambda: kc.check_rope(DEV, F16, 2, 2, 8, 4),
+    "rope_model_fp32": lambda: kc.check_rope_model(DEV, F32),
 }
 
 
