@@ -9,8 +9,8 @@ unreachable; timing needs shapes, not facts):
 * ``hf+inv``        the same ``generate`` inside ``pytest_detllm.batch_invariant()``;
 * ``engine-stock``  the plugin's engine with stock kernels (the fuzz's negative control);
 * ``engine-inv``    the plugin's engine under the invariant kernels (what ``llm()`` runs);
-* ``engine-inv-qkv`` the same with only the q/k/v fusion (RMSNorm and rotary run transformers'
-                    eager ops: DETLLM_FUSE_NORM=0 DETLLM_FUSE_ROPE=0), the sixth session's engine.
+* ``engine-inv-qkv`` the same with only the q/k/v fusion (gate/up two products, RMSNorm and rotary
+                    transformers' eager ops: DETLLM_FUSE_{GATE_UP,NORM,ROPE}=0), the sixth session's engine.
 
 Decode ms/token = (time of N new tokens - time of 1 new token) / (N - 1): prefill excluded. The
 floor is the time to read every weight once per step at the measured copy bandwidth.
@@ -130,7 +130,7 @@ def main() -> int:
                     model.generate(ids.to(dev), attention_mask=torch.ones_like(ids, device=dev), max_new_tokens=n,
                                    min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None)
             return run
-        off = ("DETLLM_FUSE_NORM", "DETLLM_FUSE_ROPE") if mode == "engine-inv-qkv" else ()
+        off = ("DETLLM_FUSE_GATE_UP", "DETLLM_FUSE_NORM", "DETLLM_FUSE_ROPE") if mode == "engine-inv-qkv" else ()
         saved = {k: os.environ.get(k) for k in off}
         os.environ.update({k: "0" for k in off})
         try:
@@ -143,7 +143,7 @@ def main() -> int:
                     os.environ[k] = v
         if mode.startswith("engine-inv") and dev.type == "cuda":
             impl = eng._impl
-            print(f"    {mode}: fused {len(getattr(impl, '_qkv', []))} q/k/v, {len(getattr(impl, '_norms', []))} "
+            print(f"    {mode}: fused {len(getattr(impl, '_qkv', []))} projection groups, {len(getattr(impl, '_norms', []))} "
                   f"RMSNorms, {len(getattr(impl, '_ropes', []))} rotary", flush=True)
         reqs = [tuple(r) for r in ids.tolist()]
         return lambda n: eng.generate([Request(r, n) for r in reqs], keep_logits=[0])

@@ -115,7 +115,7 @@ def test_rope_swaps_the_module_global_only_inside_fused(llama, monkeypatch) -> N
     monkeypatch.setattr(rope, "rope_qk", fake)
     monkeypatch.setattr(rope, "supported", lambda q, k, c, s: True)
     ropes = fuse_rope.prepare(llama)
-    assert len(ropes) == 1 and ropes[0].module is ml and ropes[0].orig is orig
+    assert len(ropes) == 1 and ropes[0].scope is vars(ml) and ropes[0].orig is orig
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         ref = llama(ids).logits

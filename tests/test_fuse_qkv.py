@@ -36,7 +36,11 @@ def test_fused_forwards_give_the_three_products(pair) -> None:  # type: ignore[n
     keys = list(model.state_dict())
     params = [id(p) for p in model.parameters()]
     groups = fuse.prepare(model)
-    assert len(groups) == 2 and all(g.bias is not None for g in groups)
+    # per layer: q/k/v (with biases, Qwen2) and the MLP's gate/up (no bias)
+    assert [len(g.mods) for g in groups] == [3, 2, 3, 2]
+    assert [g.bias is not None for g in groups] == [True, False, True, False]
+    gate = model.model.layers[0].mlp.gate_proj
+    assert gate.weight.data_ptr() == groups[1].weight.data_ptr()
     assert list(model.state_dict()) == keys and [id(p) for p in model.parameters()] == params
     for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(a, b)
@@ -45,8 +49,9 @@ def test_fused_forwards_give_the_three_products(pair) -> None:  # type: ignore[n
     ids = torch.randint(0, 96, (3, 9))
     want = _logits(ref, ids)
     with fuse.fused(groups):
-        assert "forward" in q.__dict__
+        assert "forward" in q.__dict__ and "forward" in gate.__dict__
         got = _logits(model, ids)
+        assert all(g._left == [] for g in groups), "no fused output outlives its last projection"
     assert all("forward" not in m.__dict__ for m in model.modules())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_logits(model, ids), want, rtol=0, atol=0)

@@ -9,8 +9,7 @@ global is restored on the way out. A modeling module takes the wrapper only afte
 """
 from __future__ import annotations
 
-import sys
-from types import ModuleType
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -36,16 +35,16 @@ def _wrap(orig: Callable[..., Any]) -> Callable[..., Any]:
 class Rope:
     """One modeling module's global apply_rotary_pos_emb, swapped while installed."""
 
-    def __init__(self, module: ModuleType, orig: Callable[..., Any]) -> None:
-        self.module = module
+    def __init__(self, scope: dict[str, Any], orig: Callable[..., Any]) -> None:
+        self.scope = scope  # the globals the attention's forward reads
         self.orig = orig
         self.wrapper = _wrap(orig)
 
     def install(self) -> None:
-        setattr(self.module, _NAME, self.wrapper)
+        self.scope[_NAME] = self.wrapper
 
     def remove(self) -> None:
-        setattr(self.module, _NAME, self.orig)
+        self.scope[_NAME] = self.orig
 
 
 def _probe(orig: Callable[..., Any], hq: int, hk: int, d: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -78,17 +77,21 @@ def prepare(model: torch.nn.Module) -> list[Rope]:
     except StopIteration:
         return []
     out: list[Rope] = []
-    seen: set[str] = set()
+    seen: set[int] = set()
     for mod in model.modules():
-        name = type(mod).__module__
-        if name in seen or not hasattr(mod, "q_proj") or not hasattr(mod, "k_proj"):
+        if not hasattr(mod, "q_proj") or not hasattr(mod, "k_proj"):
             continue
-        seen.add(name)
-        module = sys.modules.get(name)
-        orig = getattr(module, _NAME, None)
+        # The globals the forward really reads (under its decorators). Not sys.modules[...]: a
+        # module imported again (pytester restores sys.modules) is another dict than the one the
+        # model's class was defined in.
+        scope = getattr(inspect.unwrap(type(mod).forward), "__globals__", None)
+        if scope is None or id(scope) in seen:
+            continue
+        seen.add(id(scope))
+        orig = scope.get(_NAME)
         orig = getattr(orig, "_detllm_orig", orig)  # ours, if another engine is inside its forwards
-        if module is None or not callable(orig):
+        if not callable(orig):
             continue
         if _probe(orig, heads, kv, head_dim, p.dtype, p.device):
-            out.append(Rope(module, orig))
+            out.append(Rope(scope, orig))
     return out

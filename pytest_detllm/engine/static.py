@@ -84,13 +84,14 @@ class StaticEngine:
         # it did not stop grouped prefill's compiles (docs/design.md), but it costs nothing measured.
         self.col_align = int(os.environ.get("DETLLM_PREFILL_ALIGN", 64 if device.type == "cuda" else 1))
         self.last_prefill_tokens = (0, 0)  # (tokens computed, tokens of one left-padded group), last call
-        # CUDA, invariant kernels: inside the engine's forwards q/k/v run as one product
-        # (engine/fuse.py), each RMSNorm and each rotary embedding as one kernel (fuse_norm.py,
-        # fuse_rope.py); same bits, each module says why. DETLLM_FUSE_{QKV,NORM,ROPE}=0 keep the
-        # model's own code.
+        # CUDA, invariant kernels: inside the engine's forwards q/k/v and gate/up run as one product
+        # each (engine/fuse.py), each RMSNorm and each rotary embedding as one kernel (fuse_norm.py,
+        # fuse_rope.py); same bits, each module says why. DETLLM_FUSE_{QKV,GATE_UP,NORM,ROPE}=0
+        # keep the model's own code.
         on = lambda name: (device.type == "cuda" and invariant  # noqa: E731
                            and os.environ.get(f"DETLLM_FUSE_{name}", "1") != "0")
-        self._qkv = fuse.prepare(model) if on("QKV") else []
+        groups = tuple(g for g, name in zip(fuse.GROUPS, ("QKV", "GATE_UP")) if on(name))
+        self._qkv = fuse.prepare(model, groups) if groups else []
         self._norms = fuse_norm.prepare(model) if on("NORM") else []
         self._ropes = fuse_rope.prepare(model) if on("ROPE") else []
         self._fused: list[Any] = [*self._qkv, *self._norms, *self._ropes]
@@ -281,18 +282,19 @@ class StaticEngine:
 
     def _collect(self, requests: list[Request], keep_rows: list[int], kept: list[torch.Tensor], s: Slot,
                  steps: int) -> list[Generation]:
-        tok_h = s.tok_hist[:steps].cpu()  # (steps, R)
-        act_h = s.act_hist[:steps].cpu()
+        # Python lists: indexing CPU tensors element by element cost ~1500 item() calls a fuzz trial
+        tok_h = s.tok_hist[:steps].cpu().tolist()  # (steps, R)
+        act_h = s.act_hist[:steps].cpu().tolist()
         kept_h = torch.stack(kept).cpu()  # (steps, K, V): the only logits that leave the device
         eos = set(self.eos.tolist())
         out = []
         for i, _ in enumerate(requests):
             g = Generation()
             k = keep_rows.index(i) if i in keep_rows else None
-            for st in range(tok_h.shape[0]):
-                if not bool(act_h[st, i]):
+            for st in range(len(tok_h)):
+                if not act_h[st][i]:
                     break
-                tid = int(tok_h[st, i])
+                tid = tok_h[st][i]
                 g.token_ids.append(tid)
                 if k is not None:
                     g.step_logits.append(kept_h[st, k].clone())

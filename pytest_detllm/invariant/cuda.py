@@ -207,16 +207,18 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
                       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm (GPT-2 and friends) from two invariant row means and elementwise ops."""
     edges.check_layer_norm_shapes(input, normalized_shape, weight, bias)
-    for p in (weight, bias):  # stock CUDA: parameters in the input's dtype (or fp32 for a half input)
-        if p is not None and p.dtype != input.dtype and input.is_floating_point() and not (
-                input.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32):
-            raise RuntimeError(f"expected scalar type {edges._name(input.dtype)} but found {edges._name(p.dtype)}")
     if not input.is_floating_point():
         raise NotImplementedError(f"detllm batch-invariant native_layer_norm: dtype {input.dtype} "
                                   "(stock has no layer norm for it either)")
     stat_dtype = fixed._acc_dtype(input.dtype)  # CUDA's stock mean/rstd: the accumulation dtype
     if input.numel() == 0:
+        # Stock CUDA checks the parameters' dtypes only where it launches (no rows or empty rows:
+        # a float64 bias on an empty float32 input returns; a GPU Hypothesis draw found it).
         return edges.empty_layer_norm(input, len(normalized_shape), stat_dtype)
+    for p in (weight, bias):  # stock CUDA: parameters in the input's dtype (or fp32 for a half input)
+        if p is not None and p.dtype != input.dtype and not (
+                input.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32):
+            raise RuntimeError(f"expected scalar type {edges._name(input.dtype)} but found {edges._name(p.dtype)}")
     if input.dtype not in _FLOATS:
         return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
     out, mean, rstd = fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape),
