@@ -1,4 +1,4 @@
-"""Decode-size (M <= 16) matmul tile sweep: which BLOCK_N / BLOCK_K / stages / warps stream a weight
+"""Decode-size (M <= 16, or --ms up to 64) matmul tile sweep: which BLOCK_N / BLOCK_K / stages / warps stream a weight
 fastest, and does every candidate give the default config's bits?
 
     python benchmarks/sweep_decode_mm.py [--json FILE] [--engine] [--only 8b gpt2]
@@ -31,6 +31,9 @@ SHAPES = [(4096, 4096, "NK", "8b q/o"), (4096, 1024, "NK", "8b k/v"), (4096, 143
           (14336, 4096, "NK", "8b down"), (4096, 128256, "NK", "8b lm_head"),
           (576, 576, "NK", "smollm2 q/o"), (576, 1536, "NK", "smollm2 gate/up"), (1536, 576, "NK", "smollm2 down"),
           (576, 49152, "NK", "smollm2 lm_head"),
+          # the engine's fused products (engine/fuse.py): q/k/v and gate/up as one weight
+          (4096, 6144, "NK", "8b qkv fused"), (4096, 28672, "NK", "8b gate_up fused"),
+          (576, 960, "NK", "smollm2 qkv fused"), (576, 3072, "NK", "smollm2 gate_up fused"),
           (768, 2304, "KN", "gpt2 c_attn"), (768, 3072, "KN", "gpt2 c_fc"), (3072, 768, "KN", "gpt2 c_proj")]
 
 

@@ -3,6 +3,7 @@ each row's first real token, and the batch-size buckets the static engine captur
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,16 +33,24 @@ def left_pad(requests: Sequence[Request], pad_id: int, align: int = 1) -> Batch:
     aligns every width, so Triton sees few distinct shapes: see StaticEngine.col_align)."""
     bsz = len(requests)
     length = round_up(max(len(r.input_ids) for r in requests), align)
-    ids = torch.full((bsz, length), pad_id, dtype=torch.long)
-    mask = torch.zeros((bsz, length), dtype=torch.long)
-    starts = []
-    for i, r in enumerate(requests):
-        n = len(r.input_ids)
-        ids[i, length - n :] = torch.tensor(r.input_ids, dtype=torch.long)
-        mask[i, length - n :] = 1
-        starts.append(length - n)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    starts = [length - len(r.input_ids) for r in requests]
+    # One flat int64 buffer filled at C speed (array.extend), viewed as a tensor without a copy:
+    # a tensor per row and slice assignments cost ~8 ms for a 64-row fuzz trial on a slow host.
+    flat = array("q")
+    for r, s in zip(requests, starts):
+        flat.extend(pad_block(pad_id, s))
+        flat.extend(r.input_ids)
+    ids = torch.frombuffer(flat, dtype=torch.long).view(bsz, length) if bsz * length else \
+        torch.full((bsz, length), pad_id, dtype=torch.long)
+    col = torch.arange(length)
+    first = torch.tensor(starts, dtype=torch.long).view(-1, 1)
+    mask = (col >= first).long()
+    positions = (col - first).clamp(min=0)
     return Batch(ids, mask, positions, starts)
+
+
+def pad_block(pad_id: int, n: int) -> "array[int]":
+    return array("q", [pad_id]) * n
 
 
 def row_bucket(n: int) -> int:
