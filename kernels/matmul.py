@@ -75,8 +75,15 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
         # (GPT-2 c_attn, M=1: 263 us against 3.4). Through TMA it streams at cuBLAS speed: 3.8 us
         # (benchmarks/sweep_decode_mm.py --tma on an H100; every candidate gave the same bits).
         return MatmulConfig(16, 64, 8, 4, 3, persistent=False, block_k=256, tma=True)
-    if m <= 16:
-        # Decode: memory-bound on the weight. One program per BLOCK_N weight rows, plain pointer
+    if 16 < m <= 32 and n > 32768:
+        # A 32-row decode bucket's lm_head: wide tiles stream the vocabulary's weight at 0.74-0.88
+        # of cuBLAS where the M <= 16 entry below gives 0.39-0.74 (sweep at M = 32, H200).
+        return MatmulConfig(16, 256, 8, 8, 4, persistent=False, block_k=64, tma=False)
+    if m <= 32:
+        # Decode: memory-bound on the weight. Also the fuzz's 32-row bucket: 64-row tiles there
+        # ran half empty at 0.53-0.62 of cuBLAS on 8B shapes, these at 0.91-1.01
+        # (`sweep_decode_mm.py --ms 32 64`, H200, seventh session; at M = 64 the 64x64 tiles below
+        # stay ahead). One program per BLOCK_N weight rows, plain pointer
         # loads (cheaper to launch than TMA descriptors, as fast here), K steps of 256 to keep
         # enough bytes in flight per SM. Picked by benchmarks/sweep_decode_mm.py on an H100
         # (GPU time, M = 1 and 16; every one of its 24 candidates gave these configs' bits):
@@ -99,7 +106,7 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
 
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
-    shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 4096), (128, 4096), (4096, 4096)]
+    shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 128256), (64, 4096), (128, 4096), (4096, 4096)]
     configs = {matmul_config(m, n, dtype) for m, n in shapes} | {matmul_config(1, 2304, dtype, True)}
     return sorted(configs, key=repr)
 
