@@ -110,6 +110,8 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--workers", type=int, default=1, help="run the trials in this many processes and merge")
     ap.add_argument("--trial-log", action="store_true", help="print each trial's time, batch, groups and compiles")
+    ap.add_argument("--cprofile", type=int, default=0, metavar="K",
+                    help="afterwards, rerun K of the first prompt's trials under cProfile: the host's Python hot spots")
     ap.add_argument("--profile", type=int, default=0, metavar="K",
                     help="afterwards, rerun K of the first prompt's trials under torch.profiler and print where the time goes")
     args = ap.parse_args()
@@ -215,6 +217,8 @@ def main() -> int:
             print(f"  trial {trial_no}: {name}: {rep[:400]}")
     if args.profile:
         _profile(eng, states[0]["trials"][: args.profile], dev)
+    if args.cprofile:
+        _cprofile(eng, states[0]["trials"][: args.cprofile], dev)
     results = []
     total_div = 0
     for st in states:
@@ -274,6 +278,25 @@ def _profile(eng, trials, dev) -> None:  # type: ignore[no-untyped-def]
     if dev.type == "cuda":
         print(ka.table(sort_by="self_cuda_time_total" if hasattr(ka[0], "self_cuda_time_total") else "self_device_time_total",
                        row_limit=14, max_name_column_width=60))
+
+
+def _cprofile(eng, trials, dev) -> None:  # type: ignore[no-untyped-def]
+    """Host-side Python time of warm trials (a wait for the GPU shows as time in the call that waits)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    for trial in trials:
+        eng.generate(trial.requests, keep_logits=[trial.layout.slot])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    prof.disable()
+    print(f"cprofile: {len(trials)} trials, {(time.perf_counter() - t) * 1e3 / len(trials):.1f} ms a trial", flush=True)
+    st = pstats.Stats(prof)
+    st.sort_stats("tottime").print_stats(22)
+    st.sort_stats("cumulative").print_stats(30)
 
 
 def _trial_timing(trial_s: list[float]) -> dict[str, float] | None:
