@@ -45,54 +45,16 @@ _WORKSPACE_BYTES = 256 << 20
 assert SPLIT_KV_CHUNK % ATTN_BLOCK_N == 0
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
-def _split_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, tk_ptr, m_ptr, l_ptr, acc_ptr,
-    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-    HKV, GROUP, Tq, Tk, NC, D, scale, softcap,
-    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
-    CHUNK: tl.constexpr, ANCHOR_ZERO: tl.constexpr,
-):
+@triton.jit
+def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
+                   CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One chunk's partial (m, l, acc) over keys [lo, hi): `_attn_kernel`'s block loop. Inlined
+    into the split kernel and the one-pass prefill kernel alike, so both compute the same bits."""
     LOG2E: tl.constexpr = 1.4426950408889634
-    if TK_FROM_PTR:
-        Tk = tl.load(tk_ptr).to(tl.int32)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    b = pid_bh // HKV
-    hk = pid_bh % HKV
-    ks = tl.load(ks_ptr + b).to(tl.int32)
-    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    row_ok = qi < Tq
-    offs_d = tl.arange(0, BLOCK_D)
-    pos_q = Tk - Tq + qi
-    b64 = b.to(tl.int64)
-    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    k_base = k_ptr + b64 * sk_b + hk * sk_h
-    v_base = v_ptr + b64 * sv_b + hk * sv_h
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if CAUSAL:
-        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
-        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
-    else:
-        hi = Tk
-    if ANCHOR_ZERO:
-        # Negative control for the tests only: chunks (and blocks) at absolute multiples of CHUNK,
-        # so left padding moves them relative to the sequence.
-        lo = tl.maximum(ks, pid_c * CHUNK)
-        hi = tl.minimum(hi, (pid_c + 1) * CHUNK)
-    else:
-        lo = ks + pid_c * CHUNK
-        hi = tl.minimum(hi, lo + CHUNK)
-    # From here to the partial's store: _attn_kernel's block loop, restricted to this chunk.
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < hi) & (offs_d[None, :] < D)
@@ -121,6 +83,72 @@ def _split_kernel(
         acc = acc * alpha[:, None]
         acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
         m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _fold(M, L, ACC, m_c, l_c, acc_c):
+    """Fold one chunk's partial into the running state, chunks left to right (the combine's step,
+    also inlined into the one-pass prefill). Explicit FMAs, so which product a contraction absorbs
+    cannot differ between the two kernels."""
+    new_m = tl.maximum(M, m_c)
+    m_safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+    a = tl.exp2(M - m_safe)
+    w = tl.exp2(m_c - m_safe)
+    # An empty partial (m_c = -inf) keeps the state as is: the formula would give ACC*1 + 0,
+    # exact except that it turns a -0.0 into +0.0, so skip it explicitly.
+    live = m_c != float("-inf")
+    ACC = tl.where(live[:, None], tl.fma(ACC, a[:, None], acc_c * w[:, None]), ACC)
+    L = tl.where(live, tl.fma(L, a, l_c * w), L)
+    return new_m, L, ACC
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
+def _split_kernel(
+    q_ptr, k_ptr, v_ptr, ks_ptr, tk_ptr, m_ptr, l_ptr, acc_ptr,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+    HKV, GROUP, Tq, Tk, NC, D, scale, softcap,
+    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
+    CHUNK: tl.constexpr, ANCHOR_ZERO: tl.constexpr,
+):
+    if TK_FROM_PTR:
+        Tk = tl.load(tk_ptr).to(tl.int32)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    ks = tl.load(ks_ptr + b).to(tl.int32)
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    pos_q = Tk - Tq + qi
+    b64 = b.to(tl.int64)
+    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b64 * sk_b + hk * sk_h
+    v_base = v_ptr + b64 * sv_b + hk * sv_h
+    if CAUSAL:
+        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
+        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
+    else:
+        hi = Tk
+    if ANCHOR_ZERO:
+        # Negative control for the tests only: chunks (and blocks) at absolute multiples of CHUNK,
+        # so left padding moves them relative to the sequence.
+        lo = tl.maximum(ks, pid_c * CHUNK)
+        hi = tl.minimum(hi, (pid_c + 1) * CHUNK)
+    else:
+        lo = ks + pid_c * CHUNK
+        hi = tl.minimum(hi, lo + CHUNK)
+    # _attn_kernel's block loop, restricted to this chunk
+    m_i, l_i, acc = _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
+                                   scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
     # Workspace [B*Hkv, NC, Tq*GROUP, D] (m and l without D); an empty chunk stores (-inf, 0, 0).
     rows = Tq * GROUP
     base = (pid_bh.to(tl.int64) * NC + pid_c) * rows
@@ -166,24 +194,69 @@ def _combine_kernel(
         m_c = tl.load(m_ptr + base + offs_r, mask=row_ok, other=float("-inf"))
         l_c = tl.load(l_ptr + base + offs_r, mask=row_ok, other=0.0)
         acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=d_ok, other=0.0)
-        new_m = tl.maximum(M, m_c)
-        m_safe = tl.where(new_m == float("-inf"), 0.0, new_m)
-        a = tl.exp2(M - m_safe)
-        w = tl.exp2(m_c - m_safe)
-        # An empty partial (m_c = -inf) keeps the state as is: the formula would give
-        # ACC*1 + 0, exact except that it turns a -0.0 into +0.0, so skip it explicitly.
-        live = m_c != float("-inf")
-        ACC = tl.where(live[:, None], ACC * a[:, None] + acc_c * w[:, None], ACC)
-        L = tl.where(live, L * a + l_c * w, L)
-        M = new_m
+        M, L, ACC = _fold(M, L, ACC, m_c, l_c, acc_c)
     # rows with no visible key (queries inside the left padding) output zeros
     out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
     tl.store(o_ptr + b.to(tl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
              out.to(o_ptr.dtype.element_ty), mask=d_ok)
 
 
+@triton.jit(do_not_specialize=["Tq", "Tk"])
+def _onepass_kernel(
+    q_ptr, k_ptr, v_ptr, ks_ptr, o_ptr,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
+    HKV, GROUP, Tq, Tk, D, scale, softcap,
+    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Prefill without a workspace: one program per (query-row block, batch x kv head) computes
+    each chunk's partial with the split kernel's code and folds it at once with the combine's
+    code, chunk 0 first: the same numbers in the same order as the two-kernel path, so a decode
+    step (split + combine) still equals a prefill row bit for bit, without the fp32 partials'
+    round trip through memory."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    ks = tl.load(ks_ptr + b).to(tl.int32)
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    pos_q = Tk - Tq + qi
+    b64 = b.to(tl.int64)
+    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b64 * sk_b + hk * sk_h
+    v_base = v_ptr + b64 * sv_b + hk * sv_h
+    if CAUSAL:
+        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
+        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
+    else:
+        hi = Tk
+    M = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    L = tl.zeros([BLOCK_M], dtype=tl.float32)
+    ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Chunks past the block's last visible key are empty for all its rows: folding them is the
+    # identity, so the loop stops there.
+    for c in range(0, tl.cdiv(tl.maximum(hi - ks, 0), CHUNK)):
+        lo = ks + c * CHUNK
+        c_hi = tl.minimum(hi, lo + CHUNK)
+        m_c, l_c, acc_c = _chunk_partial(q, k_base, v_base, lo, c_hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
+                                         scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N,
+                                         BLOCK_D)
+        M, L, ACC = _fold(M, L, ACC, m_c, l_c, acc_c)
+    out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
+    tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
+             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
 _LAUNCH = Launcher(_split_kernel)
 _LAUNCH_COMBINE = Launcher(_combine_kernel)
+_LAUNCH_ONEPASS = Launcher(_onepass_kernel)
 
 
 def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
@@ -216,6 +289,11 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
         _launch_pair(q, k, v, ks, key_end, out, tk, scale, causal, softcap, chunk, _anchor_zero)
         return out
     group = h // hkv
+    if tq * group > ATTN_BLOCK_M and not _anchor_zero:
+        # Prefill: enough query blocks to fill the card without splitting keys, so one program
+        # per block folds its chunks as it goes (same bits, no workspace).
+        _launch_onepass(q, k, v, ks, out, tk, scale, causal, softcap, chunk)
+        return out
     per_query = bsz * hkv * group * cdiv(tk, chunk) * (d + 2) * 4
     slab = max(1, workspace_bytes // per_query)
     for a in range(0, tq, slab):
@@ -264,4 +342,22 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
         m_ws, l_ws, acc_ws, out, ks, te, *out.stride(), hkv, group, tq, tk, nc, d), lambda: dict(
         BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
         ANCHOR_ZERO=anchor_zero, num_warps=4,
+    ))
+
+
+def _launch_onepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor, out: torch.Tensor,
+                    tk: int, scale: float, causal: bool, softcap: float | None, chunk: int) -> None:
+    bsz, h, tq, d = q.shape
+    hkv = k.shape[1]
+    group = h // hkv
+    upcast = _INTERPRET and q.dtype == torch.bfloat16
+    block_d = max(16, next_pow2(d))
+    key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, group, d, causal, bool(softcap),
+           q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, ks.data_ptr() & 15, out.data_ptr() & 15,
+           chunk, q.device.index)
+    _LAUNCH_ONEPASS.launch(key, (cdiv(tq * group, ATTN_BLOCK_M), bsz * hkv), (
+        q, k, v, ks, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        hkv, group, tq, tk, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
+        CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast,
+        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d, CHUNK=chunk, num_warps=4, num_stages=2,
     ))
