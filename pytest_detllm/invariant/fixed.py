@@ -28,6 +28,7 @@ TIERS: tuple[int, ...] = (128, 32, 8, 4)
 KEY_CHUNK: int = 128
 
 _tier_cache: dict[tuple, tuple[int, ...]] = {}
+_zeros_cache: dict[tuple, torch.Tensor] = {}
 _tier_lock = threading.Lock()
 
 
@@ -38,9 +39,30 @@ def _mm_out(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         torch.bmm(a, b, out=out)
 
 
+def _zero_rows(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached block of zeros (read only: only ever concatenated)."""
+    key = (shape, dtype, device)
+    z = _zeros_cache.get(key)
+    if z is None:
+        z = _zeros_cache[key] = torch.zeros(shape, dtype=dtype, device=device)
+    return z
+
+
 def _run_blocks(a: torch.Tensor, b: torch.Tensor, tiers: tuple[int, ...]) -> torch.Tensor:
     """a: (M, K) or (G, M, K); b: (K, N) or (G, K, N). One stock GEMM per fixed-height block."""
     m = a.shape[-2]
+    small = tiers[-1]
+    if 0 < m < small:
+        # Decode: fewer rows than the smallest tier, so one zero-padded block. The same GEMM on
+        # the same block as the general path below, in fewer ops (a decode step makes ~200 of
+        # these calls; each op costs microseconds of Python and dispatch here). mm's out=
+        # overload: the functional one is the mode's own override.
+        lead = tuple(a.shape[:-2])
+        pad = torch.cat((a, _zero_rows((*lead, small - m, a.shape[-1]), a.dtype, a.device)), dim=-2)
+        tmp = torch.empty((*lead, small, b.shape[-1]), dtype=a.dtype, device=a.device)
+        _mm_out(pad, b, tmp)
+        # 2-D: a row prefix of tmp is contiguous already; batched: bmm's result must be too
+        return tmp[:m] if not lead else tmp[:, :m].contiguous()
     out_shape = (*a.shape[:-2], m, b.shape[-1])
     out = torch.empty(out_shape, dtype=a.dtype, device=a.device)
     if m == 0:
@@ -50,7 +72,6 @@ def _run_blocks(a: torch.Tensor, b: torch.Tensor, tiers: tuple[int, ...]) -> tor
         while m - row >= tier:
             _mm_out(a[..., row : row + tier, :], b, out[..., row : row + tier, :])
             row += tier
-    small = tiers[-1]
     while row < m:
         take = min(small, m - row)
         blk = a[..., row : row + take, :]
