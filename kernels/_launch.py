@@ -132,10 +132,12 @@ class Launcher:
             stream = _raw_stream(dev)
             md = None if enter is None and leave is None else kernel.launch_metadata(g, stream, *args, *tail)
             run(g[0], g[1], g[2], stream, function, packed, md, enter, leave, *args, *tail)
-        except Exception:  # API drift in another Triton version: fall back for good
+        except (TypeError, AttributeError, ValueError):  # API drift in another Triton version: fall back for good
             self.enabled = False
             self.plans.clear()
             self.fn[tuple(grid)](*args, **(meta() if callable(meta) else meta))
+        # Anything else (a CUDA error, e.g. an invalidated graph capture) is the caller's to see:
+        # the slow path would fail the same way, and the fast path stays on.
 
     def _miss(self, key: Any, grid: Sequence[int], args: Sequence[Any],
               meta: "dict[str, Any] | Callable[[], dict[str, Any]]") -> None:

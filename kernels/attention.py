@@ -28,27 +28,16 @@ ATTN_BLOCK_N = 64
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit(do_not_specialize=["Tq", "Tk"])
-def _attn_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, tk_ptr,
-    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
-    so_b, so_t, so_h, so_d,
-    HKV, GROUP, Tq, Tk, D, scale, softcap,
-    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
-):
-    LOG2E: tl.constexpr = 1.4426950408889634
-    if TK_FROM_PTR:
-        # The static engine's KV cache: the number of filled columns lives on the device, so one
-        # captured CUDA graph serves every decode step. Same loop, same bits as a host-side Tk.
-        Tk = tl.load(tk_ptr).to(tl.int32)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+@triton.jit
+def _q_tile(q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
+            HKV, GROUP, Tq, Tk, D, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_D: tl.constexpr):
+    """A program's query tile: GQA packing (the GROUP query heads sharing kv head hk are rows of one
+    tile, query-major, so K/V are read once per group; rows stay independent), the row's first
+    key ks, each row's absolute key position, and the block's causal end hi."""
     b = pid_bh // HKV
     hk = pid_bh % HKV
     ks = tl.load(ks_ptr + b).to(tl.int32)
-    # GQA packing: the GROUP query heads sharing kv head hk are rows of one tile (query-major),
-    # so K/V are read once per group. Rows stay independent, so packing changes no bits.
     offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = offs_r // GROUP
     h = hk * GROUP + offs_r % GROUP
@@ -62,17 +51,29 @@ def _attn_kernel(
         q = q.to(tl.float32)
     k_base = k_ptr + b64 * sk_b + hk * sk_h
     v_base = v_ptr + b64 * sv_b + hk * sv_h
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if CAUSAL:
         last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
         hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
     else:
         hi = Tk
-    for start in range(ks, hi, BLOCK_N):
+    return b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi
+
+
+@triton.jit
+def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
+                   CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The online softmax over keys [lo, hi) in blocks of BLOCK_N from lo: (m, l, acc) of a query
+    tile. `_attn_kernel` runs it over a row block's whole key range, the split-KV kernels over one
+    chunk; inlined into each, so every kernel computes the same bits from the same keys. Keys at
+    or past hi are neither read nor counted (past a block's causal end they are masked anyway)."""
+    LOG2E: tl.constexpr = 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < Tk) & (offs_d[None, :] < D)
+        kv_mask = (offs_n[:, None] < hi) & (offs_d[None, :] < D)
         k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
@@ -82,11 +83,10 @@ def _attn_kernel(
             s = tl.dot(q, tl.trans(k))
         if HAS_SOFTCAP:
             t = s * (scale / softcap)
-            # tanh via exp keeps the interpreter and the GPU on the same formula
             s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)) * LOG2E
         else:
             s = s * (scale * LOG2E)
-        valid = offs_n[None, :] < Tk
+        valid = offs_n[None, :] < hi
         if CAUSAL:
             valid = valid & (offs_n[None, :] <= pos_q[:, None])
         s = tl.where(valid, s, float("-inf"))
@@ -99,6 +99,29 @@ def _attn_kernel(
         acc = acc * alpha[:, None]
         acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
         m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk"])
+def _attn_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, tk_ptr,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+    so_b, so_t, so_h, so_d,
+    HKV, GROUP, Tq, Tk, D, scale, softcap,
+    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
+):
+    if TK_FROM_PTR:
+        # The static engine's KV cache: the number of filled columns lives on the device, so one
+        # captured CUDA graph serves every decode step. Same loop, same bits as a host-side Tk.
+        Tk = tl.load(tk_ptr).to(tl.int32)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
+        q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
+    m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
+                                   scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D)
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,

@@ -21,11 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
 from ._rows import cdiv, next_pow2
-from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N
+from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile
 
 __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 
@@ -43,47 +42,6 @@ COMBINE_BLOCK_M = 64
 _WORKSPACE_BYTES = 256 << 20
 
 assert SPLIT_KV_CHUNK % ATTN_BLOCK_N == 0
-
-
-@triton.jit
-def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
-                   CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One chunk's partial (m, l, acc) over keys [lo, hi): `_attn_kernel`'s block loop. Inlined
-    into the split kernel and the one-pass prefill kernel alike, so both compute the same bits."""
-    LOG2E: tl.constexpr = 1.4426950408889634
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < hi) & (offs_d[None, :] < D)
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        if HAS_SOFTCAP:
-            t = s * (scale / softcap)
-            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)) * LOG2E
-        else:
-            s = s * (scale * LOG2E)
-        valid = offs_n[None, :] < hi
-        if CAUSAL:
-            valid = valid & (offs_n[None, :] <= pos_q[:, None])
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None]
-        acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
-        m_i = m_new
-    return m_i, l_i, acc
 
 
 @triton.jit
@@ -117,27 +75,9 @@ def _split_kernel(
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_c = tl.program_id(2)
-    b = pid_bh // HKV
-    hk = pid_bh % HKV
-    ks = tl.load(ks_ptr + b).to(tl.int32)
-    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    row_ok = qi < Tq
-    offs_d = tl.arange(0, BLOCK_D)
-    pos_q = Tk - Tq + qi
-    b64 = b.to(tl.int64)
-    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    k_base = k_ptr + b64 * sk_b + hk * sk_h
-    v_base = v_ptr + b64 * sv_b + hk * sv_h
-    if CAUSAL:
-        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
-        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
-    else:
-        hi = Tk
+    b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
+        q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
     if ANCHOR_ZERO:
         # Negative control for the tests only: chunks (and blocks) at absolute multiples of CHUNK,
         # so left padding moves them relative to the sequence.
@@ -216,27 +156,9 @@ def _onepass_kernel(
     round trip through memory."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // HKV
-    hk = pid_bh % HKV
-    ks = tl.load(ks_ptr + b).to(tl.int32)
-    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    row_ok = qi < Tq
-    offs_d = tl.arange(0, BLOCK_D)
-    pos_q = Tk - Tq + qi
-    b64 = b.to(tl.int64)
-    q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    k_base = k_ptr + b64 * sk_b + hk * sk_h
-    v_base = v_ptr + b64 * sv_b + hk * sv_h
-    if CAUSAL:
-        last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
-        hi = tl.minimum(Tk, Tk - Tq + last_q + 1)
-    else:
-        hi = Tk
+    b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
+        q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
     M = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     L = tl.zeros([BLOCK_M], dtype=tl.float32)
     ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)

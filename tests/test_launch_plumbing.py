@@ -81,3 +81,45 @@ def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...]
         assert grid[0] == -(-m // cfg.block_m) * -(-n // cfg.block_n), "one program per tile"
         metas.add(tuple(sorted(meta.items())))
     assert len(metas) == 1, metas
+
+
+class _FakeJit:
+    arg_names = ["x"]
+
+    def __init__(self) -> None:
+        self.slow_calls = 0
+
+    def __getitem__(self, grid: Any) -> Any:
+        def run(*args: Any, **meta: Any) -> None:
+            self.slow_calls += 1
+        return run
+
+
+def _launcher_with_plan(monkeypatch: pytest.MonkeyPatch, error: Exception) -> tuple[Any, _FakeJit]:
+    monkeypatch.setattr(_launch, "_current_device", lambda: 0)
+    monkeypatch.setattr(_launch, "_raw_stream", lambda dev: 0)
+    fn = _FakeJit()
+    lau = _launch.Launcher(fn)
+    lau.enabled = True
+
+    def run(*args: Any) -> None:
+        raise error
+
+    lau.plans["k"] = (None, run, (), 0, None, None)
+    return lau, fn
+
+
+def test_launcher_api_drift_falls_back_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    lau, fn = _launcher_with_plan(monkeypatch, TypeError("launch() takes 9 positional arguments"))
+    lau.launch("k", (1,), (1,), {})
+    assert not lau.enabled and not lau.plans and fn.slow_calls == 1
+
+
+def test_launcher_cuda_error_is_raised_and_fast_path_stays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA error (e.g. an invalidated graph capture) is not API drift: the caller sees it (the
+    engine then retries its capture) and later launches keep the fast path."""
+    lau, fn = _launcher_with_plan(monkeypatch, RuntimeError("CUDA error: operation failed due to a previous "
+                                                            "error during capture"))
+    with pytest.raises(RuntimeError, match="during capture"):
+        lau.launch("k", (1,), (1,), {})
+    assert lau.enabled and lau.plans and fn.slow_calls == 0
