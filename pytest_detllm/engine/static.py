@@ -184,43 +184,31 @@ class StaticEngine:
         return slot
 
     def _capture(self, slot: Slot) -> None:
-        # Two tries: a capture can be invalidated by something outside the step (seen once in the
-        # GPU suite: cudaErrorStreamCaptureInvalidated mid-capture, the same code capturing fine
-        # in every other run); a second failure falls back to eager steps, never to other bits.
-        for attempt in (1, 2):
-            try:
-                slot.graph = self._capture_once(slot)
-                return
-            except Exception as exc:
-                slot.graph = None
-                if attempt == 2:
-                    warnings.warn(f"detllm: CUDA graph capture failed twice ({type(exc).__name__}: {exc}); "
-                                  "decoding eagerly", stacklevel=2)
-                    self.graphs = False
-                    return
-                torch.cuda.synchronize(self.device)  # let any failed work drain before the retry
-
-    def _capture_once(self, slot: Slot) -> Any:
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._decode_step(slot)  # warm-up on the capture stream's side, as torch advises
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        # Capture on the warmed-up stream: cuBLAS(Lt) sets up its per-stream workspace in the
-        # warm-up, not during the capture (stock GPT-2's addmm failed there on another stream).
-        # thread_local: CUDA calls of other threads (a test harness, a data loader) cannot
-        # invalidate the capture; this thread's own unsafe calls still fail it.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with torch.cuda.graph(graph, pool=self._graph_pool, stream=side, capture_error_mode="thread_local"):
-                self._decode_step(slot)
-        if any("Graph is empty" in str(w.message) for w in caught):
-            # The step's kernels ran on another card or stream: replaying would do nothing.
-            raise RuntimeError("the captured graph is empty (the step ran on another device or stream)")
-        return graph
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._decode_step(slot)  # warm-up on the capture stream's side, as torch advises
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            # Capture on the warmed-up stream: cuBLAS(Lt) sets up its per-stream workspace in the
+            # warm-up, not during the capture (stock GPT-2's addmm failed there on another stream).
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
+                    self._decode_step(slot)
+            if any("Graph is empty" in str(w.message) for w in caught):
+                # The step's kernels ran on another card or stream: replaying would do nothing.
+                raise RuntimeError("the captured graph is empty (the step ran on another device or stream)")
+            slot.graph = graph
+        except Exception as exc:  # never a wrong answer: fall back to eager steps, say so once
+            # (A failed capture is not retried: torch leaves its memory pool marked as recording.)
+            warnings.warn(f"detllm: CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly",
+                          stacklevel=2)
+            self.graphs = False
+            slot.graph = None
 
     def _decode_step(self, s: Slot) -> None:
         """One decode step on the slot's static tensors (the body of the captured graph)."""

@@ -211,14 +211,18 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
         raise NotImplementedError(f"detllm batch-invariant native_layer_norm: dtype {input.dtype} "
                                   "(stock has no layer norm for it either)")
     stat_dtype = fixed._acc_dtype(input.dtype)  # CUDA's stock mean/rstd: the accumulation dtype
+    rows = math.prod(input.shape[: input.dim() - len(normalized_shape)])
+    # Stock CUDA checks the parameters' dtypes inside its kernel, which it launches for any row
+    # count M > 0, empty rows included: float32[0, 0] over [0] with a float64 bias returns, over
+    # [0, 0] (M = 1, N = 0) with a float64 weight raises (two GPU Hypothesis draws).
+    if rows > 0:
+        for p in (weight, bias):  # parameters in the input's dtype (or fp32 for a half input)
+            if p is not None and p.dtype != input.dtype and not (
+                    input.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32):
+                raise RuntimeError(f"expected scalar type {edges._name(input.dtype)} but found "
+                                   f"{edges._name(p.dtype)}")
     if input.numel() == 0:
-        # Stock CUDA checks the parameters' dtypes only where it launches (no rows or empty rows:
-        # a float64 bias on an empty float32 input returns; a GPU Hypothesis draw found it).
         return edges.empty_layer_norm(input, len(normalized_shape), stat_dtype)
-    for p in (weight, bias):  # stock CUDA: parameters in the input's dtype (or fp32 for a half input)
-        if p is not None and p.dtype != input.dtype and not (
-                input.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32):
-            raise RuntimeError(f"expected scalar type {edges._name(input.dtype)} but found {edges._name(p.dtype)}")
     if input.dtype not in _FLOATS:
         return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
     out, mean, rstd = fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape),

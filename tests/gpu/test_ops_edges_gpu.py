@@ -44,3 +44,24 @@ def test_sdpa_rows_same_solo_and_cobatched_cuda(dtype: torch.dtype, mask_kind: s
         same = solo_vs_batched(seqs, mask_kind, enable_gqa=True)
         assert registry.call_count("cuda", SDPA_OP) - before == 1 + len(seqs)
     assert same == [True] * len(seqs)
+
+
+@pytest.mark.parametrize("shape,ns,w,b", [
+    ((0, 0), [0], None, torch.float64),            # M = 0: stock launches nothing and returns
+    ((0, 0), [0, 0], torch.float64, None),         # M = 1, N = 0: stock's kernel runs and raises
+    ((0, 4), [4], torch.float64, torch.float64),   # M = 0 again, with both parameters
+    ((2, 0), [0], torch.float64, None),            # M = 2, empty rows: raises
+], ids=str)
+def test_layer_norm_parameter_dtype_on_empty_inputs_cuda(shape, ns, w, b) -> None:  # type: ignore[no-untyped-def]
+    """Two GPU Hypothesis draws: stock CUDA layer_norm checks the parameters' dtypes only when it
+    launches its kernel, i.e. for M > 0 rows (empty rows included)."""
+    from tests.test_ops_edges import assert_same_outcome, outcome
+
+    x = torch.zeros(shape, device="cuda", dtype=torch.float32)
+    weight = torch.zeros(ns, device="cuda", dtype=w) if w is not None else None
+    bias = torch.zeros(ns, device="cuda", dtype=b) if b is not None else None
+    call = lambda: torch.nn.functional.layer_norm(x, ns, weight, bias, 1e-5)  # noqa: E731
+    stock = outcome(call)
+    with batch_invariant("cuda"):
+        ours = outcome(call)
+    assert_same_outcome(f"layer_norm(float32{list(shape)}, {ns}, {w}, {b})", stock, ours)
