@@ -102,3 +102,23 @@ def test_buckets() -> None:
     assert [row_bucket(n) for n in (1, 2, 3, 5, 16, 17, 64, 65)] == [1, 2, 4, 8, 16, 32, 64, 128]
     assert length_bucket(10) == 256 and length_bucket(300) == 512 and length_bucket(1100) == 2048
 
+
+
+@pytest.mark.parametrize("align", [1, 64])
+def test_left_pad_layout(align: int) -> None:
+    """left_pad (one flat buffer viewed as a tensor): each row right-aligned after pad ids, the mask
+    1 on real tokens, positions counted from each row's first real token, width rounded up."""
+    from pytest_detllm.engine.batch import left_pad
+
+    rows = [(5, 6, 7), (9,), tuple(range(10, 80)), ()]
+    b = left_pad([Request(r, 1) for r in rows], pad_id=2, align=align)
+    width = -(-70 // align) * align
+    assert b.ids.shape == (4, width) and b.ids.dtype == torch.long and b.ids.is_contiguous()
+    for i, r in enumerate(rows):
+        n = len(r)
+        assert b.starts[i] == width - n
+        assert b.ids[i].tolist() == [2] * (width - n) + list(r)
+        assert b.mask[i].tolist() == [0] * (width - n) + [1] * n
+        assert b.positions[i].tolist() == [0] * (width - n) + list(range(n))
+    empty = left_pad([Request((), 1)], pad_id=2, align=align)
+    assert empty.ids.shape == (1, 0) and empty.starts == [0]
