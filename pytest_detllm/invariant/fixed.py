@@ -48,21 +48,26 @@ def _zero_rows(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return z
 
 
+def _padded_mm(blk: torch.Tensor, b: torch.Tensor, small: int) -> torch.Tensor:
+    """blk (..., take < small, K) @ b as rows of one zero-padded small-row GEMM: the smallest tier's
+    block, built with one cat of a cached zero block. Returns a view of the first `take` rows."""
+    take, lead = blk.shape[-2], tuple(blk.shape[:-2])
+    pad = torch.cat((blk, _zero_rows((*lead, small - take, blk.shape[-1]), blk.dtype, blk.device)), dim=-2)
+    tmp = torch.empty((*lead, small, b.shape[-1]), dtype=blk.dtype, device=blk.device)
+    _mm_out(pad, b, tmp)  # mm's out= overload: the functional one is the mode's own override
+    return tmp[..., :take, :]
+
+
 def _run_blocks(a: torch.Tensor, b: torch.Tensor, tiers: tuple[int, ...]) -> torch.Tensor:
     """a: (M, K) or (G, M, K); b: (K, N) or (G, K, N). One stock GEMM per fixed-height block."""
     m = a.shape[-2]
     small = tiers[-1]
     if 0 < m < small:
-        # Decode: fewer rows than the smallest tier, so one zero-padded block. The same GEMM on
-        # the same block as the general path below, in fewer ops (a decode step makes ~200 of
-        # these calls; each op costs microseconds of Python and dispatch here). mm's out=
-        # overload: the functional one is the mode's own override.
-        lead = tuple(a.shape[:-2])
-        pad = torch.cat((a, _zero_rows((*lead, small - m, a.shape[-1]), a.dtype, a.device)), dim=-2)
-        tmp = torch.empty((*lead, small, b.shape[-1]), dtype=a.dtype, device=a.device)
-        _mm_out(pad, b, tmp)
-        # 2-D: a row prefix of tmp is contiguous already; batched: bmm's result must be too
-        return tmp[:m] if not lead else tmp[:, :m].contiguous()
+        # Decode: fewer rows than the smallest tier, so the one padded block is the whole result
+        # (a decode step makes ~200 of these calls; each op saved is microseconds of host time).
+        # 2-D: a row prefix is contiguous already; batched: bmm's result must be too.
+        res = _padded_mm(a, b, small)
+        return res if a.dim() == 2 else res.contiguous()
     out_shape = (*a.shape[:-2], m, b.shape[-1])
     out = torch.empty(out_shape, dtype=a.dtype, device=a.device)
     if m == 0:
@@ -76,11 +81,7 @@ def _run_blocks(a: torch.Tensor, b: torch.Tensor, tiers: tuple[int, ...]) -> tor
         take = min(small, m - row)
         blk = a[..., row : row + take, :]
         if take < small:
-            pad = a.new_zeros((*a.shape[:-2], small, a.shape[-1]))
-            pad[..., :take, :] = blk
-            tmp = torch.empty((*a.shape[:-2], small, b.shape[-1]), dtype=a.dtype, device=a.device)
-            _mm_out(pad, b, tmp)
-            out[..., row : row + take, :] = tmp[..., :take, :]
+            out[..., row : row + take, :] = _padded_mm(blk, b, small)
         else:
             _mm_out(blk, b, out[..., row : row + take, :])
         row += take
