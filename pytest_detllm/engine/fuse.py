@@ -22,13 +22,20 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-_ATTR = "_detllm_qkv"
 # Projections of one input that the engine computes as one product, in the order the model's
 # forward calls them (the first call computes all; the others take their columns).
 GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-class QKV:
+def _attr(names: tuple[str, ...]) -> str:
+    """Where a module keeps its fused group (not a submodule: state_dict and modules() unchanged)."""
+    return "_detllm_fused_" + "_".join(names)
+
+
+_ATTR = _attr(GROUPS[0])
+
+
+class FusedProjections:
     """One module's projections of one input (q/k/v, or an MLP's gate/up) over one fused weight."""
 
     def __init__(self, owner: torch.nn.Module, names: tuple[str, ...] = GROUPS[0]) -> None:
@@ -108,18 +115,17 @@ def _fusable(owner: torch.nn.Module, names: tuple[str, ...]) -> bool:
             and not any("forward" in m.__dict__ for m in mods))  # type: ignore[union-attr]
 
 
-def prepare(model: torch.nn.Module, groups: tuple[tuple[str, ...], ...] = GROUPS) -> list[QKV]:
+def prepare(model: torch.nn.Module, groups: tuple[tuple[str, ...], ...] = GROUPS) -> list[FusedProjections]:
     """Fuse every module's groups of projections once (kept on the module for later engines)."""
     out = []
     for mod in model.modules():
         for names in groups:
-            attr = _ATTR if names == GROUPS[0] else f"_detllm_{names[0]}"
-            qkv = getattr(mod, attr, None)
-            if qkv is None and _fusable(mod, names):
-                qkv = QKV(mod, names)
-                object.__setattr__(mod, attr, qkv)  # not a submodule: state_dict and modules() unchanged
-            if qkv is not None:
-                out.append(qkv)
+            fused = getattr(mod, _attr(names), None)
+            if fused is None and _fusable(mod, names):
+                fused = FusedProjections(mod, names)
+                object.__setattr__(mod, _attr(names), fused)
+            if fused is not None:
+                out.append(fused)
     return out
 
 
