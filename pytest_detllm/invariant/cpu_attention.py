@@ -5,13 +5,21 @@ shapes a sequence sees are those of its solo run. Keys are then taken in fixed c
 ``KEY_CHUNK`` anchored at that first key and accumulated chunk after chunk, so the reduction over
 keys is prefix-stable: masked (later) keys add exact zeros, and the last query row of a prefill of
 ``n`` tokens gets the same bits as decoding token ``n`` against a KV cache.
+
+Decode (one query per sequence) runs every sequence's chunks as one batched GEMM each for scores
+and for P @ V. Each batch entry is still exactly the per-sequence GEMM (same rows, same K, same
+N, same strides); that a batched CPU GEMM's entries do not depend on how many entries it has is
+checked at run time per batch size (``_entries_independent``) and the per-sequence loop is used
+where it does not hold.
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
-from .fixed import KEY_CHUNK, fixed_mm
+from .fixed import KEY_CHUNK, TIERS, _run_blocks, _tiers_for, fixed_mm
 
 
 def _chunked(x: torch.Tensor, n_chunks: int) -> torch.Tensor:
@@ -36,6 +44,23 @@ def cpu_attention(
     Query i sits at absolute key position Tk - Tq + i and (causal) sees keys
     key_start[b] .. Tk - Tq + i. Query rows inside the left padding get zeros.
     """
+    if q.shape[2] == 1 and q.dtype in _BATCHED_DTYPES and q.shape[1] // k.shape[1] < TIERS[-1]:
+        out = _decode_attention(q, k, v, key_start, scale, softcap)
+        if out is not None:
+            return out
+    return per_sequence_attention(q, k, v, key_start, scale, causal, softcap)
+
+
+def per_sequence_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_start: list[int],
+    scale: float,
+    causal: bool = True,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The reference: one sequence at a time, with the shapes of its solo run."""
     bsz, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     group = h // hkv
@@ -82,4 +107,144 @@ def cpu_attention(
         o = acc[..., :-1] / acc[..., -1:]
         o = o.reshape(hkv, group, rows, -1).reshape(h, rows, -1).transpose(0, 1)
         out[b, q0:] = o.to(q.dtype)
+    return out
+
+
+# Where the batched decode path is used: fp32 accumulation and query groups below the smallest
+# row tier, so every GEMM is one zero-padded block with contiguous operands. Outside it (fp64;
+# GQA groups of 4 or more, whose row blocks are strided views) MKL gave an entry of a 2-entry
+# batched GEMM other bits than the per-sequence call on this CPU, so those keep the reference.
+_BATCHED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_independent: dict[tuple, bool] = {}
+_probe_lock = threading.Lock()
+
+
+def _entries_independent(rows: int, k: int, n: int, hkv: int, batch: int, dtype: torch.dtype,
+                         tiers: tuple[int, ...]) -> bool:
+    """Does a batched GEMM of `batch` entries give each entry the bits of the `hkv`-entry call the
+    per-sequence path makes? Probed once per shape and batch size with random operands."""
+    key = (rows, k, n, hkv, batch, dtype, tiers, torch.get_num_threads())
+    known = _independent.get(key)
+    if known is not None:
+        return known
+    with _probe_lock:
+        gen = torch.Generator().manual_seed(4321)
+        a = torch.randn((batch, rows, k), generator=gen).to(dtype)
+        b = torch.randn((batch, k, n), generator=gen).to(dtype)
+        whole = _run_blocks(a, b, tiers)
+        ok = all(torch.equal(whole[i : i + hkv], _run_blocks(a[i : i + hkv], b[i : i + hkv], tiers))
+                 for i in range(0, batch, hkv))
+        _independent[key] = ok
+        return ok
+
+
+class _Layout:
+    """What a decode step's attention needs besides K and V, equal in every layer of the step:
+    built once per step (a step calls the attention once per layer with the same starts)."""
+
+    __slots__ = ("key", "live", "lengths", "n_chunks", "c_max", "entries", "live_idx", "pad", "has")
+
+    def __init__(self, key: tuple, starts: tuple[int, ...], tk: int, hkv: int) -> None:
+        self.key = key
+        self.live = [b for b, s in enumerate(starts) if s < tk]  # rows with at least one real key
+        self.lengths = [tk - starts[b] for b in self.live]
+        self.n_chunks = [-(-n // KEY_CHUNK) for n in self.lengths]
+        self.c_max = max(self.n_chunks, default=0)
+        nl = len(self.live)
+        self.entries = nl * self.c_max * hkv
+        self.live_idx = None if nl == len(starts) else torch.tensor(self.live)
+        self.pad = None
+        if self.lengths and min(self.lengths) < self.c_max * KEY_CHUNK:  # some keys are padding
+            lens = torch.tensor(self.lengths).view(nl, 1, 1, 1, 1)
+            self.pad = torch.arange(self.c_max * KEY_CHUNK).view(1, self.c_max, 1, 1, KEY_CHUNK) >= lens
+        # Per later chunk: None where every sequence has it, else which sequences do.
+        self.has = [None if min(self.n_chunks) > c else torch.tensor([nc > c for nc in self.n_chunks]).view(nl, 1, 1, 1)
+                    for c in range(1, self.c_max)]
+
+
+_last_layout: list = [None]
+
+
+def _layout(starts: tuple[int, ...], tk: int, hkv: int) -> _Layout:
+    key = (starts, tk, hkv)
+    lay = _last_layout[0]
+    if lay is None or lay.key != key:
+        lay = _last_layout[0] = _Layout(key, starts, tk, hkv)
+    return lay
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: list[int],
+                      scale: float, softcap: float | None) -> torch.Tensor | None:
+    """One query per sequence: the per-sequence path's GEMMs, elementwise ops and fold, for every
+    sequence at once. Chunk c of sequence b is batch entry (b, c) of a (B, C) grid, C the most
+    chunks any sequence has; a sequence's missing chunks are fully masked and kept out of its fold
+    by a select, so its bits are those of its own run. Returns None where batching is not proven.
+    (A decode step calls this once per layer: host work is kept to a few ops per sequence.)"""
+    bsz, h, _, d = q.shape
+    hkv, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    group = h // hkv
+    acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    starts = tuple(int(s) for s in key_start)
+    lay = _layout(starts, tk, hkv)
+    if not lay.live:
+        return q.new_zeros((bsz, 1, h, dv))
+    nl, c_max, entries = len(lay.live), lay.c_max, lay.entries
+    # Chunk operands written straight into the layouts of the per-sequence path's chunk GEMMs
+    # (contiguous (Hkv, d, KEY_CHUNK) K^T and (Hkv, KEY_CHUNK, dv+1) V; a GEMM's bits depend on
+    # the layout), entry (l, c, h) at (l*C + c)*Hkv + h. V's padding keys are exact zeros and
+    # its extra ones column (the softmax denominator) is 1 on real keys, as _chunked gives. K's
+    # padding is left as is: those scores are masked to -inf before they are used, and a
+    # sequence's missing chunks never enter its fold.
+    kt = torch.empty((nl, c_max, hkv, d, KEY_CHUNK), dtype=acc_dtype)
+    vc = torch.empty((nl, c_max, hkv, KEY_CHUNK, dv + 1), dtype=acc_dtype)
+    for i, b in enumerate(lay.live):
+        ks, n, nc = starts[b], lay.lengths[i], lay.n_chunks[i]
+        full, r = divmod(n, KEY_CHUNK)
+        kti, vci = kt[i], vc[i]
+        if full:
+            kb = k[b, :, ks : ks + full * KEY_CHUNK].unflatten(1, (full, KEY_CHUNK))
+            vb = v[b, :, ks : ks + full * KEY_CHUNK].unflatten(1, (full, KEY_CHUNK))
+            kti[:full].copy_(kb.permute(1, 0, 3, 2))
+            vci[:full, :, :, :dv].copy_(vb.transpose(0, 1))
+            vci[:full, :, :, dv] = 1
+        if r:
+            last = vci[full]
+            kti[full, :, :, :r].copy_(k[b, :, tk - r :].transpose(1, 2))
+            last[:, :r, :dv].copy_(v[b, :, tk - r :])
+            last[:, :r, dv] = 1
+            last[:, r:] = 0
+        if nc < c_max:
+            vci[nc:] = 0
+    kt = kt.view(entries, d, KEY_CHUNK)
+    vc = vc.view(entries, KEY_CHUNK, dv + 1)
+    # Row tiers as the per-sequence path finds them (probed on a real chunk operand of the same
+    # shape and layout); below the smallest tier every choice pads to it, so there is no lookup.
+    small = (TIERS[-1],)
+    kt_tiers = small if group < small[0] else _tiers_for(kt[:hkv], hkv)
+    v_tiers = small if group < small[0] else _tiers_for(vc[:hkv], hkv)
+    if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype, kt_tiers)
+            and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype, v_tiers)):
+        return None
+    qb = q[:, :, 0, :] if lay.live_idx is None else q[lay.live_idx, :, 0, :]
+    qe = qb.to(acc_dtype).reshape(nl, 1, hkv, group, d).expand(nl, c_max, hkv, group, d)
+    qe = qe.contiguous().view(entries, group, d)
+    scores = _run_blocks(qe, kt, kt_tiers).view(nl, c_max, hkv, group, KEY_CHUNK)
+    scores = scores * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if lay.pad is not None:
+        scores.masked_fill_(lay.pad, float("-inf"))
+    m = scores.amax(dim=(1, 4), keepdim=True)  # over all of a sequence's keys; exact in any order
+    p = torch.exp(scores - m).view(entries, group, KEY_CHUNK)
+    parts = _run_blocks(p, vc, v_tiers).view(nl, c_max, hkv, group, dv + 1)
+    acc = parts[:, 0]
+    for c in range(1, c_max):
+        has = lay.has[c - 1]
+        acc = acc + parts[:, c] if has is None else torch.where(has, acc + parts[:, c], acc)
+    o = (acc[..., :-1] / acc[..., -1:]).reshape(nl, 1, h, dv).to(q.dtype)
+    if lay.live_idx is None:
+        return o
+    out = q.new_zeros((bsz, 1, h, dv))
+    out[lay.live_idx] = o
     return out

@@ -20,6 +20,11 @@ def inexact(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point or dtype.is_complex
 
 
+# The same test as a set lookup, for the per-call checks of hot ops.
+_INEXACT: frozenset = frozenset(
+    d for d in vars(torch).values() if isinstance(d, torch.dtype) and inexact(d))
+
+
 def to_out(op: Callable[..., Any], out_dtype: torch.dtype, device: torch.device, *args: Any, **kw: Any) -> torch.Tensor:
     """Stock's answer (result or exception) through ``op``'s ``out=`` overload."""
     out = torch.empty(0, dtype=out_dtype, device=device)
@@ -56,10 +61,13 @@ def expands_to(shape: Sequence[int], target: Sequence[int]) -> bool:
 def matmul_ok(a: torch.Tensor, b: torch.Tensor, nd: int) -> bool:
     """``a @ b`` for two ``nd``-d operands (2: mm, 3: bmm) that stock accepts, in an inexact dtype
     and with something to reduce."""
-    return (
-        a.dim() == nd and b.dim() == nd and a.shape[-1] == b.shape[-2] and a.shape[:-2] == b.shape[:-2]
-        and a.dtype == b.dtype and inexact(a.dtype) and a.numel() > 0 and b.numel() > 0
-    )
+    # Called for every matmul of a decode step: the cheap, usually deciding tests first.
+    if a.dim() != nd or b.dim() != nd or a.dtype != b.dtype or a.dtype not in _INEXACT:
+        return False
+    sa, sb = a.shape, b.shape
+    if nd == 2:
+        return sa[1] == sb[0] and sa[0] > 0 and sa[1] > 0 and sb[1] > 0
+    return sa[-1] == sb[-2] and sa[:-2] == sb[:-2] and a.numel() > 0 and b.numel() > 0
 
 
 def check_dot(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -54,8 +54,40 @@ def _padded_mm(blk: torch.Tensor, b: torch.Tensor, small: int) -> torch.Tensor:
     take, lead = blk.shape[-2], tuple(blk.shape[:-2])
     pad = torch.cat((blk, _zero_rows((*lead, small - take, blk.shape[-1]), blk.dtype, blk.device)), dim=-2)
     tmp = torch.empty((*lead, small, b.shape[-1]), dtype=blk.dtype, device=blk.device)
-    _mm_out(pad, b, tmp)  # mm's out= overload: the functional one is the mode's own override
+    if not lead and b.shape[1] >= _SPLIT_MIN_N and _columns_split_ok(b, small):
+        for c0 in range(0, b.shape[1], COLUMN_BLOCK):
+            _mm_out(pad, b[:, c0 : c0 + COLUMN_BLOCK], tmp[:, c0 : c0 + COLUMN_BLOCK])
+    else:
+        _mm_out(pad, b, tmp)  # mm's out= overload: the functional one is the mode's own override
     return tmp[..., :take, :]
+
+
+# A wide product (an LM head: N = vocabulary) is run COLUMN_BLOCK columns at a time when that
+# gives the same bits: MKL's small-row sgemm streams a (K, N) operand far slower than the
+# blocks whose packed copy stays in cache (lm_head 576 x 49152, 4 rows: 21 ms whole, 16-17 ms
+# in 1024-column blocks, on the 2-core EPYC).
+COLUMN_BLOCK = 1024
+_SPLIT_MIN_N = 8 * COLUMN_BLOCK
+_split_cache: dict[tuple, bool] = {}
+
+
+def _columns_split_ok(b: torch.Tensor, small: int) -> bool:
+    """Whether column blocks give every entry the bits of the whole GEMM, for this operand's
+    shape and layout: an entry is a dot product over K, so they should, unless the library picks
+    its kernel by N. Probed once per shape/layout with random rows against the operand itself."""
+    key = (tuple(b.shape), b.stride(), b.dtype, small, torch.get_num_threads())
+    ok = _split_cache.get(key)
+    if ok is None:
+        with _tier_lock:
+            gen = torch.Generator().manual_seed(99)
+            rows = torch.randn((small, b.shape[0]), generator=gen).to(b.dtype)
+            whole = torch.empty((small, b.shape[1]), dtype=b.dtype)
+            parts = torch.empty_like(whole)
+            _mm_out(rows, b, whole)
+            for c0 in range(0, b.shape[1], COLUMN_BLOCK):
+                _mm_out(rows, b[:, c0 : c0 + COLUMN_BLOCK], parts[:, c0 : c0 + COLUMN_BLOCK])
+            ok = _split_cache[key] = torch.equal(whole, parts)
+    return ok
 
 
 def _run_blocks(a: torch.Tensor, b: torch.Tensor, tiers: tuple[int, ...]) -> torch.Tensor:
@@ -118,6 +150,11 @@ def _tiers_for(b: torch.Tensor, batch: int | None) -> tuple[int, ...]:
 
 def fixed_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for 2-D or batched 3-D operands; each row's bits independent of M."""
+    if 0 < a.shape[-2] < TIERS[-1]:
+        # Decode: one zero-padded block of the smallest tier, which both tier choices share, so
+        # no tier lookup (~200 of these calls a decode step; microseconds each count).
+        res = _padded_mm(a, b, TIERS[-1])
+        return res if a.dim() == 2 else res.contiguous()
     batch = None if a.dim() == 2 else a.shape[0]
     tiers = _tiers_for(b, batch)
     return _run_blocks(a, b, tiers)
@@ -133,12 +170,50 @@ def tree_sum_last(x: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return x.new_zeros(x.shape[:-1])
     p = 1 << (n - 1).bit_length()
-    if p != n:
-        x = torch.cat([x, x.new_zeros((*x.shape[:-1], p - n))], dim=-1)
-    while p > 1:
-        p //= 2
-        x = x[..., :p] + x[..., p:]
-    return x[..., 0]
+    if (not x.is_cpu or x.numel() // n * p > _PLAN_MAX_NUMEL
+            or (x.requires_grad and torch.is_grad_enabled())):
+        # Fresh ops: large blocks (per-op overhead is noise there, a cached buffer would be
+        # memory) and CUDA (a captured graph must not point into a buffer the cache may drop).
+        if p != n:
+            x = torch.cat([x, x.new_zeros((*x.shape[:-1], p - n))], dim=-1)
+        while p > 1:
+            p //= 2
+            x = x[..., :p] + x[..., p:]
+        return x[..., 0]
+    head, levels, first = _tree_plan(tuple(x.shape), x.dtype, x.device)
+    head.copy_(x)
+    for dst, src in levels:
+        dst.add_(src)  # the same IEEE add as dst + src: in place only to save allocations
+    return first.clone()
+
+
+_plans = threading.local()
+_MAX_PLANS = 64
+_PLAN_MAX_NUMEL = 1 << 18  # 1 MiB of fp32 per cached buffer at most
+
+
+def _tree_plan(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple:
+    """A zero-padded (..., P) work buffer with its level views, cached per thread and shape: the
+    tree is ~log2(P) in-place adds on prebuilt views instead of ~3 log2(P) fresh ops. Levels only
+    ever write a prefix [0, P/2) of the row and P/2 < n, so the padding [n, P) stays zero.
+    Inference tensors are kept apart: they cannot be updated outside inference mode."""
+    key = (shape, dtype, device, torch.is_inference_mode_enabled())
+    cache = getattr(_plans, "cache", None)
+    if cache is None:
+        cache = _plans.cache = {}
+    plan = cache.get(key)
+    if plan is None:
+        if len(cache) >= _MAX_PLANS:
+            cache.clear()
+        n = shape[-1]
+        p = 1 << (n - 1).bit_length()
+        buf = torch.zeros((*shape[:-1], p), dtype=dtype, device=device)
+        levels = []
+        while p > 1:
+            p //= 2
+            levels.append((buf[..., :p], buf[..., p : 2 * p]))
+        plan = cache[key] = (buf[..., :n], tuple(levels), buf[..., 0])
+    return plan
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -147,6 +222,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _move_dims_last(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, list[int]]:
     nd = x.dim()
+    if len(dims) == 1 and dims[0] % nd == nd - 1:  # the common case (norms, softmax sums): as is
+        return x, [nd - 1]
     dims = sorted({d % nd for d in dims}) if dims else list(range(nd))
     keep = [d for d in range(nd) if d not in dims]
     y = x.permute(*keep, *dims)
