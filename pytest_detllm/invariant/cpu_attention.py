@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from .fixed import KEY_CHUNK, TIERS, _run_blocks, _tiers_for, fixed_mm
+from .fixed import KEY_CHUNK, TIERS, _run_blocks, fixed_mm
 
 
 def _chunked(x: torch.Tensor, n_chunks: int) -> torch.Tensor:
@@ -218,26 +218,28 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
             vci[nc:] = 0
     kt = kt.view(entries, d, KEY_CHUNK)
     vc = vc.view(entries, KEY_CHUNK, dv + 1)
-    # Row tiers as the per-sequence path finds them (probed on a real chunk operand of the same
-    # shape and layout); below the smallest tier every choice pads to it, so there is no lookup.
-    small = (TIERS[-1],)
-    kt_tiers = small if group < small[0] else _tiers_for(kt[:hkv], hkv)
-    v_tiers = small if group < small[0] else _tiers_for(vc[:hkv], hkv)
-    if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype, kt_tiers)
-            and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype, v_tiers)):
+    small = TIERS[-1]  # group < small (see _BATCHED_DTYPES): every GEMM is one zero-padded block
+    if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype, (small,))
+            and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype, (small,))):
         return None
+    # The query rows zero-padded to the block height, as _padded_mm pads them, built in place:
+    # the same (entries, small, d) operand, so the same GEMM.
+    qp = torch.zeros((nl, c_max, hkv, small, d), dtype=acc_dtype)
     qb = q[:, :, 0, :] if lay.live_idx is None else q[lay.live_idx, :, 0, :]
-    qe = qb.to(acc_dtype).reshape(nl, 1, hkv, group, d).expand(nl, c_max, hkv, group, d)
-    qe = qe.contiguous().view(entries, group, d)
-    scores = _run_blocks(qe, kt, kt_tiers).view(nl, c_max, hkv, group, KEY_CHUNK)
-    scores = scores * scale
+    qp[:, :, :, :group] = qb.view(nl, 1, hkv, group, d)
+    scores = torch.empty((nl, c_max, hkv, small, KEY_CHUNK), dtype=acc_dtype)
+    torch.bmm(qp.view(entries, small, d), kt, out=scores.view(entries, small, KEY_CHUNK))
+    scores = scores[:, :, :, :group] * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if lay.pad is not None:
         scores.masked_fill_(lay.pad, float("-inf"))
     m = scores.amax(dim=(1, 4), keepdim=True)  # over all of a sequence's keys; exact in any order
-    p = torch.exp(scores - m).view(entries, group, KEY_CHUNK)
-    parts = _run_blocks(p, vc, v_tiers).view(nl, c_max, hkv, group, dv + 1)
+    pp = torch.zeros((nl, c_max, hkv, small, KEY_CHUNK), dtype=acc_dtype)
+    torch.exp(scores - m, out=pp[:, :, :, :group])
+    parts = torch.empty((nl, c_max, hkv, small, dv + 1), dtype=acc_dtype)
+    torch.bmm(pp.view(entries, small, KEY_CHUNK), vc, out=parts.view(entries, small, dv + 1))
+    parts = parts[:, :, :, :group]
     acc = parts[:, 0]
     for c in range(1, c_max):
         has = lay.has[c - 1]
