@@ -174,17 +174,24 @@ def tree_sum_last(x: torch.Tensor) -> torch.Tensor:
             or (x.requires_grad and torch.is_grad_enabled())):
         # Fresh ops: large blocks (per-op overhead is noise there, a cached buffer would be
         # memory) and CUDA (a captured graph must not point into a buffer the cache may drop).
-        if p != n:
-            x = torch.cat([x, x.new_zeros((*x.shape[:-1], p - n))], dim=-1)
-        while p > 1:
-            p //= 2
-            x = x[..., :p] + x[..., p:]
-        return x[..., 0]
+        return tree_sum_fresh(x)
     head, levels, first = _tree_plan(tuple(x.shape), x.dtype, x.device)
     head.copy_(x)
     for dst, src in levels:
         dst.add_(src)  # the same IEEE add as dst + src: in place only to save allocations
     return first.clone()
+
+
+def tree_sum_fresh(x: torch.Tensor) -> torch.Tensor:
+    """The tree with fresh ops (the definition whose bits the CPU goldens hold; n > 0)."""
+    n = x.shape[-1]
+    p = 1 << (n - 1).bit_length()
+    if p != n:
+        x = torch.cat([x, x.new_zeros((*x.shape[:-1], p - n))], dim=-1)
+    while p > 1:
+        p //= 2
+        x = x[..., :p] + x[..., p:]
+    return x[..., 0]
 
 
 _plans = threading.local()
