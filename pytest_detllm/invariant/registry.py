@@ -61,9 +61,11 @@ def call_count(device_type: str, op: str) -> int:
 
 
 def _counted(device_type: str, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    key = (device_type, op)  # built once: this wrapper runs on every covered op call
+
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        _calls[(device_type, op)] += 1
+        _calls[key] += 1
         return fn(*args, **kwargs)
 
     return run
