@@ -135,3 +135,22 @@ def test_wide_gemm_column_blocks_equal_the_whole_gemm() -> None:
     torch.mm(torch.cat([x, torch.zeros(3, k)]), w.t(), out=whole)
     assert fixed._columns_split_ok(w.t(), 4)  # this library gives blocks the whole GEMM's bits
     assert torch.equal(fixed.fixed_mm(x, w.t()), whole[:1])
+
+
+def test_decode_step_buffers_carry_nothing_between_layers() -> None:
+    """A step's buffers are reused by every layer: each layer's result must be its own (other K/V,
+    other queries, NaN and inf in the previous layer's keys included)."""
+    rng = random.Random(13)
+    for _ in range(10):
+        q, k, v, starts, softcap = _case(rng)
+        for layer in range(3):
+            if layer == 1:  # a layer whose keys hold NaN and inf, before a clean one
+                k = k.clone()
+                k.view(-1)[:: 7] = float("nan")
+                k.view(-1)[1:: 11] = float("inf")
+            elif layer:
+                g = torch.Generator().manual_seed(layer)
+                q, k, v = (torch.randn(t.shape, generator=g).to(t.dtype) for t in (q, k, v))
+            ref = cpu_attention.per_sequence_attention(q, k, v, starts, 0.125, True, softcap)
+            out = cpu_attention.cpu_attention(q, k, v, starts, 0.125, True, softcap)
+            assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0))

@@ -139,39 +139,82 @@ def _entries_independent(rows: int, k: int, n: int, hkv: int, batch: int, dtype:
         return ok
 
 
-class _Layout:
-    """What a decode step's attention needs besides K and V, equal in every layer of the step:
-    built once per step (a step calls the attention once per layer with the same starts)."""
+class _Step:
+    """A decode step's attention, except K and V: equal in every layer of the step, so built once
+    per step (a step calls the attention once per layer with the same starts and shapes).
 
-    __slots__ = ("key", "live", "lengths", "n_chunks", "c_max", "entries", "live_idx", "pad", "has")
+    Holds the GEMM operand and output buffers, the per-sequence copy targets inside them, and
+    their fixed parts, written once: V's zero padding keys and missing chunks, V's ones column
+    (the softmax denominator: 1 on real keys, 0 on padding, as _chunked gives), the query and P
+    blocks' zero padding rows. A layer writes only the real keys, query rows and P rows, and
+    every buffer is fully rewritten or only read before the next layer, so nothing of one layer
+    reaches the next; the result never aliases them (a division makes it).
+    """
 
-    def __init__(self, key: tuple, starts: tuple[int, ...], tk: int, hkv: int) -> None:
+    def __init__(self, key: tuple, starts: tuple[int, ...], tk: int, hkv: int, group: int, d: int,
+                 dv: int, dtype: torch.dtype) -> None:
         self.key = key
+        small = TIERS[-1]
         self.live = [b for b, s in enumerate(starts) if s < tk]  # rows with at least one real key
         self.lengths = [tk - starts[b] for b in self.live]
         self.n_chunks = [-(-n // KEY_CHUNK) for n in self.lengths]
-        self.c_max = max(self.n_chunks, default=0)
+        c_max = self.c_max = max(self.n_chunks, default=0)
         nl = len(self.live)
-        self.entries = nl * self.c_max * hkv
+        self.entries = nl * c_max * hkv
         self.live_idx = None if nl == len(starts) else torch.tensor(self.live)
         self.pad = None
-        if self.lengths and min(self.lengths) < self.c_max * KEY_CHUNK:  # some keys are padding
+        if self.lengths and min(self.lengths) < c_max * KEY_CHUNK:  # some keys are padding
             lens = torch.tensor(self.lengths).view(nl, 1, 1, 1, 1)
-            self.pad = torch.arange(self.c_max * KEY_CHUNK).view(1, self.c_max, 1, 1, KEY_CHUNK) >= lens
+            self.pad = torch.arange(c_max * KEY_CHUNK).view(1, c_max, 1, 1, KEY_CHUNK) >= lens
         # Per later chunk: None where every sequence has it, else which sequences do.
         self.has = [None if min(self.n_chunks) > c else torch.tensor([nc > c for nc in self.n_chunks]).view(nl, 1, 1, 1)
-                    for c in range(1, self.c_max)]
+                    for c in range(1, c_max)]
+        # K^T chunks (contiguous (Hkv, d, KEY_CHUNK) per entry); padding keys' scores are masked
+        # before use and missing chunks never enter a fold, so K's padding is never cleared.
+        self.kt = torch.empty((nl, c_max, hkv, d, KEY_CHUNK), dtype=dtype)
+        self.vc = torch.zeros((nl, c_max, hkv, KEY_CHUNK, dv + 1), dtype=dtype)
+        self.qp = torch.zeros((nl, c_max, hkv, small, d), dtype=dtype)
+        self.pp = torch.zeros((nl, c_max, hkv, small, KEY_CHUNK), dtype=dtype)
+        self.scores = torch.empty((nl, c_max, hkv, small, KEY_CHUNK), dtype=dtype)
+        self.parts = torch.empty((nl, c_max, hkv, small, dv + 1), dtype=dtype)
+        # (sequence, key start, K targets, V targets): (full-chunk views, last partial-chunk views)
+        self.copies = []
+        for i, b in enumerate(self.live):
+            n = self.lengths[i]
+            full, r = divmod(n, KEY_CHUNK)
+            kti, vci = self.kt[i], self.vc[i]
+            k_full = kti[:full] if full else None
+            v_full = vci[:full, :, :, :dv] if full else None
+            if full:
+                vci[:full, :, :, dv] = 1
+            k_last = kti[full, :, :, :r] if r else None
+            v_last = vci[full, :, :r, :dv] if r else None
+            if r:
+                vci[full, :, :r, dv] = 1
+            self.copies.append((b, starts[b], full, r, k_full, v_full, k_last, v_last))
+        self.kt_flat = self.kt.view(self.entries, d, KEY_CHUNK)
+        self.vc_flat = self.vc.view(self.entries, KEY_CHUNK, dv + 1)
+        self.qp_rows = self.qp[:, :, :, :group]
+        self.qp_flat = self.qp.view(self.entries, small, d)
+        self.pp_rows = self.pp[:, :, :, :group]
+        self.pp_flat = self.pp.view(self.entries, small, KEY_CHUNK)
+        self.scores_flat = self.scores.view(self.entries, small, KEY_CHUNK)
+        self.scores_rows = self.scores[:, :, :, :group]
+        self.parts_flat = self.parts.view(self.entries, small, dv + 1)
+        self.parts_rows = self.parts[:, :, :, :group]
 
 
-_last_layout: list = [None]
+_steps = threading.local()
 
 
-def _layout(starts: tuple[int, ...], tk: int, hkv: int) -> _Layout:
-    key = (starts, tk, hkv)
-    lay = _last_layout[0]
-    if lay is None or lay.key != key:
-        lay = _last_layout[0] = _Layout(key, starts, tk, hkv)
-    return lay
+def _step(starts: tuple[int, ...], tk: int, hkv: int, group: int, d: int, dv: int,
+          dtype: torch.dtype) -> _Step:
+    """The current step's _Step, per thread (its buffers must not be shared between threads)."""
+    key = (starts, tk, hkv, group, d, dv, dtype, torch.is_inference_mode_enabled())
+    st = getattr(_steps, "last", None)
+    if st is None or st.key != key:
+        st = _steps.last = _Step(key, starts, tk, hkv, group, d, dv, dtype)
+    return st
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: list[int],
@@ -185,68 +228,46 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
     hkv, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    starts = tuple(int(s) for s in key_start)
-    lay = _layout(starts, tk, hkv)
-    if not lay.live:
+    st = _step(tuple(int(s) for s in key_start), tk, hkv, group, d, dv, acc_dtype)
+    if not st.live:
         return q.new_zeros((bsz, 1, h, dv))
-    nl, c_max, entries = len(lay.live), lay.c_max, lay.entries
-    # Chunk operands written straight into the layouts of the per-sequence path's chunk GEMMs
-    # (contiguous (Hkv, d, KEY_CHUNK) K^T and (Hkv, KEY_CHUNK, dv+1) V; a GEMM's bits depend on
-    # the layout), entry (l, c, h) at (l*C + c)*Hkv + h. V's padding keys are exact zeros and
-    # its extra ones column (the softmax denominator) is 1 on real keys, as _chunked gives. K's
-    # padding is left as is: those scores are masked to -inf before they are used, and a
-    # sequence's missing chunks never enter its fold.
-    kt = torch.empty((nl, c_max, hkv, d, KEY_CHUNK), dtype=acc_dtype)
-    vc = torch.empty((nl, c_max, hkv, KEY_CHUNK, dv + 1), dtype=acc_dtype)
-    for i, b in enumerate(lay.live):
-        ks, n, nc = starts[b], lay.lengths[i], lay.n_chunks[i]
-        full, r = divmod(n, KEY_CHUNK)
-        kti, vci = kt[i], vc[i]
-        if full:
-            kb = k[b, :, ks : ks + full * KEY_CHUNK].unflatten(1, (full, KEY_CHUNK))
-            vb = v[b, :, ks : ks + full * KEY_CHUNK].unflatten(1, (full, KEY_CHUNK))
-            kti[:full].copy_(kb.permute(1, 0, 3, 2))
-            vci[:full, :, :, :dv].copy_(vb.transpose(0, 1))
-            vci[:full, :, :, dv] = 1
-        if r:
-            last = vci[full]
-            kti[full, :, :, :r].copy_(k[b, :, tk - r :].transpose(1, 2))
-            last[:, :r, :dv].copy_(v[b, :, tk - r :])
-            last[:, :r, dv] = 1
-            last[:, r:] = 0
-        if nc < c_max:
-            vci[nc:] = 0
-    kt = kt.view(entries, d, KEY_CHUNK)
-    vc = vc.view(entries, KEY_CHUNK, dv + 1)
+    nl, c_max, entries = len(st.live), st.c_max, st.entries
     small = TIERS[-1]  # group < small (see _BATCHED_DTYPES): every GEMM is one zero-padded block
     if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype, (small,))
             and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype, (small,))):
         return None
-    # The query rows zero-padded to the block height, as _padded_mm pads them, built in place:
-    # the same (entries, small, d) operand, so the same GEMM.
-    qp = torch.zeros((nl, c_max, hkv, small, d), dtype=acc_dtype)
-    qb = q[:, :, 0, :] if lay.live_idx is None else q[lay.live_idx, :, 0, :]
-    qp[:, :, :, :group] = qb.view(nl, 1, hkv, group, d)
-    scores = torch.empty((nl, c_max, hkv, small, KEY_CHUNK), dtype=acc_dtype)
-    torch.bmm(qp.view(entries, small, d), kt, out=scores.view(entries, small, KEY_CHUNK))
-    scores = scores[:, :, :, :group] * scale
+    # This layer's keys and values into the chunk operands (the per-sequence path's layouts:
+    # contiguous (Hkv, d, KEY_CHUNK) K^T and (Hkv, KEY_CHUNK, dv+1) V per entry; a GEMM's bits
+    # depend on the layout), entry (l, c, h) at (l*C + c)*Hkv + h.
+    for b, ks, full, r, k_full, v_full, k_last, v_last in st.copies:
+        if full:
+            end = ks + full * KEY_CHUNK
+            k_full.copy_(k[b, :, ks:end].unflatten(1, (full, KEY_CHUNK)).permute(1, 0, 3, 2))
+            v_full.copy_(v[b, :, ks:end].unflatten(1, (full, KEY_CHUNK)).transpose(0, 1))
+        if r:
+            k_last.copy_(k[b, :, tk - r :].transpose(1, 2))
+            v_last.copy_(v[b, :, tk - r :])
+    # The query rows zero-padded to the block height, as _padded_mm pads them: the same
+    # (entries, small, d) operand, so the same GEMM.
+    qb = q[:, :, 0, :] if st.live_idx is None else q[st.live_idx, :, 0, :]
+    st.qp_rows.copy_(qb.view(nl, 1, hkv, group, d).expand(nl, c_max, hkv, group, d))
+    torch.bmm(st.qp_flat, st.kt_flat, out=st.scores_flat)
+    scores = st.scores_rows * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    if lay.pad is not None:
-        scores.masked_fill_(lay.pad, float("-inf"))
+    if st.pad is not None:
+        scores.masked_fill_(st.pad, float("-inf"))
     m = scores.amax(dim=(1, 4), keepdim=True)  # over all of a sequence's keys; exact in any order
-    pp = torch.zeros((nl, c_max, hkv, small, KEY_CHUNK), dtype=acc_dtype)
-    torch.exp(scores - m, out=pp[:, :, :, :group])
-    parts = torch.empty((nl, c_max, hkv, small, dv + 1), dtype=acc_dtype)
-    torch.bmm(pp.view(entries, small, KEY_CHUNK), vc, out=parts.view(entries, small, dv + 1))
-    parts = parts[:, :, :, :group]
+    torch.exp(scores - m, out=st.pp_rows)
+    torch.bmm(st.pp_flat, st.vc_flat, out=st.parts_flat)
+    parts = st.parts_rows
     acc = parts[:, 0]
     for c in range(1, c_max):
-        has = lay.has[c - 1]
+        has = st.has[c - 1]
         acc = acc + parts[:, c] if has is None else torch.where(has, acc + parts[:, c], acc)
     o = (acc[..., :-1] / acc[..., -1:]).reshape(nl, 1, h, dv).to(q.dtype)
-    if lay.live_idx is None:
+    if st.live_idx is None:
         return o
     out = q.new_zeros((bsz, 1, h, dv))
-    out[lay.live_idx] = o
+    out[st.live_idx] = o
     return out
