@@ -154,3 +154,18 @@ def test_decode_step_buffers_carry_nothing_between_layers() -> None:
             ref = cpu_attention.per_sequence_attention(q, k, v, starts, 0.125, True, softcap)
             out = cpu_attention.cpu_attention(q, k, v, starts, 0.125, True, softcap)
             assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0))
+
+
+def test_decode_attention_under_autograd_keeps_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched path reuses buffers in place, which autograd must never see."""
+    rng = random.Random(17)
+    q, k, v, starts, _ = _case(rng)
+    q = q.float().requires_grad_()
+    k, v = k.float(), v.float()
+    seen: list[str] = []
+    monkeypatch.setattr(cpu_attention, "per_sequence_attention", lambda *a, **kw: seen.append("reference"))
+    monkeypatch.setattr(cpu_attention, "_decode_attention", lambda *a, **kw: seen.append("batched") or q.new_zeros(1))
+    cpu_attention.cpu_attention(q, k, v, starts, 0.125)
+    with torch.no_grad():
+        cpu_attention.cpu_attention(q, k, v, starts, 0.125)
+    assert seen == ["reference", "batched"]

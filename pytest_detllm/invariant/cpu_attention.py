@@ -44,7 +44,9 @@ def cpu_attention(
     Query i sits at absolute key position Tk - Tq + i and (causal) sees keys
     key_start[b] .. Tk - Tq + i. Query rows inside the left padding get zeros.
     """
-    if q.shape[2] == 1 and q.dtype in _BATCHED_DTYPES and q.shape[1] // k.shape[1] < TIERS[-1]:
+    if (q.shape[2] == 1 and q.dtype in _BATCHED_DTYPES and q.shape[1] // k.shape[1] < TIERS[-1]
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+        # (Under autograd the reference path: the batched one reuses buffers in place.)
         out = _decode_attention(q, k, v, key_start, scale, softcap)
         if out is not None:
             return out
