@@ -1,6 +1,6 @@
 """The CPU path's fast paths give the bits of the reference code they stand in for.
 
-Each fast path (batched decode attention, the cached-buffer tree sum, the RMSNorm mean, column
+Each fast path (batched decode attention, the cached-buffer tree sum, the last-dim mean, column
 blocks of a wide GEMM) exists only for host time; the committed CPU goldens were recorded with
 the reference code, so any bit it changes would break them. Each test compares against that
 reference on inputs chosen to hit the paths' edges.
@@ -115,7 +115,7 @@ def test_tree_sum_result_does_not_alias_the_work_buffer() -> None:
     assert torch.equal(first, keep)
 
 
-def test_row_mean_fast_path_equals_fixed_mean() -> None:
+def test_row_mean_equals_fixed_mean() -> None:
     g = torch.Generator().manual_seed(2)
     for shape in [(1, 1, 576), (3, 7, 576), (5, 64), (2, 1000)]:
         for dtype in (torch.float32, torch.float64):

@@ -72,16 +72,7 @@ def _reduces(x: torch.Tensor, dims: list[int] | None, out_dtype: torch.dtype) ->
     return dims is not None and edges.inexact(out_dtype) and x.dim() > 0 and x.numel() > 0
 
 
-_ROW_MEAN_DTYPES = (torch.float32, torch.float64)
-
-
 def _mean_dim(x: torch.Tensor, dim: list[int] | None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:
-    # The case of every RMSNorm (fp32 rows, last dim), ~60 calls a decode step: straight to the
-    # tree; the same ops and bits as fixed_mean's.
-    if (dtype is None and dim is not None and len(dim) == 1 and x.dtype in _ROW_MEAN_DTYPES
-            and (dim[0] == -1 or dim[0] == x.dim() - 1) and x.dim() > 0 and x.numel() > 0):
-        s = fixed.tree_sum_last(x) / x.shape[-1]
-        return s.unsqueeze(-1) if keepdim else s
     out_dtype = dtype or x.dtype
     dims = edges.dims(x, dim)
     if _reduces(x, dims, out_dtype):

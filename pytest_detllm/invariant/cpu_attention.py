@@ -122,11 +122,12 @@ _independent: dict[tuple, bool] = {}
 _probe_lock = threading.Lock()
 
 
-def _entries_independent(rows: int, k: int, n: int, hkv: int, batch: int, dtype: torch.dtype,
-                         tiers: tuple[int, ...]) -> bool:
-    """Does a batched GEMM of `batch` entries give each entry the bits of the `hkv`-entry call the
-    per-sequence path makes? Probed once per shape and batch size with random operands."""
-    key = (rows, k, n, hkv, batch, dtype, tiers, torch.get_num_threads())
+def _entries_independent(rows: int, k: int, n: int, hkv: int, batch: int, dtype: torch.dtype) -> bool:
+    """Does a batched GEMM of `batch` entries (rows < the smallest tier: one zero-padded block)
+    give each entry the bits of the `hkv`-entry call the per-sequence path makes? Probed once per
+    shape and batch size with random operands."""
+    tiers = TIERS[-1:]
+    key = (rows, k, n, hkv, batch, dtype, torch.get_num_threads())
     known = _independent.get(key)
     if known is not None:
         return known
@@ -234,9 +235,9 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
     if not st.live:
         return q.new_zeros((bsz, 1, h, dv))
     nl, c_max, entries = len(st.live), st.c_max, st.entries
-    small = TIERS[-1]  # group < small (see _BATCHED_DTYPES): every GEMM is one zero-padded block
-    if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype, (small,))
-            and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype, (small,))):
+    # group < the smallest tier (see _BATCHED_DTYPES): every GEMM is one zero-padded block
+    if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype)
+            and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype)):
         return None
     # This layer's keys and values into the chunk operands (the per-sequence path's layouts:
     # contiguous (Hkv, d, KEY_CHUNK) K^T and (Hkv, KEY_CHUNK, dv+1) V per entry; a GEMM's bits

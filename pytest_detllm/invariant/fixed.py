@@ -153,8 +153,7 @@ def fixed_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if 0 < a.shape[-2] < TIERS[-1]:
         # Decode: one zero-padded block of the smallest tier, which both tier choices share, so
         # no tier lookup (~200 of these calls a decode step; microseconds each count).
-        res = _padded_mm(a, b, TIERS[-1])
-        return res if a.dim() == 2 else res.contiguous()
+        return _run_blocks(a, b, TIERS[-1:])
     batch = None if a.dim() == 2 else a.shape[0]
     tiers = _tiers_for(b, batch)
     return _run_blocks(a, b, tiers)
