@@ -131,6 +131,15 @@ def _attn_kernel(
 _LAUNCH = Launcher(_attn_kernel)
 
 
+def attn_meta(q: torch.Tensor, causal: bool, softcap: float | None, **extra: object) -> dict:
+    """The constexprs and launch options every query-block attention kernel here shares (this
+    one, split-KV's and the one-pass prefill's), plus each kernel's own."""
+    upcast = _INTERPRET and q.dtype == torch.bfloat16
+    return dict(CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
+                UPCAST=upcast, BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N,
+                BLOCK_D=max(16, next_pow2(q.shape[-1])), num_warps=4, num_stages=2, **extra)
+
+
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
                         scale: float | None = None, causal: bool = True,
                         softcap: float | None = None, key_end: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,7 +161,6 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     ks = key_start
     if ks.dtype != torch.int32 or ks.get_device() != q.get_device() or ks.stride(0) != 1:
         ks = ks.to(device=q.device, dtype=torch.int32).contiguous()
-    upcast = _INTERPRET and q.dtype == torch.bfloat16
     grid = (cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
@@ -161,10 +169,6 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     _LAUNCH.launch(key, grid, (
         q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
-        CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
-        UPCAST=upcast,
-        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=max(16, next_pow2(d)),
-        TK_FROM_PTR=key_end is not None, num_warps=4, num_stages=2,
-    ))
+        hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0),
+        lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None))
     return out

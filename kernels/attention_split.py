@@ -21,10 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
 from ._rows import cdiv, next_pow2
-from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile
+from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_meta
 
 __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 
@@ -242,7 +241,6 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     n16 = cdiv(n, 4) * 4
     ws = torch.empty(2 * n16 + n * d, device=q.device, dtype=torch.float32)
     m_ws, l_ws, acc_ws = ws[:n], ws[n16:n16 + n], ws[2 * n16:]
-    upcast = _INTERPRET and q.dtype == torch.bfloat16
     te = key_end if key_end is not None else ks
     block_d = max(16, next_pow2(d))
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
@@ -253,11 +251,9 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     _LAUNCH.launch(key, (cdiv(rows, ATTN_BLOCK_M), bsz * hkv, nc), (
         q, k, v, ks, te, m_ws, l_ws, acc_ws,
         *q.stride(), *k.stride(), *v.stride(),
-        hkv, group, tq, tk, nc, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
-        CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast,
-        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None,
-        CHUNK=chunk, ANCHOR_ZERO=anchor_zero, num_warps=4, num_stages=2,
-    ))
+        hkv, group, tq, tk, nc, d, scale, float(softcap) if softcap else 1.0),
+        lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
+                          ANCHOR_ZERO=anchor_zero))
     ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15,
             ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
     _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, COMBINE_BLOCK_M), bsz * hkv), (
@@ -272,14 +268,10 @@ def _launch_onepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch
     bsz, h, tq, d = q.shape
     hkv = k.shape[1]
     group = h // hkv
-    upcast = _INTERPRET and q.dtype == torch.bfloat16
-    block_d = max(16, next_pow2(d))
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, group, d, causal, bool(softcap),
            q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, ks.data_ptr() & 15, out.data_ptr() & 15,
            chunk, q.device.index)
     _LAUNCH_ONEPASS.launch(key, (cdiv(tq * group, ATTN_BLOCK_M), bsz * hkv), (
         q, k, v, ks, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        hkv, group, tq, tk, d, scale, float(softcap) if softcap else 1.0), lambda: dict(
-        CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast, UPCAST=upcast,
-        BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d, CHUNK=chunk, num_warps=4, num_stages=2,
-    ))
+        hkv, group, tq, tk, d, scale, float(softcap) if softcap else 1.0),
+        lambda: attn_meta(q, causal, softcap, CHUNK=chunk))
