@@ -66,11 +66,41 @@ def _hook(chain: Any) -> Any:
     return chain
 
 
-def _direct(run: Any) -> "Callable[..., Any] | None":
-    """The C launch function behind Triton 3.6's CudaLauncher, when calling it directly is
-    equivalent: no global or profile scratch to allocate and the 3.6 argument layout (grid, stream,
-    function, cooperative, pdl, two scratch pointers, then the usual tail). Skips a Python frame
-    that allocates two closures per launch. Anything else (other versions, scratch) -> None."""
+def hooks_off() -> bool:
+    """No Triton launch hook is installed (a lean launch passes none; with one, callers take
+    Launcher.launch, which builds the launch metadata the hook receives)."""
+    return _hook(_RUNTIME.launch_enter_hook) is None and _hook(_RUNTIME.launch_exit_hook) is None
+
+
+def ready(dev: int) -> bool:
+    """A lean launch (`Bound`) may run now: no Triton launch hook is installed (`hooks_off`, inlined)
+    and `dev` is the current device. The lean paths inline this test (`Bound`'s docstring)."""
+    e, x = _RUNTIME.launch_enter_hook, _RUNTIME.launch_exit_hook
+    return ((e is None or not getattr(e, "calls", True)) and (x is None or not getattr(x, "calls", True))
+            and _current_device() == dev)
+
+
+def template(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> "torch.Tensor | None":
+    """A one-element tensor expanded to `shape`, such that `torch.empty_like(template(...))`
+    allocates a new tensor of that shape, dtype and device with contiguous strides, with less host
+    work than `torch.empty(shape, ...)` or `x.new_empty(shape)` (no size list to parse: ~1.9
+    against ~2.6-3.2 us on the H100 host). An expanded tensor is not dense, so empty_like infers
+    dense strides in the order of the template's, which for an all-ones base are the contiguous
+    ones; checked here once, so None (callers then keep torch.empty) if a torch infers others."""
+    shape = tuple(shape)
+    t = torch.empty((1,) * len(shape), dtype=dtype, device=device).expand(shape)
+    want, acc = [], 1
+    for s in reversed(shape):
+        want.append(acc)
+        acc *= max(s, 1)
+    return t if torch.empty_like(t).stride() == tuple(reversed(want)) else None
+
+
+def _direct_parts(run: Any) -> "tuple[Any, Any, Any] | None":
+    """(C launch function, cooperative flag, pdl flag) behind Triton 3.6's CudaLauncher, when
+    calling the C function directly is equivalent: no global or profile scratch to allocate and
+    the 3.6 argument layout (grid, stream, function, cooperative, pdl, two scratch pointers, then
+    the usual tail). Anything else (other versions, scratch) -> None."""
     try:
         import inspect
 
@@ -82,7 +112,16 @@ def _direct(run: Any) -> "Callable[..., Any] | None":
             or not hasattr(run, "launch_pdl") or not hasattr(run, "launch_cooperative_grid")
             or hasattr(run, "launch_cluster") or hasattr(run, "gsan_enabled")):
         return None
-    launch, coop, pdl = run.launch, run.launch_cooperative_grid, run.launch_pdl
+    return run.launch, run.launch_cooperative_grid, run.launch_pdl
+
+
+def _direct(run: Any) -> "Callable[..., Any] | None":
+    """The C launch of Triton 3.6's CudaLauncher called directly (`_direct_parts`): skips a Python
+    frame that allocates two closures per launch. Other versions -> None."""
+    parts = _direct_parts(run)
+    if parts is None:
+        return None
+    launch, coop, pdl = parts
 
     def direct(g0: int, g1: int, g2: int, stream: int, function: Any, *args: Any) -> None:
         launch(g0, g1, g2, stream, function, coop, pdl, None, None, *args)
@@ -158,6 +197,45 @@ class Launcher:
             run = kernel.run
             self.plans[key] = (kernel, _direct(run) or run, tail, max(dev, 0), kernel.function,
                                kernel.packed_metadata)
+
+    def bound(self, key: Any) -> "Bound | None":
+        """The compiled launch behind `key`'s plan with its fixed arguments bound, for a caller that
+        repeats one launch with new pointers (a lean path: see `Bound`); None if there is no plan
+        yet, the fast path is off, or the C launch cannot be called directly (not Triton 3.6's
+        layout)."""
+        plan = self.plans.get(key) if self.enabled else None
+        if plan is None:
+            return None
+        kernel, _run, tail, dev, function, packed = plan
+        parts = _direct_parts(kernel.run)
+        if parts is None:
+            return None
+        return Bound(self, parts[0], function, parts[1], parts[2], packed, tail, dev)
+
+
+class Bound:
+    """One compiled launch, bound, for a caller that repeats it with new pointers (the row
+    kernels' lean paths in pytest_detllm/invariant/cuda.py):
+
+        b.c(g0, g1, g2, stream, b.function, b.coop, b.pdl, None, None, b.packed, None, None, None,
+            *kernel_args, *b.tail)
+
+    is what `Launcher.launch` runs for the plan's key with no hook installed. The caller must have
+    matched everything that key holds (dtypes, shapes, strides, 16-byte alignment of each pointer,
+    device), check `ready(dev)` (no launch hook, `dev` current; else take `Launcher.launch`), and
+    may pass pointers as ints, which Triton's C launcher takes as they are (a tensor costs it a
+    `data_ptr()` call and a `cuPointerGetAttribute` per argument). Same compiled kernel, same
+    argument values: same bits as `Launcher.launch`.
+
+    The row kernels' lean functions inline `ready` for Triton's `HookChain` hooks (`not
+    chain.calls`) and call `ready` itself where that raises (a hook that is not a HookChain)."""
+
+    __slots__ = ("launcher", "c", "function", "coop", "pdl", "packed", "tail", "dev")
+
+    def __init__(self, launcher: Launcher, c: Any, function: Any, coop: Any, pdl: Any, packed: Any,
+                 tail: tuple, dev: int) -> None:
+        self.launcher, self.c, self.function, self.coop, self.pdl = launcher, c, function, coop, pdl
+        self.packed, self.tail, self.dev = packed, tail, dev
 
 
 _RUNTIME = knobs.runtime

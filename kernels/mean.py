@@ -4,17 +4,17 @@ Serves aten `mean.dim` for HF RMSNorm's `x.pow(2).mean(-1, keepdim=True)`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import Launcher
+from ._launch import _RUNTIME, Launcher, _current_device, _raw_stream, ready, template
 
 from ._rows import row_block, row_warps
 
-__all__ = ["mean_lastdim"]
+__all__ = ["mean_lastdim", "mean_rows", "mean_rows_lean"]
 
 
 @triton.jit
@@ -56,7 +56,44 @@ def mean_rows(x: torch.Tensor, n: int, out_shape: Sequence[int], out_dtype: torc
     return out
 
 
+def _key(x: torch.Tensor, out_dtype: torch.dtype, n: int, sx: int) -> tuple:
+    return (x.dtype, out_dtype, n, sx, x.data_ptr() & 15, x.get_device())
+
+
 def _launch_rows(x: torch.Tensor, out: torch.Tensor, nrows: int, n: int, sx: int) -> None:
     """nrows rows of n elements, sx apart in x (last dim contiguous), one mean each into out."""
-    key = (x.dtype, out.dtype, n, sx, x.data_ptr() & 15, x.get_device())
-    _LAUNCH.launch(key, (nrows,), (x, out, n, sx), lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
+    _LAUNCH.launch(_key(x, out.dtype, n, sx), (nrows,), (x, out, n, sx),
+                   lambda: dict(BLOCK=row_block(n), num_warps=row_warps(n)))
+
+
+def mean_rows_lean(x: torch.Tensor, n: int, out_shape: Sequence[int], out_dtype: torch.dtype
+                   ) -> "Callable[[torch.Tensor, int], torch.Tensor] | None":
+    """After `mean_rows(x, n, out_shape, out_dtype)` has run: `f(x2, x2.data_ptr())`, the same
+    computation for any x2 that matches x in dtype, shape, contiguity, device and data_ptr() % 16
+    (the caller's key), with the compiled launch bound (`_launch.Bound`: the output allocation and
+    one C call). None where there is no bound launch (fast path off, another Triton) or no
+    allocation template (`_launch.template`)."""
+    b = _LAUNCH.bound(_key(x, out_dtype, n, n))
+    if b is None:
+        return None
+    c, function, coop, pdl, packed, tail, dev = b.c, b.function, b.coop, b.pdl, b.packed, b.tail, b.dev
+    nrows, launcher, rt, cur, empty_like = x.numel() // n, _LAUNCH, _RUNTIME, _current_device, torch.empty_like
+    like = template(out_shape, out_dtype, x.device)
+    if like is None:
+        return None
+
+    def mean_lean(x: torch.Tensor, xp: int) -> torch.Tensor:
+        out = empty_like(like)
+        try:  # _launch.ready(dev), inlined for Triton's HookChain hooks
+            go = not rt.launch_enter_hook.calls and not rt.launch_exit_hook.calls and cur() == dev
+        except AttributeError:
+            go = ready(dev)
+        if go:
+            launcher.hits += 1
+            c(nrows, 1, 1, _raw_stream(dev), function, coop, pdl, None, None, packed, None, None, None,
+              xp, out.data_ptr(), n, n, *tail)
+        else:
+            _launch_rows(x, out, nrows, n, n)
+        return out
+
+    return mean_lean

@@ -117,13 +117,44 @@ def _mean_rows(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool,
     return n, shape
 
 
+# Lean paths (mean, RMSNorm, softmax): call key -> a function that allocates the output and makes
+# one bound C launch (kernels/_launch.py `Bound`), or False where there is none. The key holds
+# everything the route and the launch plan depend on: shape, dtype(s), arguments, contiguity,
+# device and each pointer's alignment mod 16; the function gets the pointers as ints. These ops
+# cost stock ~8-15 us of host time, so every Python layer between the dispatcher and the launch
+# counts (docs/kernels.md, "Launch overhead").
+_MEAN_LEAN: dict[tuple, Any] = {}
+_RMS_LEAN: dict[tuple, Any] = {}
+_SOFTMAX_LEAN: dict[tuple, Any] = {}
+
+
+def _store(table: dict[tuple, Any], key: tuple, value: Any) -> None:
+    if len(table) >= 4096:
+        table.clear()
+    table[key] = value
+
+
 def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = False, *,
              dtype: torch.dtype | None = None) -> torch.Tensor:
+    xp = self.data_ptr()
+    key = (self.shape, self.dtype, dim if dim is None or dim.__class__ is int else tuple(dim), keepdim, dtype,
+           self.is_contiguous(), xp & 15, self.get_device())
+    lean = _MEAN_LEAN.get(key)
+    if lean:
+        return lean(self, xp)
+    return _mean_dim(self, dim, keepdim, dtype, key)
+
+
+def _mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool, dtype: torch.dtype | None,
+              key: tuple) -> torch.Tensor:
     if self.is_contiguous():
-        key = (self.dtype, self.shape, dim if dim is None or isinstance(dim, int) else tuple(dim), keepdim, dtype)
-        route = _memo(_MEAN_ROWS, key, lambda: _mean_rows(self, dim, keepdim, dtype))
+        route = _memo(_MEAN_ROWS, key[:5], lambda: _mean_rows(self, dim, keepdim, dtype))
         if route:
-            return _kernels().mean_rows(self, route[0], route[1], dtype or self.dtype)
+            km = _kernels()
+            out = km.mean_rows(self, route[0], route[1], dtype or self.dtype)
+            if key not in _MEAN_LEAN:
+                _store(_MEAN_LEAN, key, km.mean_rows_lean(self, route[0], route[1], dtype or self.dtype) or False)
+            return out
     out_dtype = dtype or self.dtype
     nd = self.dim()
     dims = edges.dims(self, dim)
@@ -164,12 +195,32 @@ def _softmax_like(self: torch.Tensor, dim: int, half_to_float: bool, log: bool) 
     return y.reshape(self.shape)
 
 
+def _softmax_slow(self: torch.Tensor, dim: int, half_to_float: bool, log: bool, key: tuple) -> torch.Tensor:
+    y = _softmax_like(self, dim, half_to_float, log)
+    # exactly the cases _softmax_like runs as one launch on self itself, output in its final shape
+    if (key not in _SOFTMAX_LEAN and self.dtype in _FLOATS and self.dim() > 0 and edges.dim_ok(self, dim)
+            and self.numel() > 0 and (not half_to_float or self.dtype == torch.float16)
+            and dim % self.dim() == self.dim() - 1 and self.is_contiguous()):
+        _store(_SOFTMAX_LEAN, key, _kernels().softmax_lean(self, y.dtype, log) or False)
+    return y
+
+
 def softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
-    return _softmax_like(self, dim, half_to_float, log=False)
+    xp = self.data_ptr()
+    key = (self.shape, self.dtype, dim, half_to_float, False, self.is_contiguous(), xp & 15, self.get_device())
+    lean = _SOFTMAX_LEAN.get(key)
+    if lean:
+        return lean(self, xp)
+    return _softmax_slow(self, dim, half_to_float, False, key)
 
 
 def log_softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
-    return _softmax_like(self, dim, half_to_float, log=True)
+    xp = self.data_ptr()
+    key = (self.shape, self.dtype, dim, half_to_float, True, self.is_contiguous(), xp & 15, self.get_device())
+    lean = _SOFTMAX_LEAN.get(key)
+    if lean:
+        return lean(self, xp)
+    return _softmax_slow(self, dim, half_to_float, True, key)
 
 
 def _rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
@@ -195,7 +246,25 @@ def _check_rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: tor
 
 def fused_rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
                    weight: torch.Tensor | None, eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _rms(input, normalized_shape, weight, eps)
+    xp = input.data_ptr()
+    if weight is None:  # (a key of 7 items, one with a weight 12: they never collide)
+        wp = xp
+        key: tuple = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(),
+                      tuple(normalized_shape), eps is None)
+    else:
+        wp = weight.data_ptr()
+        key = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(), tuple(normalized_shape),
+               eps is None, weight.shape, weight.dtype, weight.is_contiguous(), wp & 15, weight.get_device())
+    lean = _RMS_LEAN.get(key)
+    if lean:
+        return lean(input, xp, weight, wp, eps)
+    out = _rms(input, normalized_shape, weight, eps)
+    if (key not in _RMS_LEAN and eps is not None and len(normalized_shape) == 1 and input.is_contiguous()
+            and input.numel() > 0 and (weight is None or (weight.dim() == 1 and weight.stride(0) == 1
+                                                         and weight.device == input.device))):
+        # the kernel wrapper's own no-reshape case (kernels/rmsnorm.py), on one device
+        _store(_RMS_LEAN, key, _kernels().rms_norm_lean(input, weight) or False)
+    return out
 
 
 def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],

@@ -1,8 +1,10 @@
 """Batch-invariance kernel tests on a CUDA device (skipped cleanly without one)."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -166,3 +168,155 @@ def test_hf_rmsnorm_gives_the_eager_bits(dtype: torch.dtype, n: int, w_dtype: to
                                              (F16, 4, 2, 128, 5), (F32, 4, 2, 64, 5)], ids=str)
 def test_rope_gives_the_eager_bits(dtype: torch.dtype, hq: int, hk: int, d: int, t: int) -> None:
     kc.check_rope(DEV, dtype, hq, hk, d, t)
+
+
+def _lean_cases() -> list[tuple[str, Any, Any, Any]]:
+    """(name, make input(gen), call through cuda.py, reference through the kernel wrapper)."""
+    from pytest_detllm.invariant import cuda
+
+    km = kc.load_kernels()
+    w4k = torch.randn(4096, device=DEV, dtype=BF16)
+    w_f32 = torch.randn(1100, device=DEV, dtype=F32)
+    w_f16 = torch.randn(50257, device=DEV, dtype=F16)
+
+    def mis(shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+        # one element past an aligned base: data_ptr() % 16 != 0 for 16-bit types (another plan key)
+        return lambda g: kc._randn((math.prod(shape) + 1,), dtype, DEV, g)[1:].view(shape)
+
+    def new(shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+        return lambda g: kc._randn(shape, dtype, DEV, g)
+
+    return [
+        ("mean fp32 [1,4096] keepdim", new((1, 4096), F32),
+         lambda x: cuda.mean_dim(x, [-1], True), lambda x: km.mean_lastdim(x).unsqueeze(-1)),
+        ("mean bf16->fp32 [3,7,4096]", new((3, 7, 4096), BF16),
+         lambda x: cuda.mean_dim(x, [-1], False, dtype=F32), lambda x: km.mean_lastdim(x, F32)),
+        ("mean fp16 [5,3,64] two dims", new((5, 3, 64), F16),
+         lambda x: cuda.mean_dim(x, [-2, -1], True), lambda x: km.mean_lastdim(x.reshape(5, 192)).view(5, 1, 1)),
+        ("mean bf16 misaligned [2,4096]", mis((2, 4096), BF16),
+         lambda x: cuda.mean_dim(x, -1), lambda x: km.mean_lastdim(x)),
+        ("rms_norm bf16 [1,1,4096]", new((1, 1, 4096), BF16),
+         lambda x: cuda.fused_rms_norm(x, [4096], w4k, 1e-6), lambda x: km.rms_norm(x, w4k, 1e-6)),
+        ("rms_norm bf16 w fp32 [9,1100]", new((9, 1100), BF16),
+         lambda x: cuda.fused_rms_norm(x, [1100], w_f32, 1e-5), lambda x: km.rms_norm(x, w_f32, 1e-5)),
+        ("rms_norm fp16 no weight [4,300]", new((4, 300), F16),
+         lambda x: cuda.fused_rms_norm(x, [300], None, 1e-6), lambda x: km.rms_norm(x, None, 1e-6)),
+        ("rms_norm fp16 misaligned [2,50257]", mis((2, 50257), F16),
+         lambda x: cuda.fused_rms_norm(x, [50257], w_f16, 1e-6), lambda x: km.rms_norm(x, w_f16, 1e-6)),
+        ("log_softmax fp32 [1,4096]", new((1, 4096), F32),
+         lambda x: cuda.log_softmax(x, -1, False), lambda x: km.log_softmax_lastdim(x)),
+        ("log_softmax bf16 [2,3,50257]", new((2, 3, 50257), BF16),
+         lambda x: cuda.log_softmax(x, 2, False), lambda x: km.log_softmax_lastdim(x)),
+        ("softmax fp16->fp32 [4,1000]", new((4, 1000), F16),
+         lambda x: cuda.softmax(x, -1, True), lambda x: km.softmax_lastdim(x, F32)),
+        ("softmax bf16 misaligned [3,64]", mis((3, 64), BF16),
+         lambda x: cuda.softmax(x, 1, False), lambda x: km.softmax_lastdim(x)),
+    ]
+
+
+def test_lean_row_paths_give_the_bits_of_the_paths_they_replace() -> None:
+    """mean.dim, _fused_rms_norm and (log_)softmax: the first call of a key takes the general path
+    and binds its launch; later calls of that key run the bound launch (pointers as ints, one C
+    call; `Launcher.hits` counts it). Each gives the bits of the kernel wrapper on the general
+    launch path, for new inputs of the key, misaligned pointers (another key), several chunks per
+    row, and with a Triton launch hook installed (the lean path then hands over to
+    Launcher.launch, which calls the hook)."""
+    from detllm_kernels import _launch, mean, rmsnorm, softmax
+    from triton import knobs
+
+    from pytest_detllm.invariant import cuda
+
+    launchers = {"mean": mean._LAUNCH, "rms_norm": rmsnorm._LAUNCH, "log_softmax": softmax._LAUNCH,
+                 "softmax": softmax._LAUNCH}
+    tables = {"mean": cuda._MEAN_LEAN, "rms_norm": cuda._RMS_LEAN, "log_softmax": cuda._SOFTMAX_LEAN,
+              "softmax": cuda._SOFTMAX_LEAN}
+    g = torch.Generator(device=DEV)
+    g.manual_seed(11)
+    seen: list[Any] = []
+    for name, make, ours, ref in _lean_cases():
+        op = name.split()[0]
+        table, launcher = tables[op], launchers[op]
+        table.clear()  # a cache: this case's key is then its only entry
+        first = make(g)
+        out = ours(first)
+        assert len(table) == 1, f"{name}: no lean entry was made"
+        (key, lean), = table.items()
+        assert lean, f"{name}: no bound launch (fast path off?)"
+        calls: list[int] = []
+
+        def counted(*a: Any, _lean: Any = lean) -> Any:
+            calls.append(1)
+            return _lean(*a)
+
+        table[key] = counted
+        for trial in range(3):
+            x = make(g)
+            hits = launcher.hits
+            got, want = ours(x), ref(x)
+            assert len(calls) == trial + 1, f"{name}: the call did not take the lean path"
+            assert launcher.hits == hits + 2, f"{name}: the lean call or the reference missed a plan"
+            got_t = got if isinstance(got, tuple) else (got,)
+            want_t = want if isinstance(want, tuple) else (want,)
+            for a, b in zip(got_t, want_t):
+                assert (a.shape, a.stride(), a.dtype, a.device) == (b.shape, b.stride(), b.dtype, b.device), name
+                assert torch.equal(a, b), f"{name}, trial {trial}: lean path bits differ from the general path"
+        want = ref(first)
+        assert torch.equal((out if isinstance(out, tuple) else (out,))[0],
+                           (want if isinstance(want, tuple) else (want,))[0]), f"{name}: first call's bits"
+        chain = knobs.runtime.launch_enter_hook
+        hook = seen.append
+        if hasattr(chain, "add"):
+            chain.add(hook)
+        else:  # an older Triton's plain hook attribute
+            knobs.runtime.launch_enter_hook = hook
+        try:
+            assert not _launch.ready(torch.cuda.current_device())
+            n, k = len(seen), len(calls)
+            x = make(g)
+            got = ours(x)
+            assert len(calls) == k + 1 and len(seen) == n + 1, f"{name}: the installed hook did not see the launch"
+        finally:
+            if hasattr(chain, "add"):
+                chain.remove(hook)
+            else:
+                knobs.runtime.launch_enter_hook = chain
+        assert _launch.ready(torch.cuda.current_device())
+        want = ref(x)
+        assert torch.equal((got if isinstance(got, tuple) else (got,))[0],
+                           (want if isinstance(want, tuple) else (want,))[0]), f"{name}: hook path bits"
+
+
+def test_allocation_template_gives_contiguous_strides() -> None:
+    """The lean paths allocate with torch.empty_like(template(shape)): a new tensor of that shape,
+    dtype and device with the contiguous strides torch.empty gives (size-1 dims included)."""
+    import itertools
+
+    from detllm_kernels._launch import template
+
+    for nd in range(1, 6):
+        for shape in itertools.product([1, 2, 3, 5], repeat=nd):
+            for dtype in (F32, BF16):
+                t = template(shape, dtype, torch.device(DEV))
+                assert t is not None, shape
+                y = torch.empty_like(t)
+                ref = torch.empty(shape, dtype=dtype, device=DEV)
+                assert (y.shape, y.stride(), y.dtype, y.device) == (ref.shape, ref.stride(), ref.dtype, ref.device)
+
+
+@pytest.mark.parametrize("dtype,n,w_dtype", [(BF16, 4096, BF16), (F16, 1100, F32), (F32, 300, None)], ids=str)
+def test_rms_norm_y_only_lean_gives_the_same_y(dtype: torch.dtype, n: int, w_dtype: torch.dtype | None) -> None:
+    """rms_norm_lean(y_only=True) (what an aten::rms_norm registration would run; the benchmark
+    measures it) writes rstd to a scratch buffer: its y has the bits of the kernel wrapper's."""
+    km = kc.load_kernels()
+    g = torch.Generator(device=DEV)
+    g.manual_seed(5)
+    w = None if w_dtype is None else kc._randn((n,), w_dtype, DEV, g)
+    x = kc._randn((3, 2, n), dtype, DEV, g)
+    km.rms_norm(x, w, 1e-6)
+    f = km.rms_norm_lean(x, w, y_only=True)
+    assert f is not None
+    for _ in range(3):
+        x = kc._randn((3, 2, n), dtype, DEV, g)
+        y = f(x, x.data_ptr(), w, (x if w is None else w).data_ptr(), 1e-6)
+        ref = km.rms_norm(x, w, 1e-6)[0]
+        assert (y.shape, y.stride(), y.dtype) == (ref.shape, ref.stride(), ref.dtype) and torch.equal(y, ref)
