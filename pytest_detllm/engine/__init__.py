@@ -66,7 +66,15 @@ class Engine:
         else:
             from .eager import EagerLoop
 
-            self._impl = EagerLoop(model, pad_id=pad_id, eos_ids=self.eos_ids, device=device, audit=self._audit)
+            # CPU, invariant kernels: decode-step linears skip the dispatcher (engine/cpu_decode.py;
+            # same function, same bits). DETLLM_CPU_DECODE=0 keeps the model's own code.
+            patches: list[Any] = []
+            if device.type == "cpu" and invariant and os.environ.get("DETLLM_CPU_DECODE", "1") != "0":
+                from .cpu_decode import prepare
+
+                patches = prepare(model)
+            self._impl = EagerLoop(model, pad_id=pad_id, eos_ids=self.eos_ids, device=device, audit=self._audit,
+                                   patches=patches, audits=self._audits)
 
     @contextlib.contextmanager
     def _kernels(self) -> Iterator[None]:
@@ -83,10 +91,13 @@ class Engine:
                 stack.enter_context(batch_invariant(self.device.type))
             yield
 
+    def _audits(self, step: int) -> bool:
+        return self.strict and step < 2
+
     def _audit(self, step: int) -> "contextlib.AbstractContextManager[Any]":
         """Strict mode audits the prefill and the first decode step of every generate call: later
         steps run the same code path, and auditing every op costs ~50% on CPU."""
-        if not self.strict or step >= 2:
+        if not self._audits(step):
             return contextlib.nullcontext()
         from ..strict import record
 

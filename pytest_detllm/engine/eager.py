@@ -6,7 +6,7 @@ The CPU path (and any model the static engine cannot serve). Token choice per ro
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Collection, ContextManager
+from typing import Any, Callable, Collection, ContextManager, Sequence
 
 import torch
 
@@ -17,15 +17,27 @@ from .sampling import choose
 
 class EagerLoop:
     def __init__(self, model: Any, *, pad_id: int, eos_ids: Collection[int], device: torch.device,
-                 audit: Callable[[int], ContextManager[Any]]) -> None:
+                 audit: Callable[[int], ContextManager[Any]], patches: Sequence[Any] = (),
+                 audits: Callable[[int], bool] = lambda step: False) -> None:
         self.model = model
         self.pad_id = pad_id
         self.eos_ids = frozenset(eos_ids)
         self.device = device
         self._audit = audit
+        # Swaps of model code that are in force only inside this loop's forwards, and never on a
+        # step that strict mode audits (it must see the model's own ops).
+        self._patches = list(patches)
+        self._audits = audits
         # transformers renamed past_key_values to cache (deprecated in 5.2x); use what this version takes.
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _patches_for(self, step: int) -> Sequence[Any]:
+        # Not under an audit (strict mode's, or a `strict.record` of the caller's): a dispatch
+        # mode must see the model's own ops, not our direct GEMMs.
+        if not self._patches or self._audits(step) or torch._C._len_torch_dispatch_stack() > 0:
+            return ()
+        return self._patches
 
     def generate(self, requests: list[Request], keep: Collection[int] | None) -> list[Generation]:
         bsz = len(requests)
@@ -35,9 +47,17 @@ class EagerLoop:
         kept = [keep is None or i in keep for i in range(bsz)]
         done = [False] * bsz
         steps = max(r.max_new_tokens for r in requests)
-        past = None
         step_ids, step_pos = ids, positions
+        with _Toggle() as patched:
+            return self._loop(requests, steps, step_ids, step_pos, mask, out, kept, done, patched)
+
+    def _loop(self, requests: list[Request], steps: int, step_ids: torch.Tensor, step_pos: torch.Tensor,
+              mask: torch.Tensor, out: list[Generation], kept: list[bool], done: list[bool],
+              patched: "_Toggle") -> list[Generation]:
+        bsz = len(requests)
+        past = None
         for step in range(steps):
+            patched.set(self._patches_for(step))
             with self._audit(step):
                 res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
                                  use_cache=True, logits_to_keep=1, **{self._cache_kw: past})
@@ -63,3 +83,27 @@ class EagerLoop:
             step_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=self.device)], dim=1)
         return out
+
+
+class _Toggle:
+    """The patches in force, switched only when a step wants others (installing ~200 module
+    forwards every step is host time too); all removed on the way out."""
+
+    def __init__(self) -> None:
+        self.active: Sequence[Any] = ()
+
+    def set(self, patches: Sequence[Any]) -> None:
+        if patches is self.active:
+            return
+        for p in reversed(self.active):
+            p.remove()
+        self.active = ()
+        for p in patches:
+            p.install()
+        self.active = patches
+
+    def __enter__(self) -> "_Toggle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.set(())

@@ -49,6 +49,21 @@ def _candidate(mod: torch.nn.Module) -> bool:
             and w.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
+def probe_inputs(mod: torch.nn.Module) -> tuple[torch.Tensor, torch.nn.Module]:
+    """A (B, T, n) block like the residual stream, with values of every magnitude, and a module of
+    mod's class with random weights (not the model's: all ones in a fresh model) to run it."""
+    w = mod.weight
+    n = w.shape[0]
+    x = probe_rows(96, n, w.dtype, w.device, seed=n).view(3, 32, n)
+    try:  # Cls(hidden_size, eps=...) (Llama, Qwen, Mistral...)
+        target = type(mod)(n, eps=mod.variance_epsilon).to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            target.weight.copy_(probe_rows(2, n, w.dtype, w.device, seed=7)[1])
+    except Exception:  # noqa: BLE001
+        target = mod
+    return x, target
+
+
 def _variant(mod: torch.nn.Module, cache: dict[Any, Any]) -> tuple[int, bool] | None:
     """The first kernel variant that gives the class's own forward bits on a probe, or None."""
     from detllm_kernels import hf_rmsnorm
@@ -58,16 +73,7 @@ def _variant(mod: torch.nn.Module, cache: dict[Any, Any]) -> tuple[int, bool] | 
     if key in cache:
         return cache[key]
     found = None
-    n = w.shape[0]
-    # a (B, T, n) block like the residual stream, with values of every magnitude
-    x = probe_rows(96, n, w.dtype, w.device, seed=n).view(3, 32, n)
-    try:  # Cls(hidden_size, eps=...) (Llama, Qwen, Mistral...): probe with random weights, not
-        # the model's (all ones in a fresh model)
-        target = type(mod)(n, eps=mod.variance_epsilon).to(device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            target.weight.copy_(probe_rows(2, n, w.dtype, w.device, seed=7)[1])
-    except Exception:  # noqa: BLE001
-        target = mod
+    x, target = probe_inputs(mod)
     if hf_rmsnorm.supported(x, target.weight):
         for v in hf_rmsnorm.VARIANTS:
             if same_bits(lambda v=v: hf_rmsnorm.hf_rms_norm(x, target.weight, target.variance_epsilon, v),

@@ -109,7 +109,8 @@ def invariant_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention-function signature; returns ((B, Tq, H, d), None)."""
-    registry.count_call(query.device.type, ATTENTION_OP)
+    # is_cpu/is_cuda, not device.type: that builds a string, once per layer per step
+    registry.count_call("cpu" if query.is_cpu else "cuda" if query.is_cuda else query.device.type, ATTENTION_OP)
     with registry.trusted_region():
         return _attention(module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window)
 
@@ -128,11 +129,11 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     tk = key.shape[2]
     scale = scaling if scaling is not None else d**-0.5
     starts, causal = mask_layout(attention_mask, bsz, tq, tk, bool(getattr(module, "is_causal", True)))
-    if query.device.type == "cuda":
+    if query.is_cuda:
         from .cuda import cuda_attention
 
         ks = _starts_on(query.device, starts)
         return cuda_attention(query, key, value, ks, scale, causal=causal, softcap=softcap), None
-    if query.device.type != "cpu":
+    if not query.is_cpu:
         raise RuntimeError(f"detllm's invariant attention has no implementation for device {query.device.type!r}")
     return cpu_attention(query, key, value, starts, scale, causal=causal, softcap=softcap), None

@@ -157,6 +157,7 @@ class _Step:
     def __init__(self, key: tuple, starts: tuple[int, ...], tk: int, hkv: int, group: int, d: int,
                  dv: int, dtype: torch.dtype) -> None:
         self.key = key
+        self.batched: bool | None = None  # both GEMMs' entries proven independent (once a step)
         small = TIERS[-1]
         self.live = [b for b, s in enumerate(starts) if s < tk]  # rows with at least one real key
         self.lengths = [tk - starts[b] for b in self.live]
@@ -205,18 +206,23 @@ class _Step:
         self.scores_rows = self.scores[:, :, :, :group]
         self.parts_flat = self.parts.view(self.entries, small, dv + 1)
         self.parts_rows = self.parts[:, :, :, :group]
+        # One chunk per sequence (no fold): the division's operands as views, made once.
+        self.num = self.parts_rows[:, 0, ..., :-1] if c_max == 1 else None
+        self.den = self.parts_rows[:, 0, ..., -1:] if c_max == 1 else None
 
 
 _steps = threading.local()
 
 
-def _step(starts: tuple[int, ...], tk: int, hkv: int, group: int, d: int, dv: int,
+def _step(key_start: list[int], tk: int, hkv: int, group: int, d: int, dv: int,
           dtype: torch.dtype) -> _Step:
-    """The current step's _Step, per thread (its buffers must not be shared between threads)."""
-    key = (starts, tk, hkv, group, d, dv, dtype, torch.is_inference_mode_enabled())
+    """The current step's _Step, per thread (its buffers must not be shared between threads).
+    Every layer of a forward asks with the same starts and shapes: the key compares the starts
+    as given (no int() per element) before the shapes."""
     st = getattr(_steps, "last", None)
+    key = (tuple(key_start), tk, hkv, group, d, dv, dtype, torch.is_inference_mode_enabled())
     if st is None or st.key != key:
-        st = _steps.last = _Step(key, starts, tk, hkv, group, d, dv, dtype)
+        st = _steps.last = _Step(key, tuple(int(s) for s in key_start), tk, hkv, group, d, dv, dtype)
     return st
 
 
@@ -231,13 +237,15 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
     hkv, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = h // hkv
     acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    st = _step(tuple(int(s) for s in key_start), tk, hkv, group, d, dv, acc_dtype)
+    st = _step(key_start, tk, hkv, group, d, dv, acc_dtype)
     if not st.live:
         return q.new_zeros((bsz, 1, h, dv))
     nl, c_max, entries = len(st.live), st.c_max, st.entries
     # group < the smallest tier (see _BATCHED_DTYPES): every GEMM is one zero-padded block
-    if not (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype)
-            and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype)):
+    if st.batched is None:
+        st.batched = (_entries_independent(group, d, KEY_CHUNK, hkv, entries, acc_dtype)
+                      and _entries_independent(group, KEY_CHUNK, dv + 1, hkv, entries, acc_dtype))
+    if not st.batched:
         return None
     # This layer's keys and values into the chunk operands (the per-sequence path's layouts:
     # contiguous (Hkv, d, KEY_CHUNK) K^T and (Hkv, KEY_CHUNK, dv+1) V per entry; a GEMM's bits
@@ -263,12 +271,18 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_sta
     m = scores.amax(dim=(1, 4), keepdim=True)  # over all of a sequence's keys; exact in any order
     torch.exp(scores - m, out=st.pp_rows)
     torch.bmm(st.pp_flat, st.vc_flat, out=st.parts_flat)
-    parts = st.parts_rows
-    acc = parts[:, 0]
-    for c in range(1, c_max):
-        has = st.has[c - 1]
-        acc = acc + parts[:, c] if has is None else torch.where(has, acc + parts[:, c], acc)
-    o = (acc[..., :-1] / acc[..., -1:]).reshape(nl, 1, h, dv).to(q.dtype)
+    if st.num is not None:
+        o = st.num / st.den
+    else:
+        parts = st.parts_rows
+        acc = parts[:, 0]
+        for c in range(1, c_max):
+            has = st.has[c - 1]
+            acc = acc + parts[:, c] if has is None else torch.where(has, acc + parts[:, c], acc)
+        o = acc[..., :-1] / acc[..., -1:]
+    o = o.reshape(nl, 1, h, dv)
+    if o.dtype != q.dtype:
+        o = o.to(q.dtype)
     if st.live_idx is None:
         return o
     out = q.new_zeros((bsz, 1, h, dv))

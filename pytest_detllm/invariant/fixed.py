@@ -50,9 +50,13 @@ def _zero_rows(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 
 def _padded_mm(blk: torch.Tensor, b: torch.Tensor, small: int) -> torch.Tensor:
     """blk (..., take < small, K) @ b as rows of one zero-padded small-row GEMM: the smallest tier's
-    block, built with one cat of a cached zero block. Returns a view of the first `take` rows."""
+    block (on CPU a cached padded block that only the rows are copied into). Returns a view of the
+    first `take` rows."""
     take, lead = blk.shape[-2], tuple(blk.shape[:-2])
-    pad = torch.cat((blk, _zero_rows((*lead, small - take, blk.shape[-1]), blk.dtype, blk.device)), dim=-2)
+    if blk.is_cpu and not lead and not (blk.requires_grad and torch.is_grad_enabled()):
+        pad = _pad_block(blk, small)
+    else:
+        pad = torch.cat((blk, _zero_rows((*lead, small - take, blk.shape[-1]), blk.dtype, blk.device)), dim=-2)
     tmp = torch.empty((*lead, small, b.shape[-1]), dtype=blk.dtype, device=blk.device)
     if not lead and b.shape[1] >= _SPLIT_MIN_N and _columns_split_ok(b, small):
         for c0 in range(0, b.shape[1], COLUMN_BLOCK):
@@ -60,6 +64,33 @@ def _padded_mm(blk: torch.Tensor, b: torch.Tensor, small: int) -> torch.Tensor:
     else:
         _mm_out(pad, b, tmp)  # mm's out= overload: the functional one is the mode's own override
     return tmp[..., :take, :]
+
+
+_pads = threading.local()
+
+
+def _pad_block(blk: torch.Tensor, small: int) -> torch.Tensor:
+    """The (small, K) block `cat((blk, zeros))` would build, as a per-thread cached buffer: a decode
+    step makes ~200 of these, and a copy into a kept block costs less than a cat's new one. Rows
+    past `take` are zero: a call with fewer rows than the last one clears the rows it left. The
+    buffer is only ever read by the GEMM that follows (the result is a new tensor), and inference
+    tensors are kept apart (they cannot be written outside inference mode)."""
+    take, k = blk.shape
+    key = (small, k, blk.dtype, torch.is_inference_mode_enabled())
+    cache = getattr(_pads, "cache", None)
+    if cache is None:
+        cache = _pads.cache = {}
+    entry = cache.get(key)
+    if entry is None:
+        if len(cache) >= _MAX_PLANS:
+            cache.clear()
+        entry = cache[key] = [torch.zeros((small, k), dtype=blk.dtype), take]
+    buf, dirty = entry
+    buf[:take].copy_(blk)
+    if dirty > take:
+        buf[take:dirty].zero_()
+    entry[1] = take
+    return buf
 
 
 # A wide product (an LM head: N = vocabulary) is run COLUMN_BLOCK columns at a time when that

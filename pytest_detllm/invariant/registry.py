@@ -8,12 +8,11 @@ threads are safe and the stock kernels come back when the last user leaves.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import warnings
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
@@ -31,21 +30,36 @@ _calls: Counter = Counter()
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def trusted_region() -> Iterator[None]:
-    """Mark ops issued inside an invariant implementation (e.g. our attention): audits skip them."""
-    depth = getattr(_local, "depth", 0)
-    _local.depth = depth + 1
-    try:
+class _TrustedRegion:
+    """Mark ops issued inside an invariant implementation (e.g. our attention): audits skip them.
+    A class rather than a generator context manager: entered once per attention call."""
+
+    __slots__ = ("depth", "popped")
+
+    def __enter__(self) -> None:
+        self.depth = getattr(_local, "depth", 0)
+        _local.depth = self.depth + 1
+        self.popped = None
         # An audit on top of the mode stack would only wave these ops through: step out of it
         # so they skip Python dispatch altogether (40 % of strict mode's cost on CPU prefill).
         if getattr(_get_current_dispatch_mode(), "skips_trusted_regions", False):
-            with _pop_mode_temporarily():
-                yield
-        else:
-            yield
-    finally:
-        _local.depth = depth
+            self.popped = _pop_mode_temporarily()
+            try:
+                self.popped.__enter__()
+            except BaseException:
+                _local.depth = self.depth
+                raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self.popped is not None:
+                self.popped.__exit__(*exc)
+        finally:
+            _local.depth = self.depth
+
+
+def trusted_region() -> _TrustedRegion:
+    return _TrustedRegion()
 
 
 def in_trusted_region() -> bool:
