@@ -1,21 +1,26 @@
-"""The CPU engine's decode-step linears without the dispatcher, inside the eager loop's forwards.
+"""The CPU engine's decode-step linears and RMSNorms without the dispatcher, inside the eager
+loop's forwards.
 
 A batch-1 CPU decode token under batch_invariant() is ~210 linear calls of one row each. Each one
 goes F.linear -> aten::linear -> matmul -> aten::mm -> the mode's Python kernel -> the padded
 4-row GEMM (invariant/fixed.py, `_padded_mm`): on the 2-core EPYC ~40 µs of host work around a
-GEMM of ~25-300 µs, ~8 ms a token. Here a module's forward calls that same `_padded_mm` on its
-rows directly, so each row's bits are those of the mode's own path by construction (the same
-function, operands and layout; tests/test_cpu_decode.py compares the two bit for bit). Calls
-with 4 rows or more, or anything else unusual, take the module's own forward (the mode's path).
+GEMM of ~25-300 µs, more in place (the GEMMs stream the weights through the caches). Here a
+module's forward runs that same padded GEMM on its rows directly, so each row's bits are those of
+the mode's own path by construction (the same operands, layout and library call; tests/
+test_cpu_decode.py compares the two bit for bit). Calls with 4 rows or more, or anything else
+unusual, take the module's own forward (the mode's path).
 
-q, k and v (engine/fuse.py's first group) also run as one product at decode, when a
-probe shows that the fused 4-row GEMM gives each column the bits of the separate ones (an entry is
-a dot product over K; the probe checks the library does not pick its kernel by N, as
+q, k and v (engine/fuse.py's first group) also run as one product at decode, when a probe shows
+that the fused 4-row GEMM gives each column the bits of the separate ones (an entry is a dot
+product over K; the probe checks the library does not pick its kernel by N, as
 `_columns_split_ok` does for the LM head's column blocks). Prefill keeps the separate products:
 other block heights were not probed.
 
-Installed only inside the eager loop's forwards (engine/fuse.py's `fused`), and never on a step
-that strict mode audits (it must see every op).
+A transformers RMSNorm calls the mode's fixed-order mean directly, when its class gave these
+bits on a probe (so another formula keeps the model's code).
+
+Installed only inside the eager loop's forwards, and never while a dispatch mode is active
+(strict mode's audit, or a caller's `strict.record`): an audit must see the model's own ops.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..invariant import fixed, registry
+from ..invariant import fixed
+from ..invariant.probes import probe_once
 from . import fuse, fuse_norm
 from .probe import probe_rows, same_bits
 
@@ -125,22 +131,22 @@ _fused_ok: dict[tuple, bool] = {}
 def _fusion_ok(sizes: list[int], k: int, dtype: torch.dtype) -> bool:
     """Whether the fused decode GEMM gives every column the bits of the separate GEMMs (random
     weights and rows of every magnitude; once per shape and dtype, per thread count)."""
-    key = (tuple(sizes), k, dtype, torch.get_num_threads())
-    ok = _fused_ok.get(key)
-    if ok is None:
+
+    def probe() -> bool:
         with torch.inference_mode():
             ws = [probe_rows(n, k, dtype, torch.device("cpu"), seed=11 + i) for i, n in enumerate(sizes)]
             x = probe_rows(8, k, dtype, torch.device("cpu"), seed=5)
             fused = torch.cat(ws, 0)
-            ok = True
             for rows in range(1, _ROWS):
                 for r0 in range(0, x.shape[0] - rows + 1, rows):
                     xs = x[r0:r0 + rows]
                     whole = fixed._padded_mm(xs, fused.t(), _ROWS)
                     parts = torch.cat([fixed._padded_mm(xs, w.t(), _ROWS) for w in ws], 1)
-                    ok = ok and torch.equal(whole.view(torch.int8), parts.view(torch.int8))
-        _fused_ok[key] = ok
-    return ok
+                    if not torch.equal(whole.view(torch.int8), parts.view(torch.int8)):
+                        return False
+        return True
+
+    return probe_once(_fused_ok, (tuple(sizes), k, dtype, torch.get_num_threads()), probe)
 
 
 class DecodeNorm:
@@ -180,13 +186,13 @@ _norm_ok: dict[tuple, bool] = {}
 
 def _norm_probe(mod: torch.nn.Module) -> bool:
     w = mod.weight
-    key = (type(mod), w.dtype, w.shape[0], mod.variance_epsilon)
-    ok = _norm_ok.get(key)
-    if ok is None:
+
+    def probe() -> bool:
         x, target = fuse_norm.probe_inputs(mod)
-        ok = _norm_ok[key] = same_bits(lambda: rms_norm(x, target.weight, target.variance_epsilon),
-                                       lambda: type(mod).forward(target, x), w.device)
-    return ok
+        return same_bits(lambda: rms_norm(x, target.weight, target.variance_epsilon),
+                         lambda: type(mod).forward(target, x), w.device)
+
+    return probe_once(_norm_ok, (type(mod), w.dtype, w.shape[0], mod.variance_epsilon), probe)
 
 
 def prepare(model: torch.nn.Module) -> list[Any]:

@@ -20,6 +20,7 @@ import threading
 import torch
 
 from .fixed import KEY_CHUNK, TIERS, _run_blocks, fixed_mm
+from .probes import probe_once
 
 
 def _chunked(x: torch.Tensor, n_chunks: int) -> torch.Tensor:
@@ -119,7 +120,6 @@ def per_sequence_attention(
 _BATCHED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _independent: dict[tuple, bool] = {}
-_probe_lock = threading.Lock()
 
 
 def _entries_independent(rows: int, k: int, n: int, hkv: int, batch: int, dtype: torch.dtype) -> bool:
@@ -127,19 +127,16 @@ def _entries_independent(rows: int, k: int, n: int, hkv: int, batch: int, dtype:
     give each entry the bits of the `hkv`-entry call the per-sequence path makes? Probed once per
     shape and batch size with random operands."""
     tiers = TIERS[-1:]
-    key = (rows, k, n, hkv, batch, dtype, torch.get_num_threads())
-    known = _independent.get(key)
-    if known is not None:
-        return known
-    with _probe_lock:
+
+    def probe() -> bool:
         gen = torch.Generator().manual_seed(4321)
         a = torch.randn((batch, rows, k), generator=gen).to(dtype)
         b = torch.randn((batch, k, n), generator=gen).to(dtype)
         whole = _run_blocks(a, b, tiers)
-        ok = all(torch.equal(whole[i : i + hkv], _run_blocks(a[i : i + hkv], b[i : i + hkv], tiers))
-                 for i in range(0, batch, hkv))
-        _independent[key] = ok
-        return ok
+        return all(torch.equal(whole[i : i + hkv], _run_blocks(a[i : i + hkv], b[i : i + hkv], tiers))
+                   for i in range(0, batch, hkv))
+
+    return probe_once(_independent, (rows, k, n, hkv, batch, dtype, torch.get_num_threads()), probe)
 
 
 class _Step:

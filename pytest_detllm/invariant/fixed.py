@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from .probes import probe_once
+
 # Block heights, largest first. Rows are served by the largest tier that fits, the remainder
 # by the smallest (zero-padded). Tiers other than the smallest are used only for a
 # (shape, dtype, layout) whose tiers were checked to agree bit for bit (see _tiers_for).
@@ -29,7 +31,6 @@ KEY_CHUNK: int = 128
 
 _tier_cache: dict[tuple, tuple[int, ...]] = {}
 _zeros_cache: dict[tuple, torch.Tensor] = {}
-_tier_lock = threading.Lock()
 
 
 def _mm_out(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
@@ -107,18 +108,18 @@ def _columns_split_ok(b: torch.Tensor, small: int) -> bool:
     shape and layout: an entry is a dot product over K, so they should, unless the library picks
     its kernel by N. Probed once per shape/layout with random rows against the operand itself."""
     key = (tuple(b.shape), b.stride(), b.dtype, small, torch.get_num_threads())
-    ok = _split_cache.get(key)
-    if ok is None:
-        with _tier_lock:
-            gen = torch.Generator().manual_seed(99)
-            rows = torch.randn((small, b.shape[0]), generator=gen).to(b.dtype)
-            whole = torch.empty((small, b.shape[1]), dtype=b.dtype)
-            parts = torch.empty_like(whole)
-            _mm_out(rows, b, whole)
-            for c0 in range(0, b.shape[1], COLUMN_BLOCK):
-                _mm_out(rows, b[:, c0 : c0 + COLUMN_BLOCK], parts[:, c0 : c0 + COLUMN_BLOCK])
-            ok = _split_cache[key] = torch.equal(whole, parts)
-    return ok
+
+    def probe() -> bool:
+        gen = torch.Generator().manual_seed(99)
+        rows = torch.randn((small, b.shape[0]), generator=gen).to(b.dtype)
+        whole = torch.empty((small, b.shape[1]), dtype=b.dtype)
+        parts = torch.empty_like(whole)
+        _mm_out(rows, b, whole)
+        for c0 in range(0, b.shape[1], COLUMN_BLOCK):
+            _mm_out(rows, b[:, c0 : c0 + COLUMN_BLOCK], parts[:, c0 : c0 + COLUMN_BLOCK])
+        return torch.equal(whole, parts)
+
+    return probe_once(_split_cache, key, probe)
 
 
 def _run_blocks(a: torch.Tensor, b: torch.Tensor, tiers: tuple[int, ...]) -> torch.Tensor:
@@ -155,28 +156,26 @@ def _tiers_for(b: torch.Tensor, batch: int | None) -> tuple[int, ...]:
     """The tiers usable with this right operand: all of them if a probe row gives the same bits
     in every tier and at every position, else only the smallest. Checked once per shape/layout."""
     key = (tuple(b.shape[-2:]), b.stride()[-2:], b.dtype, b.device.type, batch, torch.get_num_threads())
-    cached = _tier_cache.get(key)
-    if cached is not None:
-        return cached
-    with _tier_lock:
+
+    def probe() -> tuple[int, ...]:
         gen = torch.Generator().manual_seed(1234)
         k = b.shape[-2]
         lead = () if batch is None else (batch,)
-        probe = torch.randn((*lead, 1, k), generator=gen).to(b.dtype)
+        probe_row = torch.randn((*lead, 1, k), generator=gen).to(b.dtype)
         ok = True
         ref = None
         for tier in TIERS:
             rows = torch.randn((*lead, tier, k), generator=gen).to(b.dtype)
             for pos in (0, tier - 1):
-                rows[..., pos : pos + 1, :] = probe
+                rows[..., pos : pos + 1, :] = probe_row
                 res = _run_blocks(rows, b, (tier,))[..., pos, :]
                 if ref is None:
                     ref = res
                 elif not torch.equal(ref, res):
                     ok = False
-        chosen = TIERS if ok else TIERS[-1:]
-        _tier_cache[key] = chosen
-        return chosen
+        return TIERS if ok else TIERS[-1:]
+
+    return probe_once(_tier_cache, key, probe)
 
 
 def fixed_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
