@@ -113,13 +113,26 @@ def test_sdpa_variants_invariant_and_close_to_stock(case: str) -> None:
     torch.testing.assert_close(ours, stock, rtol=tol, atol=tol)  # padding rows: zeros in both (bool mask)
 
 
-def test_sdpa_backward_is_refused_not_wrong() -> None:
-    q, k, v = (t.requires_grad_() for t in make_seqs("cpu", torch.float32)[0])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_sdpa_backward_gives_stock_gradients(gqa: bool) -> None:
+    """Inputs that require grad (training, or a forward without no_grad): the invariant forward,
+    bit for bit, and the gradients of the attention it computes (invariant/attention_grad.py)."""
+    seqs = make_seqs("cpu", torch.float32, hkv=2 if gqa else 4)
+    q0, k0, v0, mask = left_padded(seqs, "bool", True)
+    kw: dict[str, object] = {"enable_gqa": True} if gqa else {}
+    up = torch.randn(q0.shape[:-1] + (v0.shape[-1],), generator=torch.Generator().manual_seed(5))
+    ours = [t.clone().requires_grad_() for t in (q0, k0, v0)]
     with batch_invariant():
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert out.requires_grad
-    with pytest.raises(RuntimeError, match="backward through aten::scaled_dot_product_attention"):
-        out.sum().backward()
+        out = F.scaled_dot_product_attention(*ours, attn_mask=mask, **kw)
+        out.backward(up)
+        with torch.no_grad():
+            plain = F.scaled_dot_product_attention(q0, k0, v0, attn_mask=mask, **kw)
+    assert torch.equal(out.detach(), plain)
+    theirs = [t.clone().requires_grad_() for t in (q0, k0, v0)]
+    F.scaled_dot_product_attention(*theirs, attn_mask=mask, **kw).backward(up)
+    for a, b in zip(ours, theirs):
+        assert a.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
 def _sliding(q: torch.Tensor) -> torch.Tensor:

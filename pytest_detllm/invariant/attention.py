@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from . import registry
+from .attention_grad import with_grad
 from .cpu_attention import cpu_attention
 
 ATTENTION_OP = "detllm_attention"  # the name strict mode and coverage reports use
@@ -133,7 +134,11 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
         from .cuda import cuda_attention
 
         ks = _starts_on(query.device, starts)
-        return cuda_attention(query, key, value, ks, scale, causal=causal, softcap=softcap), None
-    if not query.is_cpu:
+        run = lambda: cuda_attention(query, key, value, ks, scale, causal=causal, softcap=softcap)  # noqa: E731
+    elif query.is_cpu:
+        run = lambda: cpu_attention(query, key, value, starts, scale, causal=causal, softcap=softcap)  # noqa: E731
+    else:
         raise RuntimeError(f"detllm's invariant attention has no implementation for device {query.device.type!r}")
-    return cpu_attention(query, key, value, starts, scale, causal=causal, softcap=softcap), None
+    # A model run with grad enabled (training, or a forward without no_grad): the same forward,
+    # with gradients (attention_grad.py).
+    return with_grad(run, query, key, value, starts, scale, causal, softcap), None

@@ -12,12 +12,13 @@ mask structures, top-left causal alignment) is refused with an error naming the 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from . import registry
 from .attention import UnsupportedAttentionMask, _starts_on, mask_layout
+from .attention_grad import with_grad
 from .cpu_attention import cpu_attention
 
 SDPA_OP = "scaled_dot_product_attention"
@@ -54,27 +55,8 @@ def scaled_dot_product_attention(
             query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)[0]
     registry.count_call(device, SDPA_OP)
     run = _plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-        return _ForwardOnly.apply(run, query, key, value)
     with registry.trusted_region():
         return run()
-
-
-class _ForwardOnly(torch.autograd.Function):
-    """The invariant forward for inputs that require grad (a model run without no_grad); a
-    backward through it fails loudly instead of differentiating something else."""
-
-    @staticmethod
-    def forward(ctx: Any, run: Callable[[], torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        with registry.trusted_region():
-            return run()
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> Any:  # type: ignore[override]
-        raise RuntimeError(
-            f"detllm: backward through aten::{SDPA_OP} is not supported inside batch_invariant(); the mode "
-            "is for inference: run the forward under torch.no_grad() or torch.inference_mode(), or train outside it."
-        )
 
 
 def _plan(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
@@ -118,9 +100,13 @@ def _plan(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask
         if device == "cuda":
             from .cuda import cuda_attention
 
-            o = cuda_attention(q, k, v, _starts_on(q.device, starts), sc, causal=causal)
+            ks = _starts_on(q.device, starts)
+            attend = lambda: cuda_attention(q, k, v, ks, sc, causal=causal)  # noqa: E731
         else:
-            o = cpu_attention(q, k, v, starts, sc, causal=causal)
+            attend = lambda: cpu_attention(q, k, v, starts, sc, causal=causal)  # noqa: E731
+        # Inputs that require grad: the same forward, with gradients (attention_grad.py); q, k
+        # and v are views of the arguments, so the gradients reach them.
+        o = with_grad(attend, q, k, v, starts, sc, causal, None)
         return o.transpose(1, 2).reshape(out_shape)  # (B, Tq, H, d) -> (B, H, Tq, d)
 
     return run
