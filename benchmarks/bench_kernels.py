@@ -181,7 +181,8 @@ def host_breakdown_rows() -> None:
     kernel for that op (the dispatcher's round trip, and for rms_norm the composite above it);
     the output allocation(s); our kernel wrapper on the general launch path; the lean bound
     launch alone; cuda.py's function without the dispatcher; the whole path under
-    batch_invariant(); then cProfile of the whole path."""
+    batch_invariant(), in inference_mode and in no_grad (there autograd's dispatch keys run:
+    rms_norm's AutogradCUDA kernel); then cProfile of the whole path."""
     import cProfile
     import pstats
     import statistics
@@ -231,20 +232,6 @@ def host_breakdown_rows() -> None:
             lean=(km.softmax_lean, (xf, f32, True), (xf, xf.data_ptr())),
             cuda=lambda: cuda.log_softmax(xf, -1, False)),
     }
-    km.rms_norm(x, nw, 1e-6)
-    y_only: dict[tuple, Any] = {}
-
-    def rms_norm_y_only(input: torch.Tensor, normalized_shape: Any, weight: Any = None, eps: Any = None) -> Any:
-        """What registering aten::rms_norm itself would cost (cuda.fused_rms_norm's key, one
-        allocation, no composite and no tuple): measured only, the mode does not register it."""
-        xp, wp = input.data_ptr(), weight.data_ptr()
-        key = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(), tuple(normalized_shape),
-               eps is None, weight.shape, weight.dtype, weight.is_contiguous(), wp & 15, weight.get_device())
-        f = y_only.get(key)
-        if f is None:
-            f = y_only[key] = km.rms_norm_lean(input, weight, y_only=True)
-        return f(input, xp, weight, wp, eps)
-
     print("\nhost breakdown of the row ops (us per call; median of 5 interleaved rounds of 200 calls):")
     for name, o in ops.items():
         build, bargs, cargs = o["lean"]
@@ -259,9 +246,8 @@ def host_breakdown_rows() -> None:
         if lean is not None:
             rows += [("lean bound launch alone", lambda lean=lean, cargs=cargs: lean(*cargs), "plain")]
         rows += [("cuda.py function, no dispatcher", o["cuda"], "plain"),
-                 ("public call in batch_invariant()", o["public"], "mode")]
-        if name.startswith("rms_norm"):
-            rows += [("public -> rms_norm override, lean y only*", o["public"], "rms_norm")]
+                 ("public call in batch_invariant()", o["public"], "mode"),
+                 ("same, no_grad instead of inference_mode", o["public"], "mode_no_grad")]
         times: dict[str, list[float]] = {k: [] for k, _, _ in rows}
         for _ in range(5):
             for k, fn, kind in rows:
@@ -270,16 +256,9 @@ def host_breakdown_rows() -> None:
                 elif kind == "mode":
                     with batch_invariant("cuda"), torch.inference_mode():
                         times[k].append(host_us(fn, 200))
-                elif kind == "rms_norm":
-                    lib = torch.library.Library("aten", "IMPL")
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            lib.impl("rms_norm", rms_norm_y_only, "CUDA")
-                        with torch.inference_mode():
-                            times[k].append(host_us(fn, 200))
-                    finally:
-                        lib._destroy()
+                elif kind == "mode_no_grad":  # autograd keys dispatched (rms_norm: its AutogradCUDA kernel)
+                    with batch_invariant("cuda"), torch.no_grad():
+                        times[k].append(host_us(fn, 200))
                 else:
                     lib = torch.library.Library("aten", "IMPL")
                     try:
@@ -292,8 +271,6 @@ def host_breakdown_rows() -> None:
         print(f"  {name}")
         for k, ts in times.items():
             print(f"    {k:<40} {statistics.median(ts):8.1f}")
-        if name.startswith("rms_norm"):
-            print("    * aten::rms_norm registered for CUDA by this benchmark only (not by the mode)")
         with batch_invariant("cuda"), torch.inference_mode():
             prof = cProfile.Profile()
             prof.enable()

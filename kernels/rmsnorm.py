@@ -98,9 +98,9 @@ def rms_norm_lean(x: torch.Tensor, weight: torch.Tensor | None, y_only: bool = F
     launch (fast path off, another Triton) or no allocation template (`_launch.template`).
 
     y_only: f returns y alone and the kernel writes rstd into one scratch buffer of the function's
-    (what `aten::rms_norm`, which drops rstd, would need: one allocation instead of two; the same
-    compiled kernel, so the same y). Not used by the mode today (benchmarks/bench_kernels.py
-    measures it; docs/kernels.md says why it is not registered)."""
+    (what `aten::rms_norm`, which drops rstd, needs: one allocation instead of two; the same
+    compiled kernel, so the same y). The mode's aten::rms_norm for CUDA uses it
+    (pytest_detllm/invariant/cuda.py `rms_norm`)."""
     n = x.shape[-1]
     b = _LAUNCH.bound(_key(x, weight, n, n, n))
     if b is None:

@@ -11,9 +11,11 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.autograd import forward_ad as _fwd_ad  # _current_level: -1 outside any dual_level
 
 from . import edges, fixed
 from .flags import split_kv_enabled
+from .registry import _calls  # the registry's call counter (strict mode reads it)
 
 # Fail at import (the registry turns ImportError into a clear "no kernels for cuda" error) rather
 # than inside the first overridden op. find_spec checks presence without importing triton.
@@ -21,7 +23,7 @@ for _mod in ("triton", "detllm_kernels"):
     if importlib.util.find_spec(_mod) is None:
         raise ImportError(f"detllm's CUDA kernels need the {_mod!r} package (pip install triton)")
 
-__all__ = ["CUDA_IMPLS", "cuda_attention"]
+__all__ = ["CUDA_EXTRA_IMPLS", "CUDA_IMPLS", "cuda_attention"]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -267,9 +269,84 @@ def fused_rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
     return out
 
 
+# aten::rms_norm itself (F.rms_norm), for CUDA. Stock's rms_norm is CompositeImplicitAutograd: it
+# checks its inputs and, for a floating input of standard memory format whose weight has the
+# input's dtype, returns `_fused_rms_norm(...)[0]`; otherwise it runs its own pow/mean/rsqrt
+# formula. A miss here runs that composite kernel itself (its checks and routes, our
+# `_fused_rms_norm` and `mean.dim` underneath), so every call gives the bits it gave before this
+# registration. Where the composite took the fused route with our lean case (`_rms_lean_ok`), the
+# key gets a lean function that runs the same compiled kernel with the same arguments but
+# allocates y alone (rstd goes to a scratch buffer): one allocation and no tuple, which is what
+# brings F.rms_norm's host time near stock's (docs/kernels.md, "Lean paths").
+_RMS_Y_LEAN: dict[tuple, Any] = {}
+_RMS_OP = _aten.rms_norm.default
+_CIA = torch._C.DispatchKey.CompositeImplicitAutograd
+
+
+def _rms_norm_composite(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+                        eps: float | None) -> torch.Tensor:
+    """Stock's CompositeImplicitAutograd kernel of aten::rms_norm (C++), called directly."""
+    return _RMS_OP._op_dk(_CIA, input, normalized_shape, weight, eps)
+
+
+def _rms_lean_ok(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+                 eps: float | None) -> bool:
+    """The composite's fused route (weight of the input's dtype; dim < 4, so never a channels-last
+    format; a float input) and fused_rms_norm's own lean case (one normalized dim, contiguous,
+    non-empty, weight 1-D contiguous on the same CUDA device); a function of rms_norm's key."""
+    return (eps is not None and len(normalized_shape) == 1 and input.dtype in _FLOATS and input.is_cuda
+            and input.dim() < 4 and input.is_contiguous() and input.numel() > 0
+            and (weight is None or (weight.dtype == input.dtype and weight.dim() == 1 and weight.stride(0) == 1
+                                    and weight.device == input.device)))
+
+
 def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
              weight: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
-    return _rms(input, normalized_shape, weight, eps)[0]
+    xp = input.data_ptr()
+    if weight is None:  # fused_rms_norm's key
+        wp = xp
+        key: tuple = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(),
+                      tuple(normalized_shape), eps is None)
+    else:
+        wp = weight.data_ptr()
+        key = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(), tuple(normalized_shape),
+               eps is None, weight.shape, weight.dtype, weight.is_contiguous(), wp & 15, weight.get_device())
+    lean = _RMS_Y_LEAN.get(key)
+    if lean:
+        return lean(input, xp, weight, wp, eps)
+    y = _rms_norm_composite(input, normalized_shape, weight, eps)
+    if key not in _RMS_Y_LEAN and _rms_lean_ok(input, normalized_shape, weight, eps):
+        # the composite has just run our fused kernel on this key, so its launch plan exists
+        _store(_RMS_Y_LEAN, key, _kernels().rms_norm_lean(input, weight, y_only=True) or False)
+    return y
+
+
+# rms_norm's AutogradCUDA kernel. Once an op that is CompositeImplicitAutograd has a CUDA kernel,
+# the dispatcher no longer fills its AutogradCUDA entry with the composite: calls from outside
+# inference_mode would reach the CUDA kernel through autograd's not-implemented fallback, which
+# warns on backward and will raise. This kernel serves those calls itself. A call that autograd
+# must record (grad mode on and an input requiring grad), and any call under a forward-AD level, a
+# functorch transform, a Python dispatch mode (strict mode's audit) or on a tensor subclass, runs
+# stock's composite, as the dispatcher did before: autograd records `_fused_rms_norm` with its
+# stock derivative, our kernel computes its forward, and an audit sees the op it always saw.
+# Every other call (no_grad decode, tensors that need no grad) goes straight to `rms_norm` above,
+# counted as ("cuda", "rms_norm") (the registry does not wrap this table).
+_RMS_CALL = ("cuda", "rms_norm")
+_Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
+_grad_enabled = torch.is_grad_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch = torch._C._are_functorch_transforms_active
+
+
+def rms_norm_autograd(input: torch.Tensor, normalized_shape: Sequence[int],
+                      weight: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
+    if (input.__class__ is _Tensor and not (input.requires_grad and _grad_enabled())
+            and (weight is None or ((weight.__class__ is _Parameter or weight.__class__ is _Tensor)
+                                    and not (weight.requires_grad and _grad_enabled())))
+            and _fwd_ad._current_level < 0 and not _dispatch_modes() and not _functorch()):
+        _calls[_RMS_CALL] += 1
+        return rms_norm(input, normalized_shape, weight, eps)
+    return _rms_norm_composite(input, normalized_shape, weight, eps)
 
 
 def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
@@ -323,8 +400,9 @@ def cuda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start:
     return fn(q, k, v, key_start, scale, causal, softcap, key_end)
 
 
-# `rms_norm` itself is CompositeImplicitAutograd and on CUDA forwards to `_fused_rms_norm`;
-# overriding the latter keeps autograd's view of rms_norm intact.
+# `rms_norm` is CompositeImplicitAutograd and on CUDA forwards to `_fused_rms_norm`: both are
+# overridden (`_fused_rms_norm` for training and for what the composite runs, `rms_norm` for one
+# allocation less), and rms_norm's autograd entry comes from CUDA_EXTRA_IMPLS.
 CUDA_IMPLS: dict[str, Callable[..., Any]] = {
     "mm": mm,
     "addmm": addmm,
@@ -333,5 +411,12 @@ CUDA_IMPLS: dict[str, Callable[..., Any]] = {
     "_softmax": softmax,
     "_log_softmax": log_softmax,
     "_fused_rms_norm": fused_rms_norm,
+    "rms_norm": rms_norm,
     "native_layer_norm": native_layer_norm,
+}
+
+# Kernels for other dispatch keys, installed beside CUDA_IMPLS (dispatch key -> {op: kernel}). The
+# registry does not wrap them in its call counter: each counts the calls it serves itself.
+CUDA_EXTRA_IMPLS: dict[str, dict[str, Callable[..., Any]]] = {
+    "AutogradCUDA": {"rms_norm": rms_norm_autograd},
 }

@@ -103,6 +103,18 @@ def device_tables() -> dict[str, dict[str, Callable[..., object]]]:
 _cuda_error: list[str] = [""]
 
 
+def extra_tables(tables: dict[str, dict[str, Callable[..., object]]]) -> dict[str, dict[str, Callable[..., object]]]:
+    """Kernels for dispatch keys other than a device's, installed beside `tables` (what
+    install_tables() returned) where its CUDA table is cuda.CUDA_IMPLS: dispatch key -> {op: impl},
+    e.g. AutogradCUDA for rms_norm, a CompositeImplicitAutograd op with a CUDA override. Not
+    wrapped in the call counter: each counts the calls it serves itself."""
+    if "CUDA" not in tables:
+        return {}
+    from .cuda import CUDA_EXTRA_IMPLS, CUDA_IMPLS
+
+    return CUDA_EXTRA_IMPLS if tables["CUDA"] is CUDA_IMPLS else {}
+
+
 def _tripwire(op: str, why: str) -> Callable[..., object]:
     def refuse(*args: Any, **kwargs: Any) -> object:
         raise RuntimeError(
@@ -169,9 +181,14 @@ def enter() -> None:
             with warnings.catch_warnings():
                 # torch warns that we override a registered kernel: that is the point.
                 warnings.simplefilter("ignore")
-                for key, table in install_tables().items():
+                tables = install_tables()
+                for key, table in tables.items():
                     for name, fn in table.items():
                         lib.impl(name, _counted(key.lower(), name, fn), key)
+                        _installed.setdefault(key, set()).add(name)
+                for key, table in extra_tables(tables).items():
+                    for name, fn in table.items():
+                        lib.impl(name, fn, key)
                         _installed.setdefault(key, set()).add(name)
                 # Direct F.scaled_dot_product_attention calls: the composite op itself, above the
                 # backend choice and the autograd key, so no route bypasses it (sdpa.py counts calls).

@@ -320,3 +320,113 @@ def test_rms_norm_y_only_lean_gives_the_same_y(dtype: torch.dtype, n: int, w_dty
         y = f(x, x.data_ptr(), w, (x if w is None else w).data_ptr(), 1e-6)
         ref = km.rms_norm(x, w, 1e-6)[0]
         assert (y.shape, y.stride(), y.dtype) == (ref.shape, ref.stride(), ref.dtype) and torch.equal(y, ref)
+
+
+def _rms_cases(g: torch.Generator) -> list[tuple[str, Any]]:
+    """(name, () -> (x, normalized_shape, weight, eps)): lean keys and every composite route."""
+    def new(shape: tuple[int, ...], dtype: torch.dtype, w: Any, ns: Any = None, eps: Any = 1e-6,
+            view: Any = None) -> Any:
+        def make() -> tuple:
+            x = kc._randn(shape, dtype, DEV, g)
+            if view is not None:
+                x = view(x)
+            return x, list(ns or x.shape[-1:]), w, eps
+        return make
+
+    w4k = kc._randn((4096,), BF16, DEV, g)
+    w300 = kc._randn((300,), F16, DEV, g)
+    w_f32 = kc._randn((1100,), F32, DEV, g)
+    w64 = kc._randn((3, 64), F32, DEV, g)
+    return [
+        ("bf16 [1,4096] (decode)", new((1, 4096), BF16, w4k)),
+        ("bf16 [2,7,4096]", new((2, 7, 4096), BF16, w4k)),
+        ("fp16 no weight [4,300]", new((4, 300), F16, None)),
+        ("fp16 [4,300] w fp16", new((4, 300), F16, w300)),
+        ("fp32 [3,1100]", new((3, 1100), F32, w_f32, eps=1e-5)),
+        ("fp32 eps None", new((3, 1100), F32, w_f32, eps=None)),
+        ("bf16 x, fp32 w (composite's own formula)", new((3, 1100), BF16, w_f32)),
+        ("fp32 two normalized dims", new((2, 3, 64), F32, w64, ns=(3, 64))),
+        ("bf16 transposed", new((4096, 3), BF16, w4k, view=lambda t: t.t())),
+        ("bf16 misaligned", new((2 * 4096 + 1,), BF16, w4k, view=lambda t: t[1:].view(2, 4096))),
+        ("bf16 4-d", new((2, 3, 2, 4096), BF16, w4k)),
+    ]
+
+
+def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aten::rms_norm for CUDA (cuda.rms_norm: one allocation on a lean key, stock's composite
+    otherwise) and its AutogradCUDA kernel (cuda.rms_norm_autograd): F.rms_norm gives the bits it
+    gave through the composite and `_fused_rms_norm` alone (the mode with both new entries
+    removed), under no_grad, inference_mode and plain grad mode, for lean keys (called repeatedly)
+    and every composite route; training through it gives the same output, graph node and
+    gradients (never autograd's not-implemented fallback) and nothing warns; strict mode sees the
+    op it saw before, covered."""
+    import warnings
+
+    from pytest_detllm import batch_invariant, strict
+    from pytest_detllm.invariant import cuda, registry
+
+    kc.load_kernels()
+    g = torch.Generator(device=DEV)
+    g.manual_seed(13)
+    cases = _rms_cases(g)
+    inputs = {name: [make() for _ in range(3)] for name, make in cases}
+    ctxs = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "grad mode": torch.enable_grad}
+
+    def forward_all() -> dict[tuple[str, str, int], torch.Tensor]:
+        out = {}
+        for name, calls in inputs.items():
+            for ctx, enter in ctxs.items():
+                for i, (x, ns, w, eps) in enumerate(calls):
+                    with enter():
+                        out[name, ctx, i] = torch.nn.functional.rms_norm(x, ns, w, eps)
+        return out
+
+    def train(dtype: torch.dtype) -> tuple[Any, ...]:
+        g.manual_seed(17)
+        x = kc._randn((5, 2, 1024), dtype, DEV, g).requires_grad_(True)
+        w = torch.nn.Parameter(kc._randn((1024,), dtype, DEV, g))
+        up = kc._randn((5, 2, 1024), F32, DEV, g)
+        y = torch.nn.functional.rms_norm(x, (1024,), w, 1e-6)
+        ((y.float() * up).sum() + y.float().pow(2).sum()).backward()
+        return y.detach(), x.grad, w.grad, type(y.grad_fn).__name__
+
+    with monkeypatch.context() as m:  # the mode as it was: rms_norm reaches _fused_rms_norm via the composite
+        m.delitem(cuda.CUDA_IMPLS, "rms_norm")
+        m.delitem(cuda.CUDA_EXTRA_IMPLS["AutogradCUDA"], "rms_norm")
+        with batch_invariant("cuda"):
+            assert not torch._C._dispatch_has_kernel_for_dispatch_key("aten::rms_norm", "AutogradCUDA")
+            old = forward_all()
+            old_train = {dt: train(dt) for dt in (BF16, F32)}
+    assert "rms_norm" in cuda.CUDA_IMPLS and "rms_norm" in cuda.CUDA_EXTRA_IMPLS["AutogradCUDA"]
+
+    cuda._RMS_Y_LEAN.clear()
+    with batch_invariant("cuda"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("aten::rms_norm", "CUDA")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("aten::rms_norm", "AutogradCUDA")
+        assert "rms_norm" in registry.installed()["AutogradCUDA"]
+        before = registry.call_count("cuda", "rms_norm")
+        new = forward_all()
+        new_train = {dt: train(dt) for dt in (BF16, F32)}
+        served = registry.call_count("cuda", "rms_norm") - before
+        lean = [v for v in cuda._RMS_Y_LEAN.values() if v]
+        with strict.record(raise_on_violation=True) as audit:
+            x, ns, w, eps = inputs["bf16 [1,4096] (decode)"][0]
+            for enter in ctxs.values():
+                with enter():
+                    torch.nn.functional.rms_norm(x, ns, w, eps)
+    assert served == len(inputs) * 3 * len(ctxs), "each F.rms_norm call ran the new registration"
+    assert lean, "no lean y-only function was bound"
+    for k, y in old.items():
+        z = new[k]
+        assert (z.shape, z.stride(), z.dtype) == (y.shape, y.stride(), y.dtype), k
+        assert torch.equal(z, y), f"{k}: F.rms_norm's bits changed with the rms_norm registration"
+    for dt, ref in old_train.items():
+        for what, a, b in zip(("y", "x.grad", "w.grad"), ref, new_train[dt]):
+            assert b is not None and torch.equal(a, b), f"training {dt}: {what} differs"
+        assert ref[3] == new_train[dt][3] and "NotImplemented" not in ref[3], (ref[3], new_train[dt][3])
+    assert audit.covered.get("_fused_rms_norm") and not audit.violations, audit.coverage_table()
+    assert "NOT COVERED" not in audit.coverage_table()
+    mismatch = "Mismatch dtype between input and module"  # stock's own warning (the fp32-weight case)
+    assert not [str(w.message) for w in caught if mismatch not in str(w.message)], \
+        [str(w.message)[:200] for w in caught]
