@@ -359,7 +359,7 @@ def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest
     removed), under no_grad, inference_mode and plain grad mode, for lean keys (called repeatedly)
     and every composite route; training through it gives the same output, graph node and
     gradients (never autograd's not-implemented fallback) and nothing warns; strict mode sees the
-    op it saw before, covered."""
+    ops it saw before, covered, with no violation."""
     import warnings
 
     from pytest_detllm import batch_invariant, strict
@@ -390,6 +390,14 @@ def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest
         ((y.float() * up).sum() + y.float().pow(2).sum()).backward()
         return y.detach(), x.grad, w.grad, type(y.grad_fn).__name__
 
+    def audited() -> tuple[dict, dict, list]:
+        with strict.record(raise_on_violation=False) as audit:
+            x, ns, w, eps = inputs["bf16 [1,4096] (decode)"][0]
+            for enter in ctxs.values():
+                with enter():
+                    torch.nn.functional.rms_norm(x, ns, w, eps)
+        return dict(audit.seen), dict(audit.covered), audit.violations
+
     with monkeypatch.context() as m:  # the mode as it was: rms_norm reaches _fused_rms_norm via the composite
         m.delitem(cuda.CUDA_IMPLS, "rms_norm")
         m.delitem(cuda.CUDA_EXTRA_IMPLS["AutogradCUDA"], "rms_norm")
@@ -397,6 +405,7 @@ def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest
             assert not torch._C._dispatch_has_kernel_for_dispatch_key("aten::rms_norm", "AutogradCUDA")
             old = forward_all()
             old_train = {dt: train(dt) for dt in (BF16, F32)}
+            old_audit = audited()
     assert "rms_norm" in cuda.CUDA_IMPLS and "rms_norm" in cuda.CUDA_EXTRA_IMPLS["AutogradCUDA"]
 
     cuda._RMS_Y_LEAN.clear()
@@ -410,11 +419,7 @@ def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest
         new_train = {dt: train(dt) for dt in (BF16, F32)}
         served = registry.call_count("cuda", "rms_norm") - before
         lean = [v for v in cuda._RMS_Y_LEAN.values() if v]
-        with strict.record(raise_on_violation=True) as audit:
-            x, ns, w, eps = inputs["bf16 [1,4096] (decode)"][0]
-            for enter in ctxs.values():
-                with enter():
-                    torch.nn.functional.rms_norm(x, ns, w, eps)
+        new_audit = audited()
     assert served == len(inputs) * 3 * len(ctxs), "each F.rms_norm call ran the new registration"
     assert lean, "no lean y-only function was bound"
     for k, y in old.items():
@@ -425,8 +430,10 @@ def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest
         for what, a, b in zip(("y", "x.grad", "w.grad"), ref, new_train[dt]):
             assert b is not None and torch.equal(a, b), f"training {dt}: {what} differs"
         assert ref[3] == new_train[dt][3] and "NotImplemented" not in ref[3], (ref[3], new_train[dt][3])
-    assert audit.covered.get("_fused_rms_norm") and not audit.violations, audit.coverage_table()
-    assert "NOT COVERED" not in audit.coverage_table()
+    # Under a dispatch mode torch 2.11's composite runs its pow/mean/rsqrt formula (mean.dim is
+    # ours), before and after the registration alike.
+    assert new_audit == old_audit and not new_audit[2], (old_audit, new_audit)
+    assert new_audit[0] and all(new_audit[1].values()), new_audit
     mismatch = "Mismatch dtype between input and module"  # stock's own warning (the fp32-weight case)
     assert not [str(w.message) for w in caught if mismatch not in str(w.message)], \
         [str(w.message)[:200] for w in caught]
