@@ -49,6 +49,14 @@ def _same(a: list, b: list) -> bool:
                for x, y in zip(a, b))
 
 
+def _engines(model: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, Engine]:
+    """(without the patches, with them) on one model."""
+    monkeypatch.setenv("DETLLM_CPU_DECODE", "0")
+    plain = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
+    monkeypatch.setenv("DETLLM_CPU_DECODE", "1")
+    return plain, Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
+
+
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many linear calls the patches served (so a test cannot pass by never using them)."""
@@ -67,10 +75,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen2", "gpt2"])
 def test_engine_bits_with_and_without_patches(arch: str, counted: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model(arch)
-    monkeypatch.setenv("DETLLM_CPU_DECODE", "0")
-    plain = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
-    monkeypatch.setenv("DETLLM_CPU_DECODE", "1")
-    patched = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
+    plain, patched = _engines(model, monkeypatch)
     rng = random.Random(arch)
     for bsz in (1, 2, 3, 5):
         reqs = _requests(rng, bsz)
@@ -84,10 +89,7 @@ def test_engine_bits_with_and_without_patches(arch: str, counted: list[int], mon
 
 def test_bf16_model(counted: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model("llama", torch.bfloat16, seed=3)
-    monkeypatch.setenv("DETLLM_CPU_DECODE", "0")
-    plain = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
-    monkeypatch.setenv("DETLLM_CPU_DECODE", "1")
-    patched = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
+    plain, patched = _engines(model, monkeypatch)
     reqs = _requests(random.Random(7), 3)
     assert _same(plain.generate(reqs), patched.generate(reqs))
     assert counted[0] > 0
@@ -175,10 +177,7 @@ def test_no_fusion_without_the_probe(monkeypatch: pytest.MonkeyPatch, counted: l
     assert not any(isinstance(p, cpu_decode.DecodeFused) for p in patches)
     q = model.model.layers[0].self_attn.q_proj
     assert any(isinstance(p, cpu_decode.DecodeLinear) and p.mod is q for p in patches)
-    monkeypatch.setenv("DETLLM_CPU_DECODE", "0")
-    plain = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
-    monkeypatch.setenv("DETLLM_CPU_DECODE", "1")
-    patched = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"))
+    plain, patched = _engines(model, monkeypatch)
     reqs = _requests(random.Random(11), 2)
     assert _same(plain.generate(reqs), patched.generate(reqs))
     assert counted[0] > 0

@@ -16,7 +16,7 @@ separate dispatcher entry and therefore still the stock kernel.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -78,14 +78,7 @@ def _pad_block(blk: torch.Tensor, small: int) -> torch.Tensor:
     tensors are kept apart (they cannot be written outside inference mode)."""
     take, k = blk.shape
     key = (small, k, blk.dtype, torch.is_inference_mode_enabled())
-    cache = getattr(_pads, "cache", None)
-    if cache is None:
-        cache = _pads.cache = {}
-    entry = cache.get(key)
-    if entry is None:
-        if len(cache) >= _MAX_PLANS:
-            cache.clear()
-        entry = cache[key] = [torch.zeros((small, k), dtype=blk.dtype), take]
+    entry = _per_thread(_pads, key, lambda: [torch.zeros((small, k), dtype=blk.dtype), take])
     buf, dirty = entry
     buf[:take].copy_(blk)
     if dirty > take:
@@ -234,22 +227,32 @@ def _tree_plan(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     ever write a prefix [0, P/2) of the row and P/2 < n, so the padding [n, P) stays zero.
     Inference tensors are kept apart: they cannot be updated outside inference mode."""
     key = (shape, dtype, device, torch.is_inference_mode_enabled())
-    cache = getattr(_plans, "cache", None)
+    return _per_thread(_plans, key, lambda: _build_plan(shape, dtype, device))
+
+
+def _build_plan(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tuple:
+    n = shape[-1]
+    p = 1 << (n - 1).bit_length()
+    buf = torch.zeros((*shape[:-1], p), dtype=dtype, device=device)
+    levels = []
+    while p > 1:
+        p //= 2
+        levels.append((buf[..., :p], buf[..., p : 2 * p]))
+    return (buf[..., :n], tuple(levels), buf[..., 0])
+
+
+def _per_thread(local: threading.local, key: tuple, build: Callable[[], Any]) -> Any:
+    """local.cache[key], built on a miss; at most _MAX_PLANS entries (all dropped when full):
+    the work buffers of one thread, which no other thread may write."""
+    cache = getattr(local, "cache", None)
     if cache is None:
-        cache = _plans.cache = {}
-    plan = cache.get(key)
-    if plan is None:
+        cache = local.cache = {}
+    entry = cache.get(key)
+    if entry is None:
         if len(cache) >= _MAX_PLANS:
             cache.clear()
-        n = shape[-1]
-        p = 1 << (n - 1).bit_length()
-        buf = torch.zeros((*shape[:-1], p), dtype=dtype, device=device)
-        levels = []
-        while p > 1:
-            p //= 2
-            levels.append((buf[..., :p], buf[..., p : 2 * p]))
-        plan = cache[key] = (buf[..., :n], tuple(levels), buf[..., 0])
-    return plan
+        entry = cache[key] = build()
+    return entry
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
