@@ -42,8 +42,8 @@ _LAUNCH = Launcher(_rmsnorm_kernel)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float | None,
              normalized_ndim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (y in x.dtype, rstd fp32 of shape x.shape[:-nd] + (1,)*nd) like aten::_fused_rms_norm."""
-    if eps is None:
-        eps = torch.finfo(x.dtype).eps
+    if eps is None:  # stock's default: the epsilon of the accumulation type (fp32 for half types)
+        eps = torch.finfo(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype).eps
     if (normalized_ndim == 1 and x.is_contiguous() and x.numel()
             and (weight is None or (weight.dim() == 1 and weight.stride(0) == 1))):
         # The common case, with no reshapes or copies on the host (each costs a few us there):

@@ -437,3 +437,18 @@ def test_rms_norm_registration_same_bits_gradients_and_audit(monkeypatch: pytest
     mismatch = "Mismatch dtype between input and"  # stock's own warning (the fp32-weight case; once)
     assert not [str(w.message) for w in caught if mismatch not in str(w.message)], \
         [str(w.message)[:200] for w in caught]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rms_norm_default_eps_is_stocks(dtype: torch.dtype) -> None:
+    """eps=None means the accumulation type's epsilon (fp32's for half inputs), as stock's: a
+    small row shows it (Hypothesis found bf16 [0.0264] -> 0.285 with bf16's epsilon, stock 1.0)."""
+    from pytest_detllm.invariant import batch_invariant
+
+    x = torch.tensor([[0.0264], [0.5]], device="cuda", dtype=dtype)
+    w = torch.tensor([0.75, 1.25], device="cuda", dtype=dtype)
+    stock = (torch.nn.functional.rms_norm(x, [1]), torch.nn.functional.rms_norm(x.view(1, 2), [2], w))
+    with torch.no_grad(), batch_invariant("cuda"):
+        ours = (torch.nn.functional.rms_norm(x, [1]), torch.nn.functional.rms_norm(x.view(1, 2), [2], w))
+    for s, o in zip(stock, ours):
+        torch.testing.assert_close(o, s, rtol=2e-2, atol=2e-2)
