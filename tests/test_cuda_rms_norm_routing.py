@@ -77,6 +77,8 @@ def test_calls_without_autograd_go_to_the_forward(routed: list[str], ctx: str) -
     assert torch.equal(y, cuda._rms_norm_composite(x, [64], w.detach(), 1e-6))
 
 
+# torch's forward-AD decompositions script themselves on first import (torch's own deprecation)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_dispatch_modes_and_forward_ad_take_the_composite(routed: list[str]) -> None:
     seen: list[str] = []
 
