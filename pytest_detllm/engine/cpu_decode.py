@@ -113,12 +113,7 @@ class DecodeFused(fuse.FusedProjections):
             self._left = []
             m = self.mods[0]
             return F.linear(x, m.weight, m.bias)
-        a = self.sizes[0]
-        self._left = [x]
-        for n in self.sizes[1:]:
-            self._left.append(y[..., a:a + n])
-            a += n
-        return y[..., :self.sizes[0]]
+        return self._split(x, y)
 
 
 # q/k/v only: on the 2-core EPYC, in place (weights streamed from DRAM), the fused 4-row GEMM

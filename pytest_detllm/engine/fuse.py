@@ -70,7 +70,11 @@ class FusedProjections:
         return self.bias is None or self.mods[0].bias.data_ptr() == self.bias.data_ptr()
 
     def _first(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        return self._split(x, F.linear(x, self.weight, self.bias))
+
+    def _split(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The first projection's columns of the fused product y of x; the later ones are kept
+        for their modules' calls on the same x."""
         a = self.sizes[0]
         self._left = [x]
         for n in self.sizes[1:]:
