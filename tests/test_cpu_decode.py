@@ -207,3 +207,18 @@ def test_patches_removed_when_the_forward_raises(monkeypatch: pytest.MonkeyPatch
         eng.generate([Request((5, 6), max_new_tokens=2)])
     monkeypatch.undo()
     assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_strict_engine_audits_the_first_steps_and_patches_the_rest(counted: list[int]) -> None:
+    """Strict mode audits the prefill and the first decode step with the model's own code (no
+    violation: every op there ran through the mode), and later steps take the patches."""
+    model = _model("llama", seed=4)
+    eng = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"), strict=True)
+    plain = Engine(model, pad_id=2, eos_ids=[], device=torch.device("cpu"), strict=True)
+    plain._impl._patches = []  # the same engine without patches, for the bits
+    reqs = [Request((5, 6, 7), max_new_tokens=2)]
+    eng.generate(reqs)
+    assert counted[0] == 0  # two steps: both audited
+    reqs = [Request((5, 6, 7), max_new_tokens=5)]
+    assert _same(eng.generate(reqs), plain.generate(reqs))
+    assert counted[0] > 0  # steps 2.. took the patches
