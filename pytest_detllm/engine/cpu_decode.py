@@ -104,11 +104,12 @@ class DecodeLinear:
 class DecodeFused(fuse.FusedProjections):
     """engine/fuse.py's fused projections, taken at decode only (fewer than 4 rows)."""
 
+    def __init__(self, owner: torch.nn.Module, names: tuple[str, ...]) -> None:
+        self._t = _Transposed()
+        super().__init__(owner, names)
+
     def _first(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.__dict__.get("_t")
-        if t is None:
-            t = self._t = _Transposed()
-        y = _decode_mm(x, self.weight, t.of(self.weight), self.bias)
+        y = _decode_mm(x, self.weight, self._t.of(self.weight), self.bias)
         if y is None:  # prefill: the separate products, as the model computes them
             self._left = []
             m = self.mods[0]

@@ -48,40 +48,34 @@ class EagerLoop:
         done = [False] * bsz
         steps = max(r.max_new_tokens for r in requests)
         step_ids, step_pos = ids, positions
-        with _Toggle() as patched:
-            return self._loop(requests, steps, step_ids, step_pos, mask, out, kept, done, patched)
-
-    def _loop(self, requests: list[Request], steps: int, step_ids: torch.Tensor, step_pos: torch.Tensor,
-              mask: torch.Tensor, out: list[Generation], kept: list[bool], done: list[bool],
-              patched: "_Toggle") -> list[Generation]:
-        bsz = len(requests)
         past = None
-        for step in range(steps):
-            patched.set(self._patches_for(step))
-            with self._audit(step):
-                res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: past})
-            past = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
-            logits = res.logits[:, -1, :].float().cpu()
-            next_ids = []
-            for i, r in enumerate(requests):
-                if done[i] or step >= r.max_new_tokens:
-                    done[i] = True
-                    next_ids.append(self.pad_id)
-                    continue
-                tok = choose(logits[i], r, step)
-                out[i].token_ids.append(tok)
-                if kept[i]:
-                    out[i].step_logits.append(logits[i].clone())
-                if tok in self.eos_ids:
-                    out[i].finish_reason = "stop"
-                    done[i] = True
-                next_ids.append(tok)
-            if all(done):
-                break
-            step_ids = torch.tensor(next_ids, dtype=torch.long, device=self.device).unsqueeze(1)
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=self.device)], dim=1)
+        with _Toggle() as patched:
+            for step in range(steps):
+                patched.set(self._patches_for(step))
+                with self._audit(step):
+                    res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                     use_cache=True, logits_to_keep=1, **{self._cache_kw: past})
+                past = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
+                logits = res.logits[:, -1, :].float().cpu()
+                next_ids = []
+                for i, r in enumerate(requests):
+                    if done[i] or step >= r.max_new_tokens:
+                        done[i] = True
+                        next_ids.append(self.pad_id)
+                        continue
+                    tok = choose(logits[i], r, step)
+                    out[i].token_ids.append(tok)
+                    if kept[i]:
+                        out[i].step_logits.append(logits[i].clone())
+                    if tok in self.eos_ids:
+                        out[i].finish_reason = "stop"
+                        done[i] = True
+                    next_ids.append(tok)
+                if all(done):
+                    break
+                step_ids = torch.tensor(next_ids, dtype=torch.long, device=self.device).unsqueeze(1)
+                step_pos = step_pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=self.device)], dim=1)
         return out
 
 

@@ -130,15 +130,22 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     tk = key.shape[2]
     scale = scaling if scaling is not None else d**-0.5
     starts, causal = mask_layout(attention_mask, bsz, tq, tk, bool(getattr(module, "is_causal", True)))
-    if query.is_cuda:
+    return attend(query, key, value, starts, scale, causal, softcap), None
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: list[int], scale: float,
+           causal: bool, softcap: float | None = None) -> torch.Tensor:
+    """q (B, H, Tq, d), k/v (B, Hkv, Tk, d) -> (B, Tq, H, dv): the invariant attention of q's
+    device (transformers' interface and direct SDPA both come here). Inputs that require grad (a
+    model run with grad enabled: training, or a forward without no_grad) get the same forward,
+    with gradients (attention_grad.py)."""
+    if q.is_cuda:
         from .cuda import cuda_attention
 
-        ks = _starts_on(query.device, starts)
-        run = lambda: cuda_attention(query, key, value, ks, scale, causal=causal, softcap=softcap)  # noqa: E731
-    elif query.is_cpu:
-        run = lambda: cpu_attention(query, key, value, starts, scale, causal=causal, softcap=softcap)  # noqa: E731
+        ks = _starts_on(q.device, starts)
+        run = lambda: cuda_attention(q, k, v, ks, scale, causal=causal, softcap=softcap)  # noqa: E731
+    elif q.is_cpu:
+        run = lambda: cpu_attention(q, k, v, starts, scale, causal=causal, softcap=softcap)  # noqa: E731
     else:
-        raise RuntimeError(f"detllm's invariant attention has no implementation for device {query.device.type!r}")
-    # A model run with grad enabled (training, or a forward without no_grad): the same forward,
-    # with gradients (attention_grad.py).
-    return with_grad(run, query, key, value, starts, scale, causal, softcap), None
+        raise RuntimeError(f"detllm's invariant attention has no implementation for device {q.device.type!r}")
+    return with_grad(run, q, k, v, starts, scale, causal, softcap)

@@ -246,17 +246,22 @@ def _check_rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: tor
     return True
 
 
+def _rms_key(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+             eps: float | None) -> tuple[tuple, int, int]:
+    """(the lean-path key of an RMSNorm call, input's pointer, weight's pointer (input's if none)):
+    shared by fused_rms_norm and rms_norm (a key of 7 items, one with a weight 12: never equal)."""
+    xp = input.data_ptr()
+    if weight is None:
+        return ((input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(),
+                 tuple(normalized_shape), eps is None), xp, xp)
+    wp = weight.data_ptr()
+    return ((input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(), tuple(normalized_shape),
+             eps is None, weight.shape, weight.dtype, weight.is_contiguous(), wp & 15, weight.get_device()), xp, wp)
+
+
 def fused_rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
                    weight: torch.Tensor | None, eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    xp = input.data_ptr()
-    if weight is None:  # (a key of 7 items, one with a weight 12: they never collide)
-        wp = xp
-        key: tuple = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(),
-                      tuple(normalized_shape), eps is None)
-    else:
-        wp = weight.data_ptr()
-        key = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(), tuple(normalized_shape),
-               eps is None, weight.shape, weight.dtype, weight.is_contiguous(), wp & 15, weight.get_device())
+    key, xp, wp = _rms_key(input, normalized_shape, weight, eps)
     lean = _RMS_LEAN.get(key)
     if lean:
         return lean(input, xp, weight, wp, eps)
@@ -302,15 +307,7 @@ def _rms_lean_ok(input: torch.Tensor, normalized_shape: Sequence[int], weight: t
 
 def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
              weight: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
-    xp = input.data_ptr()
-    if weight is None:  # fused_rms_norm's key
-        wp = xp
-        key: tuple = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(),
-                      tuple(normalized_shape), eps is None)
-    else:
-        wp = weight.data_ptr()
-        key = (input.shape, input.dtype, input.is_contiguous(), xp & 15, input.get_device(), tuple(normalized_shape),
-               eps is None, weight.shape, weight.dtype, weight.is_contiguous(), wp & 15, weight.get_device())
+    key, xp, wp = _rms_key(input, normalized_shape, weight, eps)
     lean = _RMS_Y_LEAN.get(key)
     if lean:
         return lean(input, xp, weight, wp, eps)

@@ -17,9 +17,7 @@ from typing import Callable
 import torch
 
 from . import registry
-from .attention import UnsupportedAttentionMask, _starts_on, mask_layout
-from .attention_grad import with_grad
-from .cpu_attention import cpu_attention
+from .attention import UnsupportedAttentionMask, attend, mask_layout
 
 SDPA_OP = "scaled_dot_product_attention"
 # Additive masks: 0 where a key is attended; at most this (or -inf) where it is not. Lower than
@@ -97,16 +95,8 @@ def _plan(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask
     def run() -> torch.Tensor:
         if q.numel() == 0 or tk == 0 or bsz * h == 0:
             return query.new_zeros(out_shape)  # stock: nothing to attend gives zeros
-        if device == "cuda":
-            from .cuda import cuda_attention
-
-            ks = _starts_on(q.device, starts)
-            attend = lambda: cuda_attention(q, k, v, ks, sc, causal=causal)  # noqa: E731
-        else:
-            attend = lambda: cpu_attention(q, k, v, starts, sc, causal=causal)  # noqa: E731
-        # Inputs that require grad: the same forward, with gradients (attention_grad.py); q, k
-        # and v are views of the arguments, so the gradients reach them.
-        o = with_grad(attend, q, k, v, starts, sc, causal, None)
+        # q, k and v are views of the arguments, so gradients (if required) reach them
+        o = attend(q, k, v, starts, sc, causal)
         return o.transpose(1, 2).reshape(out_shape)  # (B, Tq, H, d) -> (B, H, Tq, d)
 
     return run
