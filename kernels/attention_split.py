@@ -32,9 +32,10 @@ __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 # batch 1 (8 kv heads) gets 8 x Tk/256 programs, i.e. 32 at Tk 1k and 128 (about one per H100
 # SM) at Tk 4k, while each program still runs several blocks to amortise its partial's write.
 SPLIT_KV_CHUNK = 256
-# Combine tile rows. The fold is elementwise per row, but one constant for prefill and decode
-# keeps them on one compiled kernel, so the compiler's choices (which product an FMA absorbs)
-# cannot differ between them. 64: few programs for prefill; decode's idle rows cost no traffic.
+# Combine tile rows, at most. The fold is elementwise per row with explicit FMAs (`_fold`), so
+# the tile's size changes no bits (an H100 gave the same bits with 4, 16 and 64 rows); a decode
+# step's tile is its rows rounded up to a power of two (4 for Llama-8B's GQA group), because a
+# 64-row tile of which 4 rows are live spent most of the combine's time on masked lanes.
 COMBINE_BLOCK_M = 64
 # Prefill writes B*Hkv*Tq*GROUP*chunks*(d+2) fp32 partials; above this the queries are launched in
 # slabs (each row's keys and chunks stay the same, so slabs change no bits).
@@ -97,6 +98,20 @@ def _split_kernel(
              mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
+@triton.jit
+def _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c, n_live, offs_r, offs_d, D):
+    """Chunk c's partial of a row tile; a chunk at or past n_live reads as empty (-inf, 0, 0),
+    which the fold skips, exactly as if the loop had stopped before it."""
+    base = (pid_bh.to(tl.int64) * NC + c) * rows
+    # offs_r < rows is row_ok (rows = Tq * GROUP); no rows at all once c reaches n_live
+    r_ok = offs_r < rows * (c < n_live).to(tl.int32)
+    m_c = tl.load(m_ptr + base + offs_r, mask=r_ok, other=float("-inf"))
+    l_c = tl.load(l_ptr + base + offs_r, mask=r_ok, other=0.0)
+    acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=r_ok[:, None] & (offs_d[None, :] < D),
+                    other=0.0)
+    return m_c, l_c, acc_c
+
+
 @triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
 def _combine_kernel(
     m_ptr, l_ptr, acc_ptr, o_ptr, ks_ptr, tk_ptr,
@@ -128,12 +143,18 @@ def _combine_kernel(
         n_live = NC
     else:
         n_live = tl.minimum(NC, (tl.maximum(Tk - ks, 0) + CHUNK - 1) // CHUNK)
-    for c in range(0, n_live):
-        base = (pid_bh.to(tl.int64) * NC + c) * rows
-        m_c = tl.load(m_ptr + base + offs_r, mask=row_ok, other=float("-inf"))
-        l_c = tl.load(l_ptr + base + offs_r, mask=row_ok, other=0.0)
-        acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=d_ok, other=0.0)
-        M, L, ACC = _fold(M, L, ACC, m_c, l_c, acc_c)
+    # Four chunks' loads are issued before their four folds: the fold is a serial chain, and one
+    # load at a time left it waiting on memory latency (8k keys: 23.5 -> 5.4 us on an H100 together
+    # with the row tile sized to the rows). The folds still run chunk 0 first, one at a time.
+    for c0 in range(0, n_live, 4):
+        m0, l0, a0 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0, n_live, offs_r, offs_d, D)
+        m1, l1, a1 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 1, n_live, offs_r, offs_d, D)
+        m2, l2, a2 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 2, n_live, offs_r, offs_d, D)
+        m3, l3, a3 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 3, n_live, offs_r, offs_d, D)
+        M, L, ACC = _fold(M, L, ACC, m0, l0, a0)
+        M, L, ACC = _fold(M, L, ACC, m1, l1, a1)
+        M, L, ACC = _fold(M, L, ACC, m2, l2, a2)
+        M, L, ACC = _fold(M, L, ACC, m3, l3, a3)
     # rows with no visible key (queries inside the left padding) output zeros
     out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
     tl.store(o_ptr + b.to(tl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
@@ -203,7 +224,9 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
     out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out
-    ks = key_start.to(device=q.device, dtype=torch.int32).contiguous()
+    ks = key_start
+    if ks.dtype != torch.int32 or ks.get_device() != q.get_device() or ks.stride(0) != 1:
+        ks = ks.to(device=q.device, dtype=torch.int32).contiguous()
     if key_end is not None:
         # The grid must not depend on the filled length (one CUDA graph serves every step): size
         # the chunk axis from the cache's capacity; chunks past key_end store empty partials.
@@ -217,6 +240,9 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
         return out
     per_query = bsz * hkv * group * cdiv(tk, chunk) * (d + 2) * 4
     slab = max(1, workspace_bytes // per_query)
+    if slab >= tq:  # decode: one slab, without the four views' host time (~10 us a call)
+        _launch_pair(q, k, v, ks, None, out, tk, scale, causal, softcap, chunk, _anchor_zero)
+        return out
     for a in range(0, tq, slab):
         e = min(tq, a + slab)
         # Queries [a, e) sit at keys Tk - Tq + a ..: with causal masking they see no key past
@@ -240,7 +266,7 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     n = bsz * hkv * nc * rows
     n16 = cdiv(n, 4) * 4
     ws = torch.empty(2 * n16 + n * d, device=q.device, dtype=torch.float32)
-    m_ws, l_ws, acc_ws = ws[:n], ws[n16:n16 + n], ws[2 * n16:]
+    m_ws, l_ws, acc_ws = ws, ws[n16:], ws[2 * n16:]  # m needs no view: it starts at ws
     te = key_end if key_end is not None else ks
     block_d = max(16, next_pow2(d))
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
@@ -254,12 +280,13 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
         hkv, group, tq, tk, nc, d, scale, float(softcap) if softcap else 1.0),
         lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
                           ANCHOR_ZERO=anchor_zero))
-    ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15,
+    cbm = min(COMBINE_BLOCK_M, max(2, next_pow2(rows)))
+    ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15, cbm,
             ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
-    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, COMBINE_BLOCK_M), bsz * hkv), (
+    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, cbm), bsz * hkv), (
         m_ws, l_ws, acc_ws, out, ks, te, *out.stride(), hkv, group, tq, tk, nc, d), lambda: dict(
-        BLOCK_M=COMBINE_BLOCK_M, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
-        ANCHOR_ZERO=anchor_zero, num_warps=4,
+        BLOCK_M=cbm, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
+        ANCHOR_ZERO=anchor_zero, num_warps=2 if cbm <= 8 else 4,
     ))
 
 

@@ -65,3 +65,27 @@ def test_layer_norm_parameter_dtype_on_empty_inputs_cuda(shape, ns, w, b) -> Non
     with batch_invariant("cuda"):
         ours = outcome(call)
     assert_same_outcome(f"layer_norm(float32{list(shape)}, {ns}, {w}, {b})", stock, ours)
+
+
+_LN_DTYPES = [None, torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.mark.parametrize("xdtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape,ns", [((2, 4), [4]), ((0,), [0]), ((2, 0), [0]), ((0, 4), [4])], ids=str)
+def test_layer_norm_parameter_dtypes_match_stock_cuda(xdtype, shape, ns) -> None:  # type: ignore[no-untyped-def]
+    """Every weight/bias dtype pair, stock as the oracle. A GPU Hypothesis draw found
+    layer_norm(bfloat16[0], [0], bias=float32[0]) returning where stock raises: torch 2.11's CUDA
+    kernel takes no float32 parameter for a half input (the mode's rule used to allow one)."""
+    from tests.test_ops_edges import assert_same_outcome, outcome
+
+    x = torch.randn(shape, device="cuda").to(xdtype)
+    for wd in _LN_DTYPES:
+        for bd in _LN_DTYPES:
+            weight = torch.randn(ns, device="cuda").to(wd) if wd is not None else None
+            bias = torch.randn(ns, device="cuda").to(bd) if bd is not None else None
+            call = lambda: torch.nn.functional.layer_norm(x, ns, weight, bias, 1e-5)  # noqa: E731
+            stock = outcome(call)
+            with batch_invariant("cuda"):
+                ours = outcome(call)
+            assert_same_outcome(f"layer_norm({xdtype}{list(shape)}, {ns}, {wd}, {bd})", stock, ours, cond=64.0)
+
