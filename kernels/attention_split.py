@@ -16,12 +16,13 @@ rows longer than one chunk: it is opt-in (`DETLLM_SPLIT_KV=1`, read by
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import Launcher
+from ._launch import Launcher, _raw_stream
 from ._rows import cdiv, next_pow2
 from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_meta
 
@@ -37,6 +38,10 @@ SPLIT_KV_CHUNK = 256
 # step's tile is its rows rounded up to a power of two (4 for Llama-8B's GQA group), because a
 # 64-row tile of which 4 rows are live spent most of the combine's time on masked lanes.
 COMBINE_BLOCK_M = 64
+# Decode folds the partials in the split kernel itself (its last program per row block) rather
+# than in a second launch: one launch less per layer (host time) and no gap between two kernels.
+# DETLLM_SPLIT_KV_FUSED=0 restores the two launches; the bits are the same.
+FUSED_COMBINE = os.environ.get("DETLLM_SPLIT_KV_FUSED", "1") == "1"
 # Prefill writes B*Hkv*Tq*GROUP*chunks*(d+2) fp32 partials; above this the queries are launched in
 # slabs (each row's keys and chunks stay the same, so slabs change no bits).
 _WORKSPACE_BYTES = 256 << 20
@@ -63,12 +68,12 @@ def _fold(M, L, ACC, m_c, l_c, acc_c):
 
 @triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
 def _split_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, tk_ptr, m_ptr, l_ptr, acc_ptr,
-    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d,
+    q_ptr, k_ptr, v_ptr, ks_ptr, tk_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr,
+    sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
     HKV, GROUP, Tq, Tk, NC, D, scale, softcap,
     CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
-    CHUNK: tl.constexpr, ANCHOR_ZERO: tl.constexpr,
+    CHUNK: tl.constexpr, ANCHOR_ZERO: tl.constexpr, FUSED: tl.constexpr, FOLD_M: tl.constexpr,
 ):
     if TK_FROM_PTR:
         Tk = tl.load(tk_ptr).to(tl.int32)
@@ -96,20 +101,76 @@ def _split_kernel(
     tl.store(l_ptr + base + offs_r, l_i, mask=row_ok)
     tl.store(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], acc,
              mask=row_ok[:, None] & (offs_d[None, :] < D))
+    if FUSED:
+        # The row block's last chunk program to finish folds every chunk's partial (the combine's
+        # code, chunk 0 first) instead of a second launch. Every thread's stores precede the
+        # barrier, the barrier precedes the release half of the count, and the acquire half
+        # precedes the last program's reads (through L2). It resets the count for the next call.
+        tl.debug_barrier()
+        slot = cnt_ptr + pid_bh * tl.num_programs(0) + pid_m
+        if tl.atomic_add(slot, 1, sem="acq_rel", scope="gpu") == NC - 1:
+            tl.atomic_xchg(slot, 0, sem="relaxed", scope="gpu")
+            n_live = _live_chunks(NC, Tk, ks, CHUNK, ANCHOR_ZERO)
+            r_end = tl.minimum(rows, (pid_m + 1) * BLOCK_M)
+            for r0 in range(pid_m * BLOCK_M, r_end, FOLD_M):
+                _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b64, pid_bh % HKV, r0 + tl.arange(0, FOLD_M),
+                           GROUP, Tq, NC, n_live, D, so_b, so_t, so_h, so_d, FOLD_M, BLOCK_D, True)
 
 
 @triton.jit
-def _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c, n_live, offs_r, offs_d, D):
+def _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c, n_live, offs_r, offs_d, D, CG: tl.constexpr):
     """Chunk c's partial of a row tile; a chunk at or past n_live reads as empty (-inf, 0, 0),
-    which the fold skips, exactly as if the loop had stopped before it."""
+    which the fold skips, exactly as if the loop had stopped before it. CG: read through L2 only
+    (the fused tail reads partials other programs wrote during this launch)."""
     base = (pid_bh.to(tl.int64) * NC + c) * rows
     # offs_r < rows is row_ok (rows = Tq * GROUP); no rows at all once c reaches n_live
     r_ok = offs_r < rows * (c < n_live).to(tl.int32)
-    m_c = tl.load(m_ptr + base + offs_r, mask=r_ok, other=float("-inf"))
-    l_c = tl.load(l_ptr + base + offs_r, mask=r_ok, other=0.0)
+    mod: tl.constexpr = ".cg" if CG else ""
+    m_c = tl.load(m_ptr + base + offs_r, mask=r_ok, other=float("-inf"), cache_modifier=mod)
+    l_c = tl.load(l_ptr + base + offs_r, mask=r_ok, other=0.0, cache_modifier=mod)
     acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=r_ok[:, None] & (offs_d[None, :] < D),
-                    other=0.0)
+                    other=0.0, cache_modifier=mod)
     return m_c, l_c, acc_c
+
+
+@triton.jit
+def _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b, hk, offs_r, GROUP, Tq, NC, n_live, D,
+               so_b, so_t, so_h, so_d, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CG: tl.constexpr):
+    """Fold the partials of the rows offs_r, chunk 0 first, and store their output: the combine
+    kernel's body, also the split kernel's fused tail, so both give the same bits. Four chunks'
+    loads are issued before their four folds: the fold is a serial chain, and one load at a time
+    left it waiting on memory latency (8k keys: 23.5 -> 5.4 us on an H100, together with the row
+    tile sized to the rows). The folds still run one chunk at a time, in order."""
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = Tq * GROUP
+    M = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    L = tl.zeros([BLOCK_M], dtype=tl.float32)
+    ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for c0 in range(0, n_live, 4):
+        m0, l0, a0 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0, n_live, offs_r, offs_d, D, CG)
+        m1, l1, a1 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 1, n_live, offs_r, offs_d, D, CG)
+        m2, l2, a2 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 2, n_live, offs_r, offs_d, D, CG)
+        m3, l3, a3 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 3, n_live, offs_r, offs_d, D, CG)
+        M, L, ACC = _fold(M, L, ACC, m0, l0, a0)
+        M, L, ACC = _fold(M, L, ACC, m1, l1, a1)
+        M, L, ACC = _fold(M, L, ACC, m2, l2, a2)
+        M, L, ACC = _fold(M, L, ACC, m3, l3, a3)
+    # rows with no visible key (queries inside the left padding) output zeros
+    out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
+    tl.store(o_ptr + b.to(tl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
+             out.to(o_ptr.dtype.element_ty), mask=(qi < Tq)[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _live_chunks(NC, Tk, ks, CHUNK: tl.constexpr, ANCHOR_ZERO: tl.constexpr):
+    """Chunks from the first starting at or past Tk are empty for every row: folding them is the
+    identity, so stopping there changes no bits (and skips a static cache's unused capacity)."""
+    if ANCHOR_ZERO:
+        return NC
+    else:
+        return tl.minimum(NC, (tl.maximum(Tk - ks, 0) + CHUNK - 1) // CHUNK)
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk", "NC"])
@@ -125,40 +186,10 @@ def _combine_kernel(
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
-    hk = pid_bh % HKV
     ks = tl.load(ks_ptr + b).to(tl.int32)
     offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    row_ok = qi < Tq
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = row_ok[:, None] & (offs_d[None, :] < D)
-    rows = Tq * GROUP
-    M = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    L = tl.zeros([BLOCK_M], dtype=tl.float32)
-    ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # Chunks from the first starting at or past Tk are empty for every row: folding them is the
-    # identity, so stopping there changes no bits (and skips a static cache's unused capacity).
-    if ANCHOR_ZERO:
-        n_live = NC
-    else:
-        n_live = tl.minimum(NC, (tl.maximum(Tk - ks, 0) + CHUNK - 1) // CHUNK)
-    # Four chunks' loads are issued before their four folds: the fold is a serial chain, and one
-    # load at a time left it waiting on memory latency (8k keys: 23.5 -> 5.4 us on an H100 together
-    # with the row tile sized to the rows). The folds still run chunk 0 first, one at a time.
-    for c0 in range(0, n_live, 4):
-        m0, l0, a0 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0, n_live, offs_r, offs_d, D)
-        m1, l1, a1 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 1, n_live, offs_r, offs_d, D)
-        m2, l2, a2 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 2, n_live, offs_r, offs_d, D)
-        m3, l3, a3 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 3, n_live, offs_r, offs_d, D)
-        M, L, ACC = _fold(M, L, ACC, m0, l0, a0)
-        M, L, ACC = _fold(M, L, ACC, m1, l1, a1)
-        M, L, ACC = _fold(M, L, ACC, m2, l2, a2)
-        M, L, ACC = _fold(M, L, ACC, m3, l3, a3)
-    # rows with no visible key (queries inside the left padding) output zeros
-    out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
-    tl.store(o_ptr + b.to(tl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
-             out.to(o_ptr.dtype.element_ty), mask=d_ok)
+    _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b, pid_bh % HKV, offs_r, GROUP, Tq, NC,
+               _live_chunks(NC, Tk, ks, CHUNK, ANCHOR_ZERO), D, so_b, so_t, so_h, so_d, BLOCK_M, BLOCK_D, False)
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
@@ -205,12 +236,14 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
                        scale: float | None = None, causal: bool = True,
                        softcap: float | None = None, key_end: torch.Tensor | None = None, *,
                        chunk: int = SPLIT_KV_CHUNK, workspace_bytes: int = _WORKSPACE_BYTES,
-                       _anchor_zero: bool = False) -> torch.Tensor:
+                       _anchor_zero: bool = False, _fused: bool | None = None) -> torch.Tensor:
     """`invariant_attention`'s contract: q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) ->
     (B,Tq,H,d) in q.dtype; key_end: a one-element device tensor that replaces Tk.
 
     chunk and workspace_bytes exist for the tests (small shapes that cross chunk boundaries and
-    slabs); production uses the constants. _anchor_zero is the tests' negative control.
+    slabs); production uses the constants. _anchor_zero is the tests' negative control. _fused:
+    fold in the split kernel's last program per row block (default: FUSED_COMBINE) or in a second
+    kernel; the tests compare the two bit for bit.
     """
     bsz, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -230,7 +263,7 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
     if key_end is not None:
         # The grid must not depend on the filled length (one CUDA graph serves every step): size
         # the chunk axis from the cache's capacity; chunks past key_end store empty partials.
-        _launch_pair(q, k, v, ks, key_end, out, tk, scale, causal, softcap, chunk, _anchor_zero)
+        _launch_pair(q, k, v, ks, key_end, out, tk, scale, causal, softcap, chunk, _anchor_zero, _fused)
         return out
     group = h // hkv
     if tq * group > ATTN_BLOCK_M and not _anchor_zero:
@@ -241,7 +274,7 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
     per_query = bsz * hkv * group * cdiv(tk, chunk) * (d + 2) * 4
     slab = max(1, workspace_bytes // per_query)
     if slab >= tq:  # decode: one slab, without the four views' host time (~10 us a call)
-        _launch_pair(q, k, v, ks, None, out, tk, scale, causal, softcap, chunk, _anchor_zero)
+        _launch_pair(q, k, v, ks, None, out, tk, scale, causal, softcap, chunk, _anchor_zero, _fused)
         return out
     for a in range(0, tq, slab):
         e = min(tq, a + slab)
@@ -249,13 +282,13 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
         # Tk - Tq + e, so the slab's Tk shrinks to that; each row keeps its keys and its chunks.
         tk_s = tk - tq + e if causal else tk
         _launch_pair(q[:, :, a:e], k[:, :, :tk_s], v[:, :, :tk_s], ks, None, out[:, a:e], tk_s, scale,
-                     causal, softcap, chunk, _anchor_zero)
+                     causal, softcap, chunk, _anchor_zero, _fused)
     return out
 
 
 def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor,
                  key_end: torch.Tensor | None, out: torch.Tensor, tk: int, scale: float, causal: bool,
-                 softcap: float | None, chunk: int, anchor_zero: bool) -> None:
+                 softcap: float | None, chunk: int, anchor_zero: bool, fused: bool | None) -> None:
     bsz, h, tq, d = q.shape
     hkv = k.shape[1]
     group = h // hkv
@@ -269,25 +302,53 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     m_ws, l_ws, acc_ws = ws, ws[n16:], ws[2 * n16:]  # m needs no view: it starts at ws
     te = key_end if key_end is not None else ks
     block_d = max(16, next_pow2(d))
+    mblocks = cdiv(rows, ATTN_BLOCK_M)
+    fold_m = min(COMBINE_BLOCK_M, max(2, next_pow2(rows)))
+    cnt = _counters(q, mblocks * bsz * hkv) if (FUSED_COMBINE if fused is None else fused) else None
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
     # specialised. Everything else Triton specialises on is in the keys.
-    key = (q.dtype, q.stride(), k.stride(), v.stride(), hkv, group, d, causal, bool(softcap),
-           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15,
-           ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
-    _LAUNCH.launch(key, (cdiv(rows, ATTN_BLOCK_M), bsz * hkv, nc), (
-        q, k, v, ks, te, m_ws, l_ws, acc_ws,
-        *q.stride(), *k.stride(), *v.stride(),
+    key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, group, d, causal, bool(softcap),
+           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, out.data_ptr() & 15,
+           ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, cnt is not None, fold_m, q.device.index)
+    _LAUNCH.launch(key, (mblocks, bsz * hkv, nc), (
+        q, k, v, ks, te, m_ws, l_ws, acc_ws, ws if cnt is None else cnt, out,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, group, tq, tk, nc, d, scale, float(softcap) if softcap else 1.0),
         lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
-                          ANCHOR_ZERO=anchor_zero))
-    cbm = min(COMBINE_BLOCK_M, max(2, next_pow2(rows)))
-    ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15, cbm,
+                          ANCHOR_ZERO=anchor_zero, FUSED=cnt is not None, FOLD_M=fold_m))
+    if cnt is not None:
+        return
+    ckey = (out.dtype, out.stride(), hkv, group, d, key_end is not None, out.data_ptr() & 15, fold_m,
             ks.data_ptr() & 15, te.data_ptr() & 15, chunk, anchor_zero, q.device.index)
-    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, cbm), bsz * hkv), (
+    _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, fold_m), bsz * hkv), (
         m_ws, l_ws, acc_ws, out, ks, te, *out.stride(), hkv, group, tq, tk, nc, d), lambda: dict(
-        BLOCK_M=cbm, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
-        ANCHOR_ZERO=anchor_zero, num_warps=2 if cbm <= 8 else 4,
+        BLOCK_M=fold_m, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
+        ANCHOR_ZERO=anchor_zero, num_warps=2 if fold_m <= 8 else 4,
     ))
+
+
+# Arrival counters of the fused combine, one zeroed int32 per (row block, batch x kv head), per
+# device and stream: calls on one stream run one after another, and the last program of a row
+# block resets its count, so a buffer is all zeros whenever a call starts. Calls on two streams
+# at once get two buffers. A buffer first needed inside a CUDA graph capture is allocated there
+# (the capture stream's own; its zero fill becomes part of the graph). Outgrown buffers are kept
+# alive: a captured graph may still point at one.
+_COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+
+
+def _counters(q: torch.Tensor, n: int) -> torch.Tensor:
+    if q.is_cuda:
+        dev = q.get_device()
+        slot = (dev, _raw_stream(dev))
+    else:  # the interpreter: one program at a time
+        slot = (-1, 0)
+    buf = _COUNTERS.get(slot)
+    if buf is None or buf.numel() < n:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = _COUNTERS[slot] = torch.zeros(max(n, 1024), dtype=torch.int32, device=q.device)
+    return buf
 
 
 def _launch_onepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor, out: torch.Tensor,

@@ -368,6 +368,9 @@ def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     for i in _decode_points(t, s_kv):
         dec = attn(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0)
         assert torch.equal(dec[0, 0], solo[0, i]), f"{what}: decode of token {i} != prefill row"
+        # the fold in the split kernel's last program (default) == the fold in a second launch
+        two = attn(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0, _fused=False)
+        assert torch.equal(two, dec), f"{what}: decode of token {i}, two launches != fused combine"
         if i % s_kv == 0 or i == t - 1:
             end = torch.tensor([i + 1], dtype=torch.int32, device=device)
             dev = attn(q[:, :, i:i + 1], kcap, vcap, ks0, key_end=end)
@@ -385,8 +388,15 @@ def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     ks[0] = pad
     dec = attn(qb, kb[:, :, :t + pad], vb[:, :, :t + pad], ks)
     assert torch.equal(dec[0, 0], solo[0, t - 1]), f"{what}: padded-batch decode != prefill row"
+    assert torch.equal(attn(qb, kb[:, :, :t + pad], vb[:, :, :t + pad], ks, _fused=False), dec), (
+        f"{what}: padded-batch decode, two launches != fused combine")
     end = torch.tensor([t + pad], dtype=torch.int32, device=device)
     assert torch.equal(attn(qb, kb, vb, ks, key_end=end), dec), f"{what}: padded-batch key_end != host Tk"
+    assert torch.equal(attn(qb, kb, vb, ks, key_end=end, _fused=False), dec), (
+        f"{what}: padded-batch key_end, two launches != fused combine")
+    from detllm_kernels import attention_split
+    for buf in attention_split._COUNTERS.values():  # every row block's last program reset its count
+        assert not buf.any(), f"{what}: fused-combine arrival counters left non-zero"
 
 
 def check_split_single_chunk(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,

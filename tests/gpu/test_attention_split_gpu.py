@@ -64,9 +64,42 @@ def test_split_fast_launch_path_is_used() -> None:
     k = torch.randn(1, 2, 700, 64, device=DEV, dtype=BF16)
     ks = torch.zeros(1, dtype=torch.int32, device=DEV)
     ref = km.split_kv_attention(q, k, k, ks, 0.125)
+    km.split_kv_attention(q, k, k, ks, 0.125, _fused=False)
     hits = attention_split._LAUNCH.hits, attention_split._LAUNCH_COMBINE.hits
     assert torch.equal(km.split_kv_attention(q, k, k, ks, 0.125), ref)
-    assert attention_split._LAUNCH.hits == hits[0] + 1 and attention_split._LAUNCH_COMBINE.hits == hits[1] + 1
+    # decode folds in the split kernel: one launch, no combine
+    assert attention_split._LAUNCH.hits == hits[0] + 1 and attention_split._LAUNCH_COMBINE.hits == hits[1]
+    assert torch.equal(km.split_kv_attention(q, k, k, ks, 0.125, _fused=False), ref)
+    assert attention_split._LAUNCH.hits == hits[0] + 2 and attention_split._LAUNCH_COMBINE.hits == hits[1] + 1
     end = torch.tensor([700], dtype=torch.int32, device=DEV)
     long_k = torch.cat([k, torch.randn(1, 2, 300, 64, device=DEV, dtype=BF16)], dim=2)
     assert torch.equal(km.split_kv_attention(q, long_k, long_k, ks, 0.125, key_end=end), ref)
+
+
+def test_split_fused_combine_in_a_cuda_graph() -> None:
+    """The static engine's decode: a captured split-KV step with a device-side key count (its
+    arrival counters allocated inside the capture), replayed for several lengths, gives the eager
+    two-launch bits, and leaves the counters zero."""
+    km = kc.load_kernels()
+    from detllm_kernels import attention_split
+
+    g = torch.Generator(device=DEV).manual_seed(3)
+    q = torch.randn(2, 32, 1, 128, device=DEV, dtype=BF16, generator=g)
+    k = torch.randn(2, 8, 2048, 128, device=DEV, dtype=BF16, generator=g)
+    v = torch.randn(2, 8, 2048, 128, device=DEV, dtype=BF16, generator=g)
+    ks = torch.tensor([0, 37], dtype=torch.int32, device=DEV)
+    end = torch.tensor([300], dtype=torch.int32, device=DEV)
+    km.split_kv_attention(q, k, v, ks, key_end=end)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = km.split_kv_attention(q, k, v, ks, key_end=end)
+    for n in (300, 257, 1024, 1500, 2048):
+        end.fill_(n)
+        graph.replay()
+        want = km.split_kv_attention(q, k[:, :, :n], v[:, :, :n], ks, _fused=False)
+        assert torch.equal(out, want), f"graph replay at {n} keys != eager two-launch decode"
+    torch.cuda.synchronize()
+    for buf in attention_split._COUNTERS.values():
+        assert not buf.any(), "arrival counters left non-zero"
+
