@@ -322,6 +322,32 @@ def check_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t
     assert torch.equal(dec[0, 0], solo[0, t - 1]), f"attention {dtype}: padded-batch decode != prefill row"
 
 
+def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
+                               softcap: float | None = None, seed: int = 10) -> None:
+    """The unmasked loop over the blocks every row of a tile sees in full (`SPLIT_LOOP`) gives the
+    bits of the loop that masks every block: prefill alone and left-padded in a batch (padded
+    tiles have no unmasked blocks), a few-query chunk and decode."""
+    km = load_kernels()
+    from detllm_kernels import attention
+
+    g = _gen(device, seed)
+    scale = d ** -0.5
+    pad = 37
+    q, k, v = (_randn((2, n, t + pad, d), dtype, device, g) for n in (h, hkv, hkv))
+    ks = torch.tensor([0, pad], dtype=torch.int32, device=device)
+    cases = [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)]
+    before = attention.SPLIT_LOOP
+    try:
+        outs = {}
+        for flag in (True, False):
+            attention.SPLIT_LOOP = flag
+            outs[flag] = [km.invariant_attention(*c, ks, scale, True, softcap) for c in cases]
+    finally:
+        attention.SPLIT_LOOP = before
+    for i, (a, b) in enumerate(zip(outs[True], outs[False])):
+        assert torch.equal(a, b), f"attention {dtype} case {i}: unmasked leading blocks changed bits"
+
+
 # ---------------------------------------------------------------- split-KV attention
 def _decode_points(t: int, chunk: int) -> list[int]:
     """Decode positions: the last key of chunk 0, the first of chunk 1, the first of every later

@@ -93,6 +93,13 @@ def test_attention_softcap() -> None:
     kc.check_attention(DEV, BF16, 8, 4, 64, 200, (0, 33), 3, softcap=50.0)
 
 
+@pytest.mark.parametrize("dtype,h,hkv,d,softcap", [
+    (BF16, 32, 8, 128, None), (torch.float16, 8, 2, 80, None), (torch.float32, 12, 12, 64, None),
+    (BF16, 8, 4, 64, 50.0)], ids=str)
+def test_attention_unmasked_leading_blocks_same_bits(dtype, h, hkv, d, softcap) -> None:  # type: ignore[no-untyped-def]
+    kc.check_attention_split_loop(DEV, dtype, h, hkv, d, 1000, softcap)
+
+
 def test_registered_overrides_make_stock_calls_invariant() -> None:
     """Installed through torch.library for the CUDA key, CUDA_IMPLS take over F.linear, matmul,
     softmax, log_softmax, mean, rms_norm and layer_norm, and rows stop depending on the batch size."""
