@@ -251,7 +251,7 @@ def main() -> int:
                   f"(one left-padded group: {prefill[1]}, x{prefill[0] / prefill[1]:.3f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
-                                               "kernels": args.kernels, "torch": torch.__version__,
+                                               "kernels": args.kernels, "split_kv": _split_kv(), "torch": torch.__version__,
                                                "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                                                "timed_out": timed_out, "results": results, "seconds": dt,
                                                "trial_timing": timing}, indent=2))
@@ -308,6 +308,13 @@ def _trial_timing(trial_s: list[float]) -> dict[str, float] | None:
             "median_ms": sorted(ms)[len(ms) // 2], "max_ms": max(ms)}
 
 
+def _split_kv() -> bool:
+    """Whether CUDA attention runs the split-KV kernel (DETLLM_SPLIT_KV): recorded with the results."""
+    from pytest_detllm.invariant.flags import split_kv_enabled
+
+    return split_kv_enabled()
+
+
 def _key(token_ids: list[int], lhash: str) -> str:
     """One completion as a short string: tokens digest + logit hash (comparable across processes)."""
     return hashlib.sha256(repr(list(token_ids)).encode()).hexdigest()[:16] + ":" + lhash
@@ -317,7 +324,7 @@ def _summary(args: argparse.Namespace, where: str, results: list[dict], dt: floa
     total_div = sum(r["divergent_trials"] for r in results)
     flagged = sum(1 for r in results if r["divergent_trials"])
     n_trials = sum(r["trials"] for r in results)
-    print(f"\n{where}, kernels={args.kernels}: {n_trials} trials over "
+    print(f"\n{where}, kernels={args.kernels}{' (split-KV attention)' if _split_kv() else ''}: {n_trials} trials over "
           f"{len(results)} prompts (batch 2..{args.max_batch}, fillers 1..{args.max_filler} tokens, "
           f"{args.max_new_tokens} new tokens): {total_div} divergent trials; prompts flagged "
           f"{flagged}/{len(results)}; {dt:.0f} s" + (" (time limit reached)" if timed_out else ""), flush=True)
@@ -382,7 +389,8 @@ def run_workers(args: argparse.Namespace) -> int:
     _summary(args, f"{head['model']} on {head['device']} {head['dtype']} ({head.get('card') or 'cpu'}), "
                    f"{n} workers", merged, dt, timed_out)
     if args.json:
-        Path(args.json).write_text(json.dumps({**{k: head[k] for k in ("model", "device", "dtype", "kernels", "torch")},
+        Path(args.json).write_text(json.dumps({**{k: head.get(k) for k in ("model", "device", "dtype", "kernels", "split_kv",
+                                                                         "torch")},
                                                "card": head.get("card"), "workers": n, "seeds": [args.seed + i for i in range(n)],
                                                "timed_out": timed_out, "results": merged, "seconds": dt}, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)  # kept above when a worker failed, for its log
