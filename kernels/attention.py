@@ -28,8 +28,10 @@ ATTN_BLOCK_N = 64
 _LOG2E = 1.4426950408889634
 # The unmasked loop over the blocks a whole tile sees (`_chunk_partial`) runs in this kernel,
 # whose rows walk all their keys; the split-KV kernels' chunks are 4 blocks, where a second loop
-# cost more than the masks it saves (H100: one-pass prefill 1k 1.41 -> 1.47x SDPA). The bits are
-# the same either way (checked against the masked loop on an H100).
+# cost more than the masks it saves (H100: one-pass prefill 1k 1.41 -> 1.47x SDPA). Not for
+# float32 either: its FMA dot already spills registers, and a second loop made it 4x slower (H100:
+# decode at 1k keys 1.07 -> 4.3 ms, prefill of 1024 tokens 3.7 -> 14.0 ms); the interpreter keeps
+# it, so the CPU checks compare both loops. The bits are the same either way (checked on an H100).
 SPLIT_LOOP = True
 
 
@@ -194,10 +196,24 @@ def attn_meta(q: torch.Tensor, causal: bool, softcap: float | None, **extra: obj
     one, split-KV's and the one-pass prefill's), plus each kernel's own."""
     upcast = _INTERPRET and q.dtype == torch.bfloat16
     block_d = max(16, next_pow2(q.shape[-1]))
+    block_m = attn_block_m(q.dtype, chunked="CHUNK" in extra)  # the split-KV kernels pass their chunk
     return dict(CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
-                UPCAST=upcast, BLOCK_M=ATTN_BLOCK_M, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d,
+                UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d,
                 EVEN_D=block_d == q.shape[-1], ASM=not _INTERPRET,
-                num_warps=4, num_stages=attn_stages(q.element_size(), block_d), **extra)
+                num_warps=4 if block_m == ATTN_BLOCK_M else 1, num_stages=attn_stages(q.element_size(), block_d),
+                **extra)
+
+
+def attn_block_m(dtype: torch.dtype, chunked: bool = False) -> int:
+    """Query rows per program. The split-KV kernels (chunked) run float32 in 16-row tiles of one
+    warp: the IEEE dot runs on FMAs there, and 64-row tiles of 4 warps spilled registers (H100:
+    split-KV decode at 1k keys 1727 -> 288 us, one-pass prefill of 1024 tokens 16.7 -> 4.7 ms).
+    Same bits (every case measured, and the GPU split-KV checks): the per-element FMA chain runs
+    over k in the same order. This kernel keeps 64 rows for float32, where 16-row tiles made
+    prefill slower (1024 tokens: 3.7 -> 4.8 ms) and decode no faster. 16-row tiles of 4 warps,
+    and 16-row tiles for bf16/fp16 (mma.sync instead of wgmma), gave other bits. The interpreter
+    keeps 64 rows: it has no registers to spill, and four times the programs cost ~40 s of CPU tests."""
+    return 16 if chunked and dtype == torch.float32 and not _INTERPRET else ATTN_BLOCK_M
 
 
 def attn_stages(elem_bytes: int, block_d: int) -> int:
@@ -239,6 +255,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0),
-        lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None, SPLIT_LOOP=SPLIT_LOOP))
+        lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None,
+                          SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET)))
     return out
 

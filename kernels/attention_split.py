@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ._launch import Launcher, _raw_stream
 from ._rows import cdiv, next_pow2
-from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_meta
+from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_block_m, attn_meta
 
 __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 
@@ -305,8 +305,10 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     m_ws, l_ws, acc_ws = ws, ws[n16:], ws[2 * n16:]  # m needs no view: it starts at ws
     te = key_end if key_end is not None else ks
     block_d = max(16, next_pow2(d))
-    mblocks = cdiv(rows, ATTN_BLOCK_M)
-    fold_m = min(COMBINE_BLOCK_M, max(2, next_pow2(rows)))
+    block_m = attn_block_m(q.dtype, chunked=True)
+    mblocks = cdiv(rows, block_m)
+    # the fused fold walks its row block in tiles of fold_m rows, so fold_m divides block_m
+    fold_m = min(COMBINE_BLOCK_M, block_m, max(2, next_pow2(rows)))
     cnt = _counters(q, mblocks * bsz * hkv) if (FUSED_COMBINE if fused is None else fused) else None
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
     # specialised. Everything else Triton specialises on is in the keys.
@@ -362,7 +364,7 @@ def _launch_onepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, group, d, causal, bool(softcap),
            q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, ks.data_ptr() & 15, out.data_ptr() & 15,
            chunk, q.device.index)
-    _LAUNCH_ONEPASS.launch(key, (cdiv(tq * group, ATTN_BLOCK_M), bsz * hkv), (
+    _LAUNCH_ONEPASS.launch(key, (cdiv(tq * group, attn_block_m(q.dtype, chunked=True)), bsz * hkv), (
         q, k, v, ks, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, group, tq, tk, d, scale, float(softcap) if softcap else 1.0),
         lambda: attn_meta(q, causal, softcap, CHUNK=chunk))
