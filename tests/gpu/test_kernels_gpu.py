@@ -94,9 +94,10 @@ def test_attention_softcap() -> None:
 
 
 @pytest.mark.parametrize("dtype,h,hkv,d,softcap", [
-    (BF16, 32, 8, 128, None), (torch.float16, 8, 2, 80, None), (torch.float32, 12, 12, 64, None),
-    (BF16, 8, 4, 64, 50.0)], ids=str)
+    (BF16, 32, 8, 128, None), (torch.float16, 8, 2, 80, None), (BF16, 8, 4, 64, 50.0)], ids=str)
 def test_attention_unmasked_leading_blocks_same_bits(dtype, h, hkv, d, softcap) -> None:  # type: ignore[no-untyped-def]
+    # float32 runs one masked loop on a GPU (attention.SPLIT_LOOP's comment), so it has no case here;
+    # the interpreter's float32 check compares both loops.
     kc.check_attention_split_loop(DEV, dtype, h, hkv, d, 1000, softcap)
 
 
