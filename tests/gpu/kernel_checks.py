@@ -404,6 +404,12 @@ def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
         if i % s_kv == 0:  # a 3-query chunk whose last query opens a new chunk of keys
             ch = attn(q[:, :, i - 2:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], ks0)
             assert torch.equal(ch[0], solo[0, i - 2:i + 1]), f"{what}: 3-query chunk ending at {i} != prefill"
+    # a whole prefill with a device-side key count runs the split kernel over several row blocks,
+    # each folded by its own last program (or by the combine): it equals the one-pass prefill
+    end_t = torch.tensor([t], dtype=torch.int32, device=device)
+    for fused in (True, False):
+        assert torch.equal(attn(q, kcap, vcap, ks0, key_end=end_t, _fused=fused), solo), (
+            f"{what}: prefill with key_end (fused={fused}) != one-pass prefill")
     # decode inside a left-padded batch, host and device Tk, equals the prefill row
     pad = pads[-1]
     kb = _randn((batch, hkv, t + pad + extra, d), dtype, device, g)
