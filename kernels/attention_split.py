@@ -4,8 +4,9 @@
 programs. Here a row's keys are cut into chunks of SPLIT_KV_CHUNK keys anchored at the row's own
 first key ks: chunk c covers [ks + c*S, ks + (c+1)*S). Kernel 1 runs one program per (query-row
 block, batch x kv head, chunk), with the same block loop as `_attn_kernel` restricted to its
-chunk, and writes fp32 partials (m, l, acc). Kernel 2 folds a row's partials left to right,
-chunk 0 first. Where the chunks fall depends only on ks and S, and which chunks hold keys only on
+chunk, and writes fp32 partials (m, l, acc). The last program of a row block to finish folds
+the block's partials left to right, chunk 0 first (with DETLLM_SPLIT_KV_FUSED=0 a second kernel
+does, with the same code). Where the chunks fall depends only on ks and S, and which chunks hold keys only on
 the row's own length, so the bits depend on nothing but the row's keys: not on the batch, the
 padding, Tq, or how many programs run. Chunks past a row's causal end (or past Tk) hold
 m = -inf, l = 0, acc = 0 and the fold skips them exactly, so decode (Tq = 1 over keys [:i+1])
