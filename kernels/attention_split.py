@@ -338,7 +338,9 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
 # block resets its count, so a buffer is all zeros whenever a call starts. Calls on two streams
 # at once get two buffers. A buffer first needed inside a CUDA graph capture is allocated there
 # (the capture stream's own; its zero fill becomes part of the graph). Outgrown buffers are kept
-# alive: a captured graph may still point at one.
+# alive: a captured graph may still point at one. Graphs captured on one stream share its buffer,
+# so two of them must not replay at the same time on two streams (nor may one graph, which
+# already shares all its other memory).
 _COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
 _RETIRED: list[torch.Tensor] = []
 
