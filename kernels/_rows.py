@@ -2,7 +2,7 @@
 number of rows, so one row gives the same bits in any batch."""
 from __future__ import annotations
 
-import triton
+import torch
 
 
 def cdiv(a: int, b: int) -> int:
@@ -22,3 +22,11 @@ def row_block(n: int) -> int:
 
 def row_warps(n: int) -> int:
     return 4 if row_block(n) >= 512 else 1
+
+
+def key_starts(key_start: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The attention kernels' key_start operand: int32, contiguous, on q's device. One the caller
+    already holds that way (the engine's) is used as is: a decode step's copy costs host time."""
+    if key_start.dtype != torch.int32 or key_start.get_device() != q.get_device() or key_start.stride(0) != 1:
+        return key_start.to(device=q.device, dtype=torch.int32).contiguous()
+    return key_start

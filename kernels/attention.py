@@ -18,7 +18,7 @@ import triton.language as tl
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
-from ._rows import cdiv, next_pow2
+from ._rows import cdiv, key_starts, next_pow2
 
 __all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
 
@@ -191,12 +191,13 @@ def _attn_kernel(
 _LAUNCH = Launcher(_attn_kernel)
 
 
-def attn_meta(q: torch.Tensor, causal: bool, softcap: float | None, **extra: object) -> dict:
+def attn_meta(q: torch.Tensor, causal: bool, softcap: float | None, block_m: int = ATTN_BLOCK_M,
+              **extra: object) -> dict:
     """The constexprs and launch options every query-block attention kernel here shares (this
-    one, split-KV's and the one-pass prefill's), plus each kernel's own."""
+    one, split-KV's and the one-pass prefill's), plus each kernel's own. block_m: the rows per
+    program the caller sized its grid with (attn_block_m)."""
     upcast = _INTERPRET and q.dtype == torch.bfloat16
     block_d = max(16, next_pow2(q.shape[-1]))
-    block_m = attn_block_m(q.dtype, chunked="CHUNK" in extra)  # the split-KV kernels pass their chunk
     return dict(CAUSAL=causal, HAS_SOFTCAP=bool(softcap), IEEE=q.dtype == torch.float32 or upcast,
                 UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=ATTN_BLOCK_N, BLOCK_D=block_d,
                 EVEN_D=block_d == q.shape[-1], ASM=not _INTERPRET,
@@ -243,9 +244,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out
-    ks = key_start
-    if ks.dtype != torch.int32 or ks.get_device() != q.get_device() or ks.stride(0) != 1:
-        ks = ks.to(device=q.device, dtype=torch.int32).contiguous()
+    ks = key_starts(key_start, q)
     grid = (cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.

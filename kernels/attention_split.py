@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._launch import Launcher, _raw_stream
-from ._rows import cdiv, next_pow2
+from ._rows import cdiv, key_starts, next_pow2
 from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_block_m, attn_meta
 
 __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
@@ -114,10 +114,9 @@ def _split_kernel(
         if tl.atomic_add(slot, 1, sem="acq_rel", scope="gpu") == NC - 1:
             tl.atomic_xchg(slot, 0, sem="relaxed", scope="gpu")
             n_live = _live_chunks(NC, Tk, ks, CHUNK, ANCHOR_ZERO)
-            r_end = tl.minimum(rows, (pid_m + 1) * BLOCK_M)
-            for r0 in range(pid_m * BLOCK_M, r_end, FOLD_M):
-                _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b64, pid_bh % HKV, r0 + tl.arange(0, FOLD_M),
-                           GROUP, Tq, NC, n_live, D, so_b, so_t, so_h, so_d, FOLD_M, BLOCK_D, True)
+            # FOLD_M is BLOCK_M, or the whole step's rows when they fit one smaller tile
+            _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b64, pid_bh % HKV, pid_m * BLOCK_M + tl.arange(0, FOLD_M),
+                       GROUP, Tq, NC, n_live, D, so_b, so_t, so_h, so_d, FOLD_M, BLOCK_D, True)
 
 
 @triton.jit
@@ -261,9 +260,7 @@ def split_kv_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
     out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out
-    ks = key_start
-    if ks.dtype != torch.int32 or ks.get_device() != q.get_device() or ks.stride(0) != 1:
-        ks = ks.to(device=q.device, dtype=torch.int32).contiguous()
+    ks = key_starts(key_start, q)
     if key_end is not None:
         # The grid must not depend on the filled length (one CUDA graph serves every step): size
         # the chunk axis from the cache's capacity; chunks past key_end store empty partials.
@@ -308,7 +305,7 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     block_d = max(16, next_pow2(d))
     block_m = attn_block_m(q.dtype, chunked=True)
     mblocks = cdiv(rows, block_m)
-    # the fused fold walks its row block in tiles of fold_m rows, so fold_m divides block_m
+    # the fused fold covers its row block in one tile: block_m, or every row when fewer
     fold_m = min(COMBINE_BLOCK_M, block_m, max(2, next_pow2(rows)))
     cnt = _counters(q, mblocks * bsz * hkv) if (FUSED_COMBINE if fused is None else fused) else None
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
@@ -320,7 +317,7 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
         q, k, v, ks, te, m_ws, l_ws, acc_ws, ws if cnt is None else cnt, out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, group, tq, tk, nc, d, scale, float(softcap) if softcap else 1.0),
-        lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
+        lambda: attn_meta(q, causal, softcap, block_m, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
                           ANCHOR_ZERO=anchor_zero, FUSED=cnt is not None, FOLD_M=fold_m))
     if cnt is not None:
         return
@@ -367,7 +364,8 @@ def _launch_onepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, group, d, causal, bool(softcap),
            q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, ks.data_ptr() & 15, out.data_ptr() & 15,
            chunk, q.device.index)
-    _LAUNCH_ONEPASS.launch(key, (cdiv(tq * group, attn_block_m(q.dtype, chunked=True)), bsz * hkv), (
+    block_m = attn_block_m(q.dtype, chunked=True)
+    _LAUNCH_ONEPASS.launch(key, (cdiv(tq * group, block_m), bsz * hkv), (
         q, k, v, ks, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, group, tq, tk, d, scale, float(softcap) if softcap else 1.0),
-        lambda: attn_meta(q, causal, softcap, CHUNK=chunk))
+        lambda: attn_meta(q, causal, softcap, block_m, CHUNK=chunk))

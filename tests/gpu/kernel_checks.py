@@ -426,8 +426,13 @@ def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     assert torch.equal(attn(qb, kb, vb, ks, key_end=end), dec), f"{what}: padded-batch key_end != host Tk"
     assert torch.equal(attn(qb, kb, vb, ks, key_end=end, _fused=False), dec), (
         f"{what}: padded-batch key_end, two launches != fused combine")
+    assert_counters_zero(what)
+
+
+def assert_counters_zero(what: str) -> None:
+    """Every row block's last split-KV program reset its arrival count."""
     from detllm_kernels import attention_split
-    for buf in attention_split._COUNTERS.values():  # every row block's last program reset its count
+    for buf in attention_split._COUNTERS.values():
         assert not buf.any(), f"{what}: fused-combine arrival counters left non-zero"
 
 
