@@ -251,7 +251,8 @@ def main() -> int:
                   f"(one left-padded group: {prefill[1]}, x{prefill[0] / prefill[1]:.3f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
-                                               "kernels": args.kernels, "split_kv": _split_kv(), "torch": torch.__version__,
+                                               "kernels": args.kernels, "split_kv": _split_kv(), "split_k": _split_k(),
+                                               "torch": torch.__version__,
                                                "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                                                "timed_out": timed_out, "results": results, "seconds": dt,
                                                "trial_timing": timing}, indent=2))
@@ -315,6 +316,13 @@ def _split_kv() -> bool:
     return split_kv_enabled()
 
 
+def _split_k() -> bool:
+    """Whether CUDA mm/addmm run split-K (DETLLM_SPLIT_K): recorded with the results."""
+    from pytest_detllm.invariant.flags import split_k_enabled
+
+    return split_k_enabled()
+
+
 def _key(token_ids: list[int], lhash: str) -> str:
     """One completion as a short string: tokens digest + logit hash (comparable across processes)."""
     return hashlib.sha256(repr(list(token_ids)).encode()).hexdigest()[:16] + ":" + lhash
@@ -324,7 +332,7 @@ def _summary(args: argparse.Namespace, where: str, results: list[dict], dt: floa
     total_div = sum(r["divergent_trials"] for r in results)
     flagged = sum(1 for r in results if r["divergent_trials"])
     n_trials = sum(r["trials"] for r in results)
-    print(f"\n{where}, kernels={args.kernels}{' (split-KV attention)' if _split_kv() else ''}: {n_trials} trials over "
+    print(f"\n{where}, kernels={args.kernels}{' (split-KV attention)' if _split_kv() else ''}{' (split-K matmul)' if _split_k() else ''}: {n_trials} trials over "
           f"{len(results)} prompts (batch 2..{args.max_batch}, fillers 1..{args.max_filler} tokens, "
           f"{args.max_new_tokens} new tokens): {total_div} divergent trials; prompts flagged "
           f"{flagged}/{len(results)}; {dt:.0f} s" + (" (time limit reached)" if timed_out else ""), flush=True)
@@ -390,7 +398,7 @@ def run_workers(args: argparse.Namespace) -> int:
                    f"{n} workers", merged, dt, timed_out)
     if args.json:
         Path(args.json).write_text(json.dumps({**{k: head.get(k) for k in ("model", "device", "dtype", "kernels", "split_kv",
-                                                                         "torch")},
+                                                                         "split_k", "torch")},
                                                "card": head.get("card"), "workers": n, "seeds": [args.seed + i for i in range(n)],
                                                "timed_out": timed_out, "results": merged, "seconds": dt}, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)  # kept above when a worker failed, for its log

@@ -239,3 +239,31 @@ class Bound:
 
 
 _RUNTIME = knobs.runtime
+
+
+# Arrival counters of the kernels whose last program per output tile folds the others' partials
+# (split-KV attention, split-K matmul): zeroed int32s per device and stream. Calls on one stream
+# run one after another and every tile's last program resets its count, so a buffer is all zeros
+# whenever a call starts, whichever kernel used it before. Calls on two streams at once get two
+# buffers. A buffer first needed inside a CUDA graph capture is allocated there (the capture
+# stream's own; its zero fill becomes part of the graph). Outgrown buffers are kept alive: a
+# captured graph may still point at one. Graphs captured on one stream share its buffer, so two
+# of them must not replay at the same time on two streams (nor may one graph, which already
+# shares all its other memory).
+_COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []
+
+
+def arrival_counters(like: torch.Tensor, n: int) -> torch.Tensor:
+    """At least n zeroed int32 counters on like's device, for the current stream."""
+    if like.is_cuda:
+        dev = like.get_device()
+        slot = (dev, _raw_stream(dev))
+    else:  # the interpreter: one program at a time
+        slot = (-1, 0)
+    buf = _COUNTERS.get(slot)
+    if buf is None or buf.numel() < n:
+        if buf is not None:
+            _RETIRED.append(buf)
+        buf = _COUNTERS[slot] = torch.zeros(max(n, 1024), dtype=torch.int32, device=like.device)
+    return buf

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import Launcher, _raw_stream
+from ._launch import Launcher, arrival_counters
 from ._rows import cdiv, key_starts, next_pow2
 from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_block_m, attn_meta
 
@@ -307,7 +307,7 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     mblocks = cdiv(rows, block_m)
     # the fused fold covers its row block in one tile: block_m, or every row when fewer
     fold_m = min(COMBINE_BLOCK_M, block_m, max(2, next_pow2(rows)))
-    cnt = _counters(q, mblocks * bsz * hkv) if (FUSED_COMBINE if fused is None else fused) else None
+    cnt = arrival_counters(q, mblocks * bsz * hkv) if (FUSED_COMBINE if fused is None else fused) else None
     # Workspaces: 16-byte aligned, layout fixed by d and group; Tq, Tk, NC are not
     # specialised. Everything else Triton specialises on is in the keys.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, group, d, causal, bool(softcap),
@@ -328,32 +328,6 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
         BLOCK_M=fold_m, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
         ANCHOR_ZERO=anchor_zero, num_warps=2 if fold_m <= 8 else 4,
     ))
-
-
-# Arrival counters of the fused combine, one zeroed int32 per (row block, batch x kv head), per
-# device and stream: calls on one stream run one after another, and the last program of a row
-# block resets its count, so a buffer is all zeros whenever a call starts. Calls on two streams
-# at once get two buffers. A buffer first needed inside a CUDA graph capture is allocated there
-# (the capture stream's own; its zero fill becomes part of the graph). Outgrown buffers are kept
-# alive: a captured graph may still point at one. Graphs captured on one stream share its buffer,
-# so two of them must not replay at the same time on two streams (nor may one graph, which
-# already shares all its other memory).
-_COUNTERS: dict[tuple[int, int], torch.Tensor] = {}
-_RETIRED: list[torch.Tensor] = []
-
-
-def _counters(q: torch.Tensor, n: int) -> torch.Tensor:
-    if q.is_cuda:
-        dev = q.get_device()
-        slot = (dev, _raw_stream(dev))
-    else:  # the interpreter: one program at a time
-        slot = (-1, 0)
-    buf = _COUNTERS.get(slot)
-    if buf is None or buf.numel() < n:
-        if buf is not None:
-            _RETIRED.append(buf)
-        buf = _COUNTERS[slot] = torch.zeros(max(n, 1024), dtype=torch.int32, device=q.device)
-    return buf
 
 
 def _launch_onepass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor, out: torch.Tensor,

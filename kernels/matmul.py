@@ -1,7 +1,8 @@
 """Batch-invariant matmul for mm / addmm / bmm (Triton; persistent for prefill).
 
 Why it is batch-invariant: every output element C[m, n] is produced by one program that walks
-the whole K axis in BLOCK_K steps, in order, into an fp32 accumulator (no split-K). BLOCK_K is
+the whole K axis in BLOCK_K steps, in order, into an fp32 accumulator (no split-K; the opt-in
+split-K bits below cut K at fixed absolute offsets and fold in a fixed order). BLOCK_K is
 64 for prefill shapes; decode uses 128 or 256, which issue the same k16 MMA steps in the same
 order (see matmul_config). BLOCK_M / BLOCK_N / BLOCK_K, warps, stages and the load path (TMA or
 pointers) vary with M only because tests/gpu proves bitwise that they leave a row's bits
@@ -18,7 +19,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
-from ._launch import Launcher
+from ._launch import Launcher, arrival_counters
 from ._rows import cdiv
 
 try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
@@ -26,7 +27,8 @@ try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
 except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
-__all__ = ["MatmulConfig", "BLOCK_K", "matmul_config", "candidate_configs", "mm", "addmm", "bmm"]
+__all__ = ["MatmulConfig", "BLOCK_K", "SPLIT_K_CHUNK", "matmul_config", "split_config", "split_k_chunk",
+           "candidate_configs", "mm", "addmm", "bmm"]
 
 # Default K step per dtype (decode overrides it for bf16/fp16 in matmul_config; see there).
 BLOCK_K: dict[torch.dtype, int] = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 32}
@@ -42,6 +44,7 @@ class MatmulConfig:
     persistent: bool = True  # False: one program per tile (more programs in flight for decode)
     block_k: int | None = None  # None: BLOCK_K[dtype]
     tma: bool = True  # read A/B through TMA descriptors where the layout allows
+    split_cta: bool = False  # split-K only: one program folds a tile's chunks (no workspace)
 
 
 def _interpreting() -> bool:
@@ -104,6 +107,44 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
     return MatmulConfig(128, 256, 8, 8, 3)
 
 
+# Split-K (opt-in: DETLLM_SPLIT_K=1 through the invariant mode, split_k=True here). A narrow
+# product (Llama's k/v, N = 1024; GPT-2's mlp c_proj, N = 768) has too few output tiles to fill
+# the card at decode and prefill sizes alike (0.70-0.77 of cuBLAS as one chain). Under split-K
+# every mm/addmm whose K exceeds SPLIT_K_CHUNK cuts K into chunks of that many elements at
+# absolute offsets; each chunk is one chain of k16 MMA steps from zero and an output element is
+# the chunks' fp32 sum, left to right. That depends on K alone: never on M (a row's bits stay
+# batch-invariant) nor on N or the tile (the engine's fused q/k/v product keeps the three
+# products' bits). The bits differ from the one chain's, so golden keys record the switch. Never
+# for bmm: its K can be a padded key count (attention's P @ V), and chunks at absolute offsets
+# would move with the padding.
+SPLIT_K_CHUNK = 1024
+SPLIT_K_WORKSPACE = 32 << 20  # bytes of fp32 partials past which one program folds a tile's chunks
+
+
+def split_k_chunk(k: int, chunk: int = SPLIT_K_CHUNK) -> int:
+    """The K chunk of a product with inner size k under split-K, 0 where it stays one chain."""
+    return chunk if k > chunk else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> MatmulConfig:
+    """Tile config of a split-K product of `chunks` K chunks; any gives the same bits (tests/gpu).
+    One program per (tile, chunk) while the partials fit SPLIT_K_WORKSPACE (they stay in L2):
+    decode keeps the one-chain table's tiles with `chunks` times the programs. Past that there
+    are tiles enough to fill the card, and one program folds its tile's chunks in turn, in
+    128x128 tiles (two 128x256 fp32 accumulators would not fit in registers)."""
+    if m <= 64 or dtype == torch.float32:
+        cfg = matmul_config(m, n, dtype, kn)
+        cfg = MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
+                           False, cfg.block_k, cfg.tma)
+    else:
+        cfg = MatmulConfig(128, 128, 8, 8, 3, persistent=False)
+    if cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) * chunks * cfg.block_m * cfg.block_n * 4 > SPLIT_K_WORKSPACE:
+        return MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
+                            True, cfg.block_k, cfg.tma, split_cta=True)
+    return cfg
+
+
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
     shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 128256), (64, 4096), (128, 4096), (4096, 4096)]
@@ -125,59 +166,113 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return bat, pid_m, pid_n
 
 
+@triton.jit
+def _k_chain(acc, k0, k1, pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_TMA: tl.constexpr,
+             B_NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + the K steps [k0, k1) of one tile, in order: the one chain every config issues."""
+    if USE_TMA:
+        # Out-of-range rows/cols/K come back as zeros from the copy engine.
+        for ki in range(k0, k1):
+            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
+            if B_NK:
+                b = b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T
+            else:
+                b = b_desc.load([ki * BLOCK_K, pid_n * BLOCK_N])
+            acc = tl.dot(a, b, acc)
+    else:
+        rk = tl.arange(0, BLOCK_K)
+        for ki in range(k0, k1):
+            kk = ki * BLOCK_K + rk
+            a = tl.load(a_base + kk[None, :] * s_ak, mask=kk[None, :] < K, other=0.0)
+            b = tl.load(b_base + kk[:, None] * s_bk, mask=kk[:, None] < K, other=0.0)
+            acc = dot_acc(a, b, acc, IEEE, UPCAST)
+    return acc
+
+
+@triton.jit
+def _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
+              alpha, beta, HAS_X: tl.constexpr, SCALE: tl.constexpr):
+    """Elementwise only, identical for every config."""
+    if SCALE:
+        acc = acc * alpha
+    cmask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    om = offs_m.to(tl.int64)
+    on = offs_n.to(tl.int64)
+    if HAS_X:
+        x = tl.load(x_ptr + bat.to(tl.int64) * s_xb + om[:, None] * s_xm + on[None, :] * s_xn,
+                    mask=cmask, other=0.0).to(tl.float32)
+        acc = acc + beta * x
+    c_ptrs = c_ptr + bat.to(tl.int64) * s_cb + om[:, None] * s_cm + on[None, :] * s_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+
+
 @triton.jit(do_not_specialize=["BATCH", "M"])
 def _matmul_kernel(
-    a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc,
+    a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc, ws_ptr, cnt_ptr,
     BATCH, M, N, K,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
     alpha, beta,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_PROGS: tl.constexpr, USE_TMA: tl.constexpr, B_NK: tl.constexpr,
     HAS_X: tl.constexpr, SCALE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = BATCH * num_pid_m * num_pid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
-    rk = tl.arange(0, BLOCK_K)
-    for tile_id in tl.range(pid, num_tiles, NUM_PROGS, flatten=True):
+    # Split-K (KSPLIT > 0): K steps [c*KC, (c+1)*KC) make partial c, each a chain from zero, and a
+    # tile is their left-to-right fp32 sum. SPLIT_CTA: one program makes the partials one after
+    # another; else one program per (tile, chunk), and the tile's last one folds.
+    KC: tl.constexpr = KSPLIT // BLOCK_K if KSPLIT > 0 else 1
+    n_chunks = tl.cdiv(K, KSPLIT) if KSPLIT > 0 and not SPLIT_CTA else 1
+    for work in tl.range(pid, num_tiles * n_chunks, NUM_PROGS, flatten=KSPLIT == 0):
+        tile_id = work // n_chunks
+        chunk = work % n_chunks
         bat, pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # Clamp (not mask) M/N so loads stay vectorised; clamped rows are never stored.
+        am = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
+        bn = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+        a_base = a_ptr + bat.to(tl.int64) * s_ab + am[:, None] * s_am
+        b_base = b_ptr + bat.to(tl.int64) * s_bb + bn[None, :] * s_bn
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if USE_TMA:
-            # Out-of-range rows/cols/K come back as zeros from the copy engine.
-            for ki in range(k_tiles):
-                a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-                if B_NK:
-                    b = b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T
-                else:
-                    b = b_desc.load([ki * BLOCK_K, pid_n * BLOCK_N])
-                acc = tl.dot(a, b, acc)
+        if KSPLIT == 0:
+            acc = _k_chain(acc, 0, k_tiles, pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
+                           BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+            _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
+                      alpha, beta, HAS_X, SCALE)
+        elif SPLIT_CTA:
+            acc = _k_chain(acc, 0, tl.minimum(KC, k_tiles), pid_m, pid_n, a_desc, b_desc, a_base, b_base,
+                           s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+            for c0 in range(KC, k_tiles, KC):
+                part = _k_chain(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), c0, tl.minimum(c0 + KC, k_tiles),
+                                pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
+                                BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+                acc = acc + part
+            _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
+                      alpha, beta, HAS_X, SCALE)
         else:
-            # Clamp (not mask) M/N so loads stay vectorised; clamped rows are never stored.
-            am = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
-            bn = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
-            a_base = a_ptr + bat.to(tl.int64) * s_ab + am[:, None] * s_am
-            b_base = b_ptr + bat.to(tl.int64) * s_bb + bn[None, :] * s_bn
-            for ki in range(k_tiles):
-                kk = ki * BLOCK_K + rk
-                a = tl.load(a_base + kk[None, :] * s_ak, mask=kk[None, :] < K, other=0.0)
-                b = tl.load(b_base + kk[:, None] * s_bk, mask=kk[:, None] < K, other=0.0)
-                acc = dot_acc(a, b, acc, IEEE, UPCAST)
-        # Epilogue: elementwise only, identical for every config.
-        if SCALE:
-            acc = acc * alpha
-        cmask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        om = offs_m.to(tl.int64)
-        on = offs_n.to(tl.int64)
-        if HAS_X:
-            x = tl.load(x_ptr + bat.to(tl.int64) * s_xb + om[:, None] * s_xm + on[None, :] * s_xn,
-                        mask=cmask, other=0.0).to(tl.float32)
-            acc = acc + beta * x
-        c_ptrs = c_ptr + bat.to(tl.int64) * s_cb + om[:, None] * s_cm + on[None, :] * s_cn
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+            acc = _k_chain(acc, chunk * KC, tl.minimum((chunk + 1) * KC, k_tiles), pid_m, pid_n, a_desc, b_desc,
+                           a_base, b_base, s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+            # Workspace: one BLOCK_M x BLOCK_N fp32 partial per (tile, chunk), chunks of a tile adjacent.
+            tile_off = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            tile_ws = ws_ptr + tile_id.to(tl.int64) * n_chunks * (BLOCK_M * BLOCK_N)
+            tl.store(tile_ws + chunk * (BLOCK_M * BLOCK_N) + tile_off, acc)
+            # As in split-KV attention: every thread's stores precede the barrier, the barrier the
+            # release half of the count, the acquire half the last program's reads (through L2).
+            tl.debug_barrier()
+            slot = cnt_ptr + tile_id
+            if tl.atomic_add(slot, 1, sem="acq_rel", scope="gpu") == n_chunks - 1:
+                tl.atomic_xchg(slot, 0, sem="relaxed", scope="gpu")
+                acc = tl.load(tile_ws + tile_off, cache_modifier=".cg")
+                for c in range(1, n_chunks):
+                    acc = acc + tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + tile_off, cache_modifier=".cg")
+                _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
+                          alpha, beta, HAS_X, SCALE)
 
 
 def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
@@ -199,8 +294,10 @@ def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor | None,
             batch: int, m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int],
             sc: tuple[int, int, int], sx: tuple[int, int, int], alpha: float, beta: float,
-            config: MatmulConfig | None, use_tma: bool | None, programs: int | None = None) -> None:
-    """a (B,M,K) @ b (B,K,N) -> out (B,M,N) given as base tensors plus (batch, row, col) strides."""
+            config: MatmulConfig | None, use_tma: bool | None, programs: int | None = None,
+            split: int = 0) -> None:
+    """a (B,M,K) @ b (B,K,N) -> out (B,M,N) given as base tensors plus (batch, row, col) strides.
+    split: split-K chunk (split_k_chunk), 0 for one chain."""
     if m == 0 or n == 0 or batch == 0:
         return
     has_x = x is not None and beta != 0
@@ -211,14 +308,18 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     # constexprs) is memoised under the same key: a repeat call does no Python config work.
     key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, config, use_tma, programs,
            a.get_device(), a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15,
-           xt.data_ptr() & 15, None if x is None else x.dtype, a.dim() == 2 and b.dim() == 2)
+           xt.data_ptr() & 15, None if x is None else x.dtype, a.dim() == 2 and b.dim() == 2, split)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _plan(a, b, batch, m, n, k, has_x, alpha, config, use_tma, programs)
+        plan = _plan(a, b, batch, m, n, k, has_x, alpha, config, use_tma, programs, split)
         if len(_PLANS) >= 8192:
             _PLANS.clear()
         _PLANS[key] = plan
-    grid, meta, tma, bm, bn, bk = plan
+    grid, meta, tma, bm, bn, bk, ws_n, tiles = plan
+    # Split-K over programs: fp32 partials (from the caching allocator, so a CUDA graph capture
+    # gets its own) and the per-tile arrival counters; the kernel never reads them otherwise.
+    ws = torch.empty(ws_n, device=a.device, dtype=torch.float32) if ws_n else out
+    cnt = arrival_counters(a, tiles) if ws_n else out
     a_desc = b_desc = None
     if tma is not None:
         # Descriptors hold base pointers, so they are built per call (prefill sizes only, where
@@ -227,28 +328,35 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [bn, bk]) if tma
                   else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, bn]))
     _LAUNCH.launch(key, grid, (
-        a, b, out, xt, a_desc, b_desc,
+        a, b, out, xt, a_desc, b_desc, ws, cnt,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
 
 
 def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, has_x: bool,
           alpha: float, config: MatmulConfig | None, use_tma: bool | None,
-          programs: int | None) -> tuple:
-    """(grid, constexprs, TMA layout, BLOCK_M, BLOCK_N, BLOCK_K) for one product's key."""
+          programs: int | None, split: int) -> tuple:
+    """(grid, constexprs, TMA layout, BLOCK_M, BLOCK_N, BLOCK_K, split-K workspace floats, tiles)
+    for one product's key."""
     if a.dtype not in BLOCK_K:
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
     kn = b.stride(-1) == 1 and b.stride(-2) != 1 and batch == 1  # row-major (K, N): x @ W
-    cfg = config or matmul_config(m, n, a.dtype, kn)
+    if split:
+        cfg = config or split_config(m, n, a.dtype, kn, split_chunks(k, split))
+        if split % (cfg.block_k or BLOCK_K[a.dtype]):
+            raise ValueError(f"split-K chunk {split} is not a multiple of BLOCK_K in {cfg}")
+    else:
+        cfg = config or matmul_config(m, n, a.dtype, kn)
     bk = cfg.block_k or BLOCK_K[a.dtype]
     want = cfg.tma if use_tma is None else use_tma
     tma = _tma_layout(a, b) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
     if use_tma and tma is None:
         raise ValueError("TMA path requested but operands do not allow it")
     tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
+    chunks = split_chunks(k, split) if split and not cfg.split_cta else 1
     # One program per tile: the loop step only has to reach past the last tile, and a constant
     # step keeps one compiled kernel for every M. A step of `tiles` compiled a kernel per distinct
     # tile count: 17 compiles in 37 warm fuzz trials on the SmolLM2 shape (prefill M varies).
-    progs, step = tiles, ONE_TILE_STEP
+    progs, step = tiles * chunks, ONE_TILE_STEP
     if cfg.persistent:
         # One program per SM by default; `programs` forces another count (tests: goldens recorded on
         # a card with 132 SMs must hold on one with 114 or 78, so the count must not change bits).
@@ -263,9 +371,15 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
-        UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
-    return (min(tiles, progs),), meta, tma, cfg.block_m, cfg.block_n, bk
+    ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0
+    return (min(tiles * chunks, progs),), meta, tma, cfg.block_m, cfg.block_n, bk, ws_n, tiles
+
+
+def split_chunks(k: int, split: int) -> int:
+    return cdiv(k, split)
 
 
 ONE_TILE_STEP = 1 << 30  # NUM_PROGS of non-persistent configs: every program runs one tile
@@ -297,22 +411,25 @@ def _broadcast_strides(shape: tuple[int, ...], stride: tuple[int, ...], m: int, 
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None,
-       use_tma: bool | None = None, programs: int | None = None) -> torch.Tensor:
-    """(M,K) @ (K,N) -> (M,N) in a.dtype, any strides."""
+       use_tma: bool | None = None, programs: int | None = None, split_k: bool = False,
+       split_chunk: int = SPLIT_K_CHUNK) -> torch.Tensor:
+    """(M,K) @ (K,N) -> (M,N) in a.dtype, any strides. split_k: the split-K bits (split_k_chunk);
+    split_chunk exists for the tests' small shapes."""
     _check(a, b, "mm")
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty((m, n), device=a.device, dtype=a.dtype)
     if k == 0:
         return out.zero_()
     _launch(a, b, out, None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, n, 1), (0, 0, 0),
-            1.0, 0.0, config, use_tma, programs)
+            1.0, 0.0, config, use_tma, programs, split_k_chunk(k, split_chunk) if split_k else 0)
     return out
 
 
 def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0,
           alpha: float = 1.0, config: MatmulConfig | None = None,
-          use_tma: bool | None = None) -> torch.Tensor:
-    """beta * bias + alpha * (a @ b), bias broadcast to (M,N) like aten::addmm; fp32 epilogue."""
+          use_tma: bool | None = None, split_k: bool = False, split_chunk: int = SPLIT_K_CHUNK) -> torch.Tensor:
+    """beta * bias + alpha * (a @ b), bias broadcast to (M,N) like aten::addmm; fp32 epilogue.
+    split_k, split_chunk: as for mm."""
     _check(a, b, "addmm")
     (m, k), n = a.shape, b.shape[1]
     sx = _bias_strides(bias, m, n)
@@ -321,7 +438,7 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float =
         out.copy_(bias.expand(m, n) * beta if beta != 0 else torch.zeros_like(out))
         return out
     _launch(a, b, out, bias if beta != 0 else None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()),
-            (0, n, 1), sx, alpha, beta, config, use_tma)
+            (0, n, 1), sx, alpha, beta, config, use_tma, None, split_k_chunk(k, split_chunk) if split_k else 0)
     return out
 
 

@@ -16,7 +16,7 @@ from .completion import Completion, logit_hash
 from .engine import Engine, Generation, Request
 from .errors import ConfigError, PromptError
 from .fuzz import FillerPool, StepDiff, design_trials, first_divergence
-from .invariant.flags import split_kv_enabled
+from .invariant.flags import split_k_enabled, split_kv_enabled
 from .model import LoadedModel, load
 from .report import Divergence, Stats
 
@@ -113,8 +113,11 @@ class Runtime:
         key = f"{dev}-{lm.dtype}-{self.settings.kernels}-torch{mm(torch.__version__)}-transformers{mm(transformers.__version__)}"
         if dev == "cpu":
             return key + "-" + cpu_code_path()
-        if lm.device.type == "cuda" and self.settings.kernels == "invariant" and split_kv_enabled():
-            key += "-splitkv"  # the split-KV attention gives long rows other bits: its own goldens
+        if lm.device.type == "cuda" and self.settings.kernels == "invariant":
+            if split_kv_enabled():
+                key += "-splitkv"  # the split-KV attention gives long rows other bits: its own goldens
+            if split_k_enabled():
+                key += "-splitk"  # so does the split-K matmul, every product with K > 1024
         return key
 
     def pool(self, spec: str | None = None) -> FillerPool:

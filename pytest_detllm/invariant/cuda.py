@@ -14,7 +14,7 @@ import torch
 from torch.autograd import forward_ad as _fwd_ad  # _current_level: -1 outside any dual_level
 
 from . import edges, fixed
-from .flags import split_kv_enabled
+from .flags import split_k_enabled, split_kv_enabled
 from .registry import _calls  # the registry's call counter (strict mode reads it)
 
 # Fail at import (the registry turns ImportError into a clear "no kernels for cuda" error) rather
@@ -81,7 +81,7 @@ def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
     if not _route(("mm", self.dtype, mat2.dtype, self.shape, mat2.shape),
                   lambda: edges.matmul_ok(self, mat2, 2), "mm", self, mat2):
         return edges.to_out(torch.mm, self.dtype, self.device, self, mat2)
-    return _kernels().mm(self, mat2)
+    return _kernels().mm(self, mat2, split_k=split_k_enabled())
 
 
 def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1,
@@ -91,7 +91,7 @@ def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: f
                            and edges.expands_to(self.shape, (mat1.shape[0], mat2.shape[1]))),
                   "addmm", mat1, mat2):
         return edges.to_out(torch.addmm, mat1.dtype, mat1.device, self, mat1, mat2, beta=beta, alpha=alpha)
-    return _kernels().addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha))
+    return _kernels().addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha), split_k=split_k_enabled())
 
 
 def bmm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:

@@ -13,3 +13,13 @@ def split_kv_enabled() -> bool:
     (detllm_kernels.attention_split) for prefill and decode alike. Off by default: it gives rows
     longer than one chunk other bits, so golden keys on CUDA say so (``Runtime.env_key``)."""
     return os.environ.get(SPLIT_KV_ENV, "0") == "1"
+
+
+SPLIT_K_ENV = "DETLLM_SPLIT_K"
+
+
+def split_k_enabled() -> bool:
+    """``DETLLM_SPLIT_K=1``: CUDA invariant mm/addmm cut K into fixed 1024-element chunks folded in
+    a fixed order (detllm_kernels.matmul's split-K), so narrow products fill the card. Off by
+    default: every product with K > 1024 gets other bits, so golden keys on CUDA say so."""
+    return os.environ.get(SPLIT_K_ENV, "0") == "1"

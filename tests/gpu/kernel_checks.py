@@ -179,6 +179,59 @@ def stock_mm_differs(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequen
     return [m for m in ms if not torch.equal(F.linear(a[:m], w)[0], alone)]
 
 
+def check_split_k(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int], chunk: int,
+                  configs: Sequence[Any] = (), seed: int = 13) -> None:
+    """Split-K (opt-in bits): a row's bits are the same at every M, for every tile config and both
+    ways of folding (one program per (tile, chunk) with the tile's last one folding, or one program
+    folding its tile's chunks in turn), in both weight layouts and through addmm. They are not the
+    one-chain bits (the switch is real). In fp32 the structure is checked exactly: the product is
+    the unsplit kernel's products of the K chunks at absolute offsets, summed left to right."""
+    km = load_kernels()
+    from detllm_kernels.matmul import split_k_chunk
+
+    assert split_k_chunk(k, chunk) == chunk, "the shape must be one that splits"
+    g = _gen(device, seed)
+    a = _randn((max(ms), k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)
+    bias = _randn((n,), dtype, device, g)
+
+    def sk(x: torch.Tensor, b: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return km.mm(x, b, split_k=True, split_chunk=chunk, **kw)
+
+    for name, b in (("w.t()", w.t()), ("(K, N)", w.t().contiguous())):
+        check_rows(lambda x: sk(x, b), a, ms, f"split-K mm {dtype} K={k} N={n} b={name}")
+    check_rows(lambda x: km.addmm(bias, x, w.t(), split_k=True, split_chunk=chunk), a, ms,
+               f"split-K addmm {dtype} K={k} N={n}")
+    ref = sk(a, w.t())
+    assert torch.equal(sk(a, w.t().contiguous()), ref), f"split-K {dtype}: the weight layout changed bits"
+    for cfg in configs:
+        assert torch.equal(sk(a, w.t(), config=cfg), ref), f"split-K {dtype}: config {cfg} differs"
+    assert_close(ref, a.double() @ w.double().t(), dtype, f"split-K mm {dtype} vs fp64")
+    ref_b = 0.5 * bias.double() + 2.0 * (a.double() @ w.double().t())
+    assert_close(km.addmm(bias, a, w.t(), beta=0.5, alpha=2.0, split_k=True, split_chunk=chunk), ref_b, dtype,
+                 "split-K addmm beta/alpha")
+    # The switch is real: 2^25 first, then 2 (in chunk 1's first K step) is lost to rounding in one
+    # chain, 0 after -2^25 (chunk 1's last step); chunk 1's own partial keeps the 2 exactly.
+    big = torch.zeros(1024, 16, device=device, dtype=dtype)
+    big[0, 0], big[512, 0], big[1023, 0] = 2.0 ** 25, 2.0, -(2.0 ** 25)
+    one = torch.ones(1, 1024, device=device, dtype=dtype)
+    split = km.mm(one, big, split_k=True, split_chunk=512)[0, 0].item()
+    assert (split, km.mm(one, big)[0, 0].item()) == (2.0, 0.0), f"split-K {dtype}: {split} is not the split sum"
+    if dtype == torch.float32:
+        parts = [km.mm(a[:, c:c + chunk], w.t()[c:c + chunk]) for c in range(0, k, chunk)]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        assert torch.equal(ref, total), "split-K fp32: not the chunks' products summed left to right"
+    # a K within one chunk never splits
+    assert torch.equal(km.mm(a[:, :chunk], w.t()[:chunk], split_k=True, split_chunk=chunk),
+                       km.mm(a[:, :chunk], w.t()[:chunk])), "a one-chunk K must keep the one-chain bits"
+    # the engine fuses q/k/v into one wider product: a column's bits must not depend on N
+    wide = torch.cat([w, _randn((3 * n, k), dtype, device, g)])
+    assert torch.equal(sk(a, wide.t())[:, :n], ref), f"split-K {dtype}: a wider N changed bits"
+    assert_counters_zero(f"split-K {dtype}")
+
+
 # ---------------------------------------------------------------- reductions
 def check_reductions(device: str, dtype: torch.dtype, n: int, ms: Sequence[int], seed: int = 4) -> None:
     km = load_kernels()
@@ -430,10 +483,10 @@ def check_split_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
 
 
 def assert_counters_zero(what: str) -> None:
-    """Every row block's last split-KV program reset its arrival count."""
-    from detllm_kernels import attention_split
-    for buf in attention_split._COUNTERS.values():
-        assert not buf.any(), f"{what}: fused-combine arrival counters left non-zero"
+    """Every tile's last program (split-KV attention, split-K matmul) reset its arrival count."""
+    from detllm_kernels import _launch
+    for buf in _launch._COUNTERS.values():
+        assert not buf.any(), f"{what}: arrival counters left non-zero"
 
 
 def check_split_single_chunk(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,

@@ -121,3 +121,45 @@ def test_length_grouped_prefill_equals_one_group(llama) -> None:  # type: ignore
     assert grouped._impl.graphs and all(s.graph is not None for s in grouped._impl._slots.values())
     for i, (x, y) in enumerate(zip(a, b)):
         assert len(x.token_ids) == 24 and first_divergence(x, y) is None, f"row {i}"
+
+
+@pytest.fixture(scope="module")
+def llama_wide():  # type: ignore[no-untyped-def]
+    """Hidden size 1280 and MLP 2304: every projection has K > 1024, so split-K cuts each."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=1280, intermediate_size=2304, num_hidden_layers=2,
+                      num_attention_heads=10, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(1)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
+
+
+def test_split_k_mode_engine_equals_generate_and_keeps_rows(llama_wide, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """DETLLM_SPLIT_K=1: the engine (one q/k/v product of N = 1792 where transformers runs
+    N = 1280, 256, 256; one gate/up product; CUDA graphs) equals transformers' own generate under
+    batch_invariant(); a row keeps its bits in padded batches; and the bits are not the
+    default's (the switch reaches the model)."""
+    dev = torch.device("cuda")
+    ids = _ids(61, 7)
+    req = Request(ids, max_new_tokens=12)
+    default = Engine(llama_wide, pad_id=0, eos_ids=[], device=dev, invariant=True).generate([req], keep_logits=[0])[0]
+    monkeypatch.setenv("DETLLM_SPLIT_K", "1")
+    eng = Engine(llama_wide, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    assert eng._impl._qkv and eng._impl.graphs
+    mine = eng.generate([req], keep_logits=[0])[0]
+    with batch_invariant("cuda"), torch.inference_mode():
+        out = llama_wide.generate(torch.tensor([ids], device=dev), max_new_tokens=12, min_new_tokens=12,
+                                  do_sample=False, output_logits=True, return_dict_in_generate=True,
+                                  pad_token_id=0, eos_token_id=None)
+    assert mine.token_ids == out.sequences[0, len(ids):].tolist()
+    for t, lg in enumerate(out.logits):
+        assert torch.equal(mine.step_logits[t], lg[0].float().cpu()), f"step {t}"
+    assert any(not torch.equal(a, b) for a, b in zip(mine.step_logits, default.step_logits)), (
+        "split-K gave the default bits: the flag did not reach the matmuls")
+    for n in (6, 21):
+        batch = _fillers(n - 1, n)
+        batch.insert(n // 3, req)
+        got = eng.generate(batch, keep_logits=[n // 3])[n // 3]
+        assert first_divergence(mine, got) is None, f"split-K, batch of {n}"
+    from detllm_kernels import _launch
+    assert all(not buf.any() for buf in _launch._COUNTERS.values()), "arrival counters left non-zero"

@@ -49,6 +49,49 @@ def test_mm_every_config_same_bits(dtype: torch.dtype, m: int) -> None:
     kc.check_mm_configs(DEV, dtype, 4096, 1536, m)
 
 
+# Split-K: Llama's k/v (N = 1024), GPT-2's mlp c_proj (N = 768), and a K that ends mid-chunk and
+# mid-step. M = 3000 folds in one program per tile (past SPLIT_K_WORKSPACE), the others per chunk.
+SPLIT_CASES = [(BF16, 4096, 1024), (BF16, 3072, 768), (F16, 2500, 1000), (F32, 2500, 1000)]
+SPLIT_MS = (1, 16, 33, 64, 100, 1024, 3000)
+
+
+def _split_configs(dtype: torch.dtype) -> list[Any]:
+    from detllm_kernels.matmul import MatmulConfig
+
+    if dtype == F32:
+        return [MatmulConfig(64, 64, 8, 4, 3, True, split_cta=True), MatmulConfig(32, 64, 8, 4, 3, False)]
+    return [MatmulConfig(128, 128, 8, 8, 3, True, split_cta=True), MatmulConfig(128, 256, 8, 8, 3, True),
+            MatmulConfig(64, 128, 8, 4, 4, False, tma=False), MatmulConfig(16, 32, 8, 4, 6, False, 256, False),
+            MatmulConfig(64, 64, 8, 4, 4, False, 128, True, split_cta=True)]
+
+
+@pytest.mark.parametrize("dtype,k,n", SPLIT_CASES, ids=str)
+def test_split_k_rows_invariant(dtype: torch.dtype, k: int, n: int) -> None:
+    from detllm_kernels.matmul import SPLIT_K_CHUNK
+
+    kc.check_split_k(DEV, dtype, k, n, SPLIT_MS, SPLIT_K_CHUNK, _split_configs(dtype))
+
+
+def test_split_k_in_a_cuda_graph() -> None:
+    """A captured split-K product (workspace and arrival counters first needed inside the
+    capture) replays to the eager bits, and leaves the counters zero."""
+    km = kc.load_kernels()
+    g = torch.Generator(device=DEV).manual_seed(4)
+    w = torch.randn(1024, 4096, device=DEV, generator=g).to(BF16)
+    x = torch.randn(48, 4096, device=DEV, generator=g).to(BF16)
+    km.mm(x, w.t(), split_k=True)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = km.mm(x, w.t(), split_k=True)
+    for seed in range(3):
+        x.copy_(torch.randn(48, 4096, device=DEV, generator=g).to(BF16))
+        graph.replay()
+        assert torch.equal(out, km.mm(x, w.t(), split_k=True)), f"replay {seed}"
+    torch.cuda.synchronize()
+    kc.assert_counters_zero("split-K graph replay")
+
+
 @pytest.mark.parametrize("dtype", [BF16, F16, F32], ids=str)
 def test_persistent_matmul_bits_do_not_depend_on_the_program_count(dtype: torch.dtype) -> None:
     """Program counts of the H100 SXM (132 SMs), H100 PCIe (114) and H20 (78), and odd ones."""

@@ -33,6 +33,14 @@ DEV = "cpu"
 MS = kc.INTERP_MS
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
+def _cta(dtype: torch.dtype) -> object:
+    """A split-K config whose one program folds its tile's chunks (production takes it past
+    SPLIT_K_WORKSPACE, sizes too large to interpret)."""
+    from detllm_kernels.matmul import MatmulConfig
+
+    return MatmulConfig(16, 16, 8, 4, 2, True, 32 if dtype == F32 else 256, False, split_cta=True)
+
+
 CHECKS: dict[str, Callable[[], object]] = {
     "mm_fp32": lambda: kc.check_mm(DEV, F32, 40, 24, MS),
     "mm_fp16": lambda: kc.check_mm(DEV, F16, 64, 48, MS),
@@ -42,6 +50,10 @@ CHECKS: dict[str, Callable[[], object]] = {
     "mm_configs_fp16": lambda: kc.check_mm_configs(DEV, F16, 64, 40, 33),
     "mm_configs_fp32": lambda: kc.check_mm_configs(DEV, F32, 40, 24, 7),
     "programs_fp32": lambda: kc.check_program_counts(DEV, F32, 24, 130, 130, (4, 1, 3, 9, 20)),
+    # split-K with small chunks: one multiple of every BLOCK_K the split configs use (fp32 32,
+    # bf16 decode 256); K ends mid-chunk; M = 33 takes both folds (the explicit config)
+    "split_k_fp32": lambda: kc.check_split_k(DEV, F32, 150, 24, MS, 64, [_cta(F32)]),
+    "split_k_bf16": lambda: kc.check_split_k(DEV, BF16, 600, 40, MS, 256, [_cta(BF16)]),
     "reductions_fp32": lambda: kc.check_reductions(DEV, F32, 50, MS),
     "reductions_bf16": lambda: kc.check_reductions(DEV, BF16, 1100, MS),
     "reductions_fp16": lambda: kc.check_reductions(DEV, F16, 64, MS),
