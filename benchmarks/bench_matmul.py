@@ -2,6 +2,7 @@
 
     python benchmarks/bench_matmul.py            # the table (bf16)
     python benchmarks/bench_matmul.py --sweep    # also time alternative tile configs (BLOCK_K fixed)
+    python benchmarks/bench_matmul.py --models --split   # the split-K bits (DETLLM_SPLIT_K=1)
 
 Both sides compute x @ W.t() with W an (N, K) nn.Linear weight, like F.linear. Timing is
 triton.testing.do_bench (median; it flushes L2 before every call) over rotating input buffers.
@@ -25,7 +26,7 @@ except ImportError:  # running from a checkout without the package installed
     import kernel_checks
 
     km = kernel_checks.load_kernels()
-from detllm_kernels.matmul import MatmulConfig, matmul_config  # noqa: E402
+from detllm_kernels.matmul import SPLIT_K_CHUNK, MatmulConfig, matmul_config, split_config, split_k_chunk  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
 # --models: (K, N, weight layout, model). "NK": an nn.Linear weight (F.linear passes W.t());
@@ -55,6 +56,19 @@ def sweep_configs(m: int) -> list[MatmulConfig]:
             MatmulConfig(128, 128, 8, 8, 3, True), MatmulConfig(128, 128, 8, 8, 4, False),
             MatmulConfig(128, 128, 8, 4, 4, False), MatmulConfig(64, 128, 8, 4, 4, False),
             MatmulConfig(64, 128, 8, 4, 4, True), MatmulConfig(64, 256, 8, 8, 3, False)]
+
+
+def split_sweep_configs(m: int) -> list[MatmulConfig]:
+    """Split-K alternatives (every one must give the table config's bits: same_bits=True)."""
+    if m <= 64:
+        bm = 16 if m <= 16 else 64
+        return [MatmulConfig(bm, 32, 8, 4, 6, False, 256, False), MatmulConfig(bm, 64, 8, 4, 4, False, 256, False),
+                MatmulConfig(bm, 64, 8, 4, 4, False, 128, False), MatmulConfig(bm, 128, 8, 4, 4, False, 128, False),
+                MatmulConfig(16, 64, 8, 4, 4, False, 256, False), MatmulConfig(32, 64, 8, 4, 4, False, 128, False)]
+    return [MatmulConfig(128, 128, 8, 8, 3, False), MatmulConfig(128, 128, 8, 8, 4, False),
+            MatmulConfig(64, 128, 8, 4, 4, False), MatmulConfig(128, 256, 8, 8, 3, False),
+            MatmulConfig(128, 256, 8, 8, 3, True), MatmulConfig(128, 128, 8, 8, 3, True, split_cta=True),
+            MatmulConfig(128, 128, 8, 4, 3, True, split_cta=True), MatmulConfig(128, 128, 8, 8, 4, False, tma=False)]
 
 
 def probe_configs(m: int) -> list[tuple[MatmulConfig, bool]]:
@@ -124,11 +138,14 @@ def main() -> None:
     ap.add_argument("--probe", action="store_true", help="launch overhead and CUDA-graph timing of candidates")
     ap.add_argument("--models", action="store_true", help="Llama-3-8B, Qwen3-8B and GPT-2 shapes, both weight layouts")
     ap.add_argument("--only", nargs="+", metavar="PREFIX", help="with --models: shapes whose label starts so")
+    ap.add_argument("--split", action="store_true", help="time the split-K bits (DETLLM_SPLIT_K=1) against cuBLAS")
+    ap.add_argument("--chunk", type=int, default=SPLIT_K_CHUNK, help="with --split: the K chunk (bits differ per chunk)")
     args = ap.parse_args()
+    sk = dict(split_k=True, split_chunk=args.chunk) if args.split else {}
     dtype = DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
-          f" | {args.dtype}")
+          f" | {args.dtype}" + (f" | split-K, chunk {args.chunk}" if args.split else ""))
     if args.probe:
         probe(dtype, args.ms)
         return
@@ -152,28 +169,32 @@ def main() -> None:
             xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
             flops = 2.0 * m * n * k
             t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
-            cfg = matmul_config(m, n, dtype, layout == "KN")
-            t_inv = bench(lambda i: km.mm(xs[i], ws[i]), nbuf)
+            kn = layout == "KN"
+            split = split_k_chunk(k, args.chunk) if args.split else 0
+            cfg = split_config(m, n, dtype, kn, -(-k // split)) if split else matmul_config(m, n, dtype, kn)
+            t_inv = bench(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
             tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
             g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)
-            g_inv = graph_ms(lambda i: km.mm(xs[i], ws[i]), nbuf)
+            g_inv = graph_ms(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
             h_ref = host_us(lambda i: torch.mm(xs[i], ws[i]), nbuf)
-            h_inv = host_us(lambda i: km.mm(xs[i], ws[i]), nbuf)
+            h_inv = host_us(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
             rows.append((k, n, m, tf_inv, tf_ref, g_ref / g_inv))
             print(f"{label + ' ' + layout:<20} {k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
                   f"{g_ref / g_inv:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
                   f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
                   f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
-                  f"{'tma' if cfg.tma else 'ptr'}",
+                  f"{'tma' if cfg.tma else 'ptr'}"
+                  + (f" split {-(-k // split)}x{split} {'cta' if cfg.split_cta else 'grid'}" if split else ""),
                   flush=True)
             if args.sweep:
-                ref = km.mm(xs[0], ws[0])
-                for c in sweep_configs(m):
+                ref = km.mm(xs[0], ws[0], **sk)
+                for c in (split_sweep_configs(m) if split else sweep_configs(m)):
                     try:
-                        t = bench(lambda i: km.mm(xs[i], ws[i], config=c), nbuf)
-                        same = torch.equal(km.mm(xs[0], ws[0], config=c), ref)
+                        t = bench(lambda i: km.mm(xs[i], ws[i], config=c, **sk), nbuf)
+                        same = torch.equal(km.mm(xs[0], ws[0], config=c, **sk), ref)
                         print(f"    sweep {c.block_m}x{c.block_n}x{c.block_k or 64} g{c.group_m} "
-                              f"w{c.num_warps} s{c.num_stages} p{int(c.persistent)}: {flops / t * 1e-9:7.1f} TF/s ratio "
+                              f"w{c.num_warps} s{c.num_stages} p{int(c.persistent)} cta{int(c.split_cta)} "
+                              f"tma{int(c.tma)}: {flops / t * 1e-9:7.1f} TF/s ratio "
                               f"{t_ref / t:5.2f} same_bits={same}", flush=True)
                     except Exception as e:  # a config may not fit in shared memory
                         print(f"    sweep {c}: failed {type(e).__name__}: {str(e)[:80]}")

@@ -27,7 +27,7 @@ try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
 except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
-__all__ = ["MatmulConfig", "BLOCK_K", "SPLIT_K_CHUNK", "matmul_config", "split_config", "split_k_chunk",
+__all__ = ["MatmulConfig", "BLOCK_K", "SPLIT_K_CHUNK", "SPLIT_K_MAX_N", "matmul_config", "split_config", "split_k_chunk",
            "candidate_configs", "mm", "addmm", "bmm"]
 
 # Default K step per dtype (decode overrides it for bf16/fp16 in matmul_config; see there).
@@ -109,21 +109,24 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
 
 # Split-K (opt-in: DETLLM_SPLIT_K=1 through the invariant mode, split_k=True here). A narrow
 # product (Llama's k/v, N = 1024; GPT-2's mlp c_proj, N = 768) has too few output tiles to fill
-# the card at decode and prefill sizes alike (0.70-0.77 of cuBLAS as one chain). Under split-K
-# every mm/addmm whose K exceeds SPLIT_K_CHUNK cuts K into chunks of that many elements at
+# the card at decode sizes as one chain (0.73-0.80 of cuBLAS). Under split-K a narrow mm/addmm
+# (N <= SPLIT_K_MAX_N) whose K exceeds SPLIT_K_CHUNK cuts K into chunks of that many elements at
 # absolute offsets; each chunk is one chain of k16 MMA steps from zero and an output element is
-# the chunks' fp32 sum, left to right. That depends on K alone: never on M (a row's bits stay
-# batch-invariant) nor on N or the tile (the engine's fused q/k/v product keeps the three
-# products' bits). The bits differ from the one chain's, so golden keys record the switch. Never
-# for bmm: its K can be a padded key count (attention's P @ V), and chunks at absolute offsets
-# would move with the padding.
+# the chunks' fp32 sum, left to right. Whether a product splits depends on (N, K) alone, never on
+# M, so a row's bits stay batch-invariant; they differ from the one chain's, so golden keys record
+# the switch. Wide products keep one chain: at prefill sizes a split one would need two fp32
+# accumulators, which do not fit next to a 128x256 tile (128x128 tiles ran at 0.58-0.77 of
+# cuBLAS, H100). The engine's fused q/k/v product runs apart where its parts would split unlike
+# it (engine/fuse.py). Never for bmm: its K can be a padded key count (attention's P @ V), and
+# chunks at absolute offsets would move with the padding.
 SPLIT_K_CHUNK = 1024
+SPLIT_K_MAX_N = 2048
 SPLIT_K_WORKSPACE = 32 << 20  # bytes of fp32 partials past which one program folds a tile's chunks
 
 
-def split_k_chunk(k: int, chunk: int = SPLIT_K_CHUNK) -> int:
-    """The K chunk of a product with inner size k under split-K, 0 where it stays one chain."""
-    return chunk if k > chunk else 0
+def split_k_chunk(n: int, k: int, chunk: int = SPLIT_K_CHUNK) -> int:
+    """The K chunk of an (M x k) @ (k x n) product under split-K, 0 where it stays one chain."""
+    return chunk if n <= SPLIT_K_MAX_N and k > chunk else 0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,8 +134,8 @@ def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> M
     """Tile config of a split-K product of `chunks` K chunks; any gives the same bits (tests/gpu).
     One program per (tile, chunk) while the partials fit SPLIT_K_WORKSPACE (they stay in L2):
     decode keeps the one-chain table's tiles with `chunks` times the programs. Past that there
-    are tiles enough to fill the card, and one program folds its tile's chunks in turn, in
-    128x128 tiles (two 128x256 fp32 accumulators would not fit in registers)."""
+    are tiles enough to fill the card, and one program folds its tile's chunks in turn (two fp32
+    accumulators: 128x128 tiles at most)."""
     if m <= 64 or dtype == torch.float32:
         cfg = matmul_config(m, n, dtype, kn)
         cfg = MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
@@ -421,7 +424,7 @@ def mm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None,
     if k == 0:
         return out.zero_()
     _launch(a, b, out, None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, n, 1), (0, 0, 0),
-            1.0, 0.0, config, use_tma, programs, split_k_chunk(k, split_chunk) if split_k else 0)
+            1.0, 0.0, config, use_tma, programs, split_k_chunk(n, k, split_chunk) if split_k else 0)
     return out
 
 
@@ -438,7 +441,7 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float =
         out.copy_(bias.expand(m, n) * beta if beta != 0 else torch.zeros_like(out))
         return out
     _launch(a, b, out, bias if beta != 0 else None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()),
-            (0, n, 1), sx, alpha, beta, config, use_tma, None, split_k_chunk(k, split_chunk) if split_k else 0)
+            (0, n, 1), sx, alpha, beta, config, use_tma, None, split_k_chunk(n, k, split_chunk) if split_k else 0)
     return out
 
 

@@ -76,3 +76,43 @@ def test_cpu_engine_does_not_fuse(pair) -> None:  # type: ignore[no-untyped-def]
     eng = StaticEngine(model, pad_id=0, eos_ids=[], device=torch.device("cpu"), invariant=True,
                        audit=lambda step: contextlib.nullcontext())
     assert eng._qkv == [] and not hasattr(model.model.layers[0].self_attn, fuse._ATTR)
+
+
+def test_split_k_runs_a_group_apart_where_its_parts_split_unlike_it(pair, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Under DETLLM_SPLIT_K a narrow product's K is cut and a wide one's is not, so a fused
+    product that would be cut unlike one of its parts (Llama-8B's q/k/v) runs as its parts."""
+    pytest.importorskip("triton")
+    from pytest_detllm.invariant.flags import SPLIT_K_ENV
+
+    assert fuse._splits_apart([4096, 1024, 1024], 4096)  # q whole, k and v cut, the fusion whole
+    assert fuse._splits_apart([14336, 14336], 4096) is False  # gate/up: all whole
+    assert fuse._splits_apart([1280, 256, 256], 1280) is False  # all cut alike
+    assert fuse._splits_apart([4096, 1024, 1024], 1024) is False  # K within one chunk: none cut
+    model, ref = pair
+    groups = fuse.prepare(model)
+    assert not any(g._apart for g in groups)  # the fixture's products are too small to split
+    for g in groups:
+        g._apart = True  # as for a Llama-8B layer
+    seen: list[int] = []
+    linear = torch.nn.functional.linear
+
+    def counting(x, w, b=None):  # type: ignore[no-untyped-def]
+        seen.append(w.shape[0])
+        return linear(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    ids = torch.randint(0, 96, (2, 7))
+    want = _logits(ref, ids)
+    # one layer's products: q/k/v, o_proj, gate/up, down_proj
+    for on, layer in ((False, [128, 64, 192, 64]), (True, [64, 32, 32, 64, 96, 96, 64])):
+        if on:
+            monkeypatch.setenv(SPLIT_K_ENV, "1")
+        else:
+            monkeypatch.delenv(SPLIT_K_ENV, raising=False)
+        seen.clear()
+        with fuse.fused(groups):
+            got = _logits(model, ids)
+        assert seen[:len(layer)] == layer, (on, seen)
+        # apart: the modules' own products, exactly; fused: one BLAS call, last-bit differences
+        tol = 0 if on else 1e-5
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)

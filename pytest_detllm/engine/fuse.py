@@ -12,7 +12,9 @@ and Parameter objects stay). Inside `fused(...)` (the engine's forwards, capture
 included) q_proj computes the fused product and leaves k's and v's column slices for k_proj and
 v_proj, which take them only when called on the same input tensor; outside it every module is
 untouched. An MLP's gate_proj and up_proj (both of the same input, gate first) are fused the same
-way: SmolLM2's N = 1536 each gave 24 programs of 64x64 tiles at a 64-row decode.
+way: SmolLM2's N = 1536 each gave 24 programs of 64x64 tiles at a 64-row decode. Under the
+opt-in split-K bits a product's chunking depends on its N, so a group whose fused product would
+be cut unlike one of its parts runs its products apart there (Llama's q/k/v).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ..invariant.flags import split_k_enabled
 
 # Projections of one input that the engine computes as one product, in the order the model's
 # forward calls them (the first call computes all; the others take their columns).
@@ -58,6 +62,7 @@ class FusedProjections:
                 if self.bias is not None:
                     m.bias.data = self.bias[a:a + n]
                 a += n
+        self._apart = _splits_apart(self.sizes, self.weight.shape[1])
 
     def _aliased(self) -> bool:
         """The modules' weights are still views of the fused tensor (a `model.to(...)` or a load
@@ -70,6 +75,9 @@ class FusedProjections:
         return self.bias is None or self.mods[0].bias.data_ptr() == self.bias.data_ptr()
 
     def _first(self, x: torch.Tensor) -> torch.Tensor:
+        if self._apart and split_k_enabled():
+            self._left = []  # every later projection computes its own product
+            return F.linear(x, self.mods[0].weight, self.mods[0].bias)
         return self._split(x, F.linear(x, self.weight, self.bias))
 
     def _split(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -106,6 +114,17 @@ class FusedProjections:
         for m in self.mods:
             m.__dict__.pop("forward", None)
         self._left = []
+
+
+def _splits_apart(sizes: Sequence[int], k: int) -> bool:
+    """Split-K (DETLLM_SPLIT_K) cuts a narrow product's K and leaves a wide one whole: whether the
+    fused product would be cut unlike one of its parts (Llama's q/k/v: N = 6144 whole, k and v
+    cut), in which case the parts run apart under the flag."""
+    try:
+        from detllm_kernels.matmul import split_k_chunk
+    except ImportError:  # no triton: the CUDA kernels (and their split-K) cannot run either
+        return False
+    return len({split_k_chunk(n, k) for n in (*sizes, sum(sizes))}) > 1
 
 
 def _fusable(owner: torch.nn.Module, names: tuple[str, ...]) -> bool:

@@ -187,9 +187,9 @@ def check_split_k(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[
     one-chain bits (the switch is real). In fp32 the structure is checked exactly: the product is
     the unsplit kernel's products of the K chunks at absolute offsets, summed left to right."""
     km = load_kernels()
-    from detllm_kernels.matmul import split_k_chunk
+    from detllm_kernels.matmul import SPLIT_K_MAX_N, split_k_chunk
 
-    assert split_k_chunk(k, chunk) == chunk, "the shape must be one that splits"
+    assert split_k_chunk(2 * n, k, chunk) == chunk, "the shape (and twice its N) must be one that splits"
     g = _gen(device, seed)
     a = _randn((max(ms), k), dtype, device, g)
     w = _randn((n, k), dtype, device, g)
@@ -210,13 +210,13 @@ def check_split_k(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[
     ref_b = 0.5 * bias.double() + 2.0 * (a.double() @ w.double().t())
     assert_close(km.addmm(bias, a, w.t(), beta=0.5, alpha=2.0, split_k=True, split_chunk=chunk), ref_b, dtype,
                  "split-K addmm beta/alpha")
-    # The switch is real: 2^25 first, then 2 (in chunk 1's first K step) is lost to rounding in one
-    # chain, 0 after -2^25 (chunk 1's last step); chunk 1's own partial keeps the 2 exactly.
+    # The switch is real: 2^13 first, then 2^-11 (in chunk 1's first K step) is lost to rounding
+    # in one fp32 chain, 0 after -2^13 (chunk 1's last step); chunk 1's own partial keeps it.
     big = torch.zeros(1024, 16, device=device, dtype=dtype)
-    big[0, 0], big[512, 0], big[1023, 0] = 2.0 ** 25, 2.0, -(2.0 ** 25)
+    big[0, 0], big[512, 0], big[1023, 0] = 2.0 ** 13, 2.0 ** -11, -(2.0 ** 13)
     one = torch.ones(1, 1024, device=device, dtype=dtype)
     split = km.mm(one, big, split_k=True, split_chunk=512)[0, 0].item()
-    assert (split, km.mm(one, big)[0, 0].item()) == (2.0, 0.0), f"split-K {dtype}: {split} is not the split sum"
+    assert (split, km.mm(one, big)[0, 0].item()) == (2.0 ** -11, 0.0), f"split-K {dtype}: {split} is not the split sum"
     if dtype == torch.float32:
         parts = [km.mm(a[:, c:c + chunk], w.t()[c:c + chunk]) for c in range(0, k, chunk)]
         total = parts[0]
@@ -226,9 +226,12 @@ def check_split_k(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[
     # a K within one chunk never splits
     assert torch.equal(km.mm(a[:, :chunk], w.t()[:chunk], split_k=True, split_chunk=chunk),
                        km.mm(a[:, :chunk], w.t()[:chunk])), "a one-chunk K must keep the one-chain bits"
-    # the engine fuses q/k/v into one wider product: a column's bits must not depend on N
-    wide = torch.cat([w, _randn((3 * n, k), dtype, device, g)])
+    # a wider product that still splits (the engine's fused k/v) keeps a column's bits; one past
+    # SPLIT_K_MAX_N keeps one chain
+    wide = torch.cat([w, _randn((n, k), dtype, device, g)])
     assert torch.equal(sk(a, wide.t())[:, :n], ref), f"split-K {dtype}: a wider N changed bits"
+    wider = _randn((SPLIT_K_MAX_N + 16, k), dtype, device, g)
+    assert torch.equal(sk(a[:1], wider.t()), km.mm(a[:1], wider.t())), f"split-K {dtype}: a wide N split"
     assert_counters_zero(f"split-K {dtype}")
 
 

@@ -123,34 +123,37 @@ def test_length_grouped_prefill_equals_one_group(llama) -> None:  # type: ignore
         assert len(x.token_ids) == 24 and first_divergence(x, y) is None, f"row {i}"
 
 
-@pytest.fixture(scope="module")
-def llama_wide():  # type: ignore[no-untyped-def]
-    """Hidden size 1280 and MLP 2304: every projection has K > 1024, so split-K cuts each."""
+# hidden, intermediate, heads: "fused" keeps every group narrow, so its fused products are cut as
+# their parts are (q/k/v N = 1792, gate/up N = 1536); "apart" has a wide q (N = 2304) and a wide
+# fused gate/up (N = 3072) over narrow parts, so both groups run apart under split-K.
+SPLIT_MODELS = {"fused": (1280, 768, 10), "apart": (2304, 1536, 18)}
+
+
+@pytest.mark.parametrize("kind", list(SPLIT_MODELS))
+def test_split_k_mode_engine_equals_generate_and_keeps_rows(kind, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """DETLLM_SPLIT_K=1: the engine (fused or apart projections, CUDA graphs) equals
+    transformers' own generate under batch_invariant(); a row keeps its bits in padded batches;
+    and the bits are not the default's (the switch reaches the model)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=1280, intermediate_size=2304, num_hidden_layers=2,
-                      num_attention_heads=10, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    hidden, inter, heads = SPLIT_MODELS[kind]
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                      num_attention_heads=heads, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(1)
-    return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
-
-
-def test_split_k_mode_engine_equals_generate_and_keeps_rows(llama_wide, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """DETLLM_SPLIT_K=1: the engine (one q/k/v product of N = 1792 where transformers runs
-    N = 1280, 256, 256; one gate/up product; CUDA graphs) equals transformers' own generate under
-    batch_invariant(); a row keeps its bits in padded batches; and the bits are not the
-    default's (the switch reaches the model)."""
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
     dev = torch.device("cuda")
     ids = _ids(61, 7)
     req = Request(ids, max_new_tokens=12)
-    default = Engine(llama_wide, pad_id=0, eos_ids=[], device=dev, invariant=True).generate([req], keep_logits=[0])[0]
+    default = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=True).generate([req], keep_logits=[0])[0]
     monkeypatch.setenv("DETLLM_SPLIT_K", "1")
-    eng = Engine(llama_wide, pad_id=0, eos_ids=[], device=dev, invariant=True)
+    eng = Engine(model, pad_id=0, eos_ids=[], device=dev, invariant=True)
     assert eng._impl._qkv and eng._impl.graphs
+    assert {g._apart for g in eng._impl._qkv} == {kind == "apart"}
     mine = eng.generate([req], keep_logits=[0])[0]
     with batch_invariant("cuda"), torch.inference_mode():
-        out = llama_wide.generate(torch.tensor([ids], device=dev), max_new_tokens=12, min_new_tokens=12,
-                                  do_sample=False, output_logits=True, return_dict_in_generate=True,
-                                  pad_token_id=0, eos_token_id=None)
+        out = model.generate(torch.tensor([ids], device=dev), max_new_tokens=12, min_new_tokens=12,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=0, eos_token_id=None)
     assert mine.token_ids == out.sequences[0, len(ids):].tolist()
     for t, lg in enumerate(out.logits):
         assert torch.equal(mine.step_logits[t], lg[0].float().cpu()), f"step {t}"
