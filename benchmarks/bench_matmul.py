@@ -170,7 +170,7 @@ def main() -> None:
             flops = 2.0 * m * n * k
             t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             kn = layout == "KN"
-            split = split_k_chunk(k, args.chunk) if args.split else 0
+            split = split_k_chunk(n, k, args.chunk) if args.split else 0
             cfg = split_config(m, n, dtype, kn, -(-k // split)) if split else matmul_config(m, n, dtype, kn)
             t_inv = bench(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
             tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9

@@ -136,13 +136,20 @@ def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> M
     decode keeps the one-chain table's tiles with `chunks` times the programs. Past that there
     are tiles enough to fill the card, and one program folds its tile's chunks in turn (two fp32
     accumulators: 128x128 tiles at most)."""
+    # Picked from `bench_matmul.py --models --split --sweep` on an H100 (every candidate gave the
+    # same bits): decode keeps the one-chain table's tiles (Llama k/v 0.97-1.10 of cuBLAS); past
+    # 64 rows the last program's fold of a whole tile is serial, so prefill stays at 0.5-0.8.
     if m <= 64 or dtype == torch.float32:
         cfg = matmul_config(m, n, dtype, kn)
         cfg = MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
                            False, cfg.block_k, cfg.tma)
+    elif m <= 256:
+        cfg = MatmulConfig(64, 128, 8, 4, 4, persistent=False)
     else:
-        cfg = MatmulConfig(128, 128, 8, 8, 3, persistent=False)
+        cfg = MatmulConfig(128, 256, 8, 8, 3, persistent=False)
     if cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) * chunks * cfg.block_m * cfg.block_n * 4 > SPLIT_K_WORKSPACE:
+        if cfg.block_n > 128:  # one program, two accumulators: 128x256 would not fit in registers
+            cfg = MatmulConfig(128, 128, 8, 8, 3)
         return MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
                             True, cfg.block_k, cfg.tma, split_cta=True)
     return cfg
