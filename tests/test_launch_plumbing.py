@@ -63,22 +63,29 @@ def test_direct_launch_refused_for_other_layouts() -> None:
     assert _launch._direct(_Cluster()) is None
 
 
-@pytest.mark.parametrize("n,ms", [(4096, (1, 2, 7, 16)), (4096, (17, 24, 32)), (4096, (33, 40, 64)), (1024, (300, 700, 1000, 1400)),
-                                  (4096, (100, 200, 256))])
-def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("n,ms,split", [
+    (4096, (1, 2, 7, 16), 0), (4096, (17, 24, 32), 0), (4096, (33, 40, 64), 0), (1024, (300, 700, 1000, 1400), 0),
+    (4096, (100, 200, 256), 0),
+    (1024, (1, 2, 7, 16), 1024), (1024, (33, 40, 64), 1024), (1024, (100, 200, 256), 1024),
+    (1024, (300, 700, 1000, 1400), 1024)])
+def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...], split: int) -> None:
     """The constexprs (what Triton compiles a kernel for) of a product depend on its config, not on
     M: a non-persistent config's loop step is a constant, not its tile count (which compiled a new
-    kernel for every prefill size a fuzz session met)."""
+    kernel for every prefill size a fuzz session met). Split-K too, one program per (tile, chunk)."""
     from detllm_kernels import matmul
 
+    k = 2500 if split else 576
+    chunks = -(-k // split) if split else 1
     metas = set()
     for m in ms:
-        a = torch.empty((m, 576), dtype=torch.bfloat16)
-        b = torch.empty((n, 576), dtype=torch.bfloat16).t()
-        grid, meta, tma, *_ = matmul._plan(a, b, 1, m, n, 576, False, 1.0, None, False, None)
-        cfg = matmul.matmul_config(m, n, torch.bfloat16)
+        a = torch.empty((m, k), dtype=torch.bfloat16)
+        b = torch.empty((n, k), dtype=torch.bfloat16).t()
+        grid, meta, tma, *_ = matmul._plan(a, b, 1, m, n, k, False, 1.0, None, False, None, split)
+        cfg = (matmul.split_config(m, n, torch.bfloat16, False, chunks) if split
+               else matmul.matmul_config(m, n, torch.bfloat16))
         assert not cfg.persistent, "these shapes take one-program-per-tile configs"
-        assert grid[0] == -(-m // cfg.block_m) * -(-n // cfg.block_n), "one program per tile"
+        assert grid[0] == -(-m // cfg.block_m) * -(-n // cfg.block_n) * chunks, "one program per tile and chunk"
+        assert meta["KSPLIT"] == split
         metas.add(tuple(sorted(meta.items())))
     assert len(metas) == 1, metas
 
