@@ -52,10 +52,15 @@ def sweep_configs(m: int) -> list[MatmulConfig]:
                 MatmulConfig(64, 128, 8, 4, 3, False, 128), MatmulConfig(128, 256, 8, 8, 3, True)]
     # prefill: the default 128x256 persistent tile next to smaller tiles (more programs where a
     # narrow N leaves most SMs idle: N = 768-1024 at M = 1024 makes only 24-32 tiles of 128x256)
+    # (eleventh session: BLOCK_K 128, more stages, 256-row tiles; same bits by construction)
     return [MatmulConfig(128, 256, 8, 8, 3, True), MatmulConfig(128, 256, 8, 8, 3, False),
             MatmulConfig(128, 128, 8, 8, 3, True), MatmulConfig(128, 128, 8, 8, 4, False),
             MatmulConfig(128, 128, 8, 4, 4, False), MatmulConfig(64, 128, 8, 4, 4, False),
-            MatmulConfig(64, 128, 8, 4, 4, True), MatmulConfig(64, 256, 8, 8, 3, False)]
+            MatmulConfig(64, 128, 8, 4, 4, True), MatmulConfig(64, 256, 8, 8, 3, False),
+            MatmulConfig(64, 128, 8, 4, 5, False), MatmulConfig(64, 128, 8, 4, 3, False, 128),
+            MatmulConfig(64, 128, 8, 4, 4, False, 128), MatmulConfig(128, 128, 8, 8, 3, False, 128),
+            MatmulConfig(128, 256, 8, 8, 4, True), MatmulConfig(256, 128, 8, 8, 3, True),
+            MatmulConfig(128, 256, 8, 8, 2, True, 128), MatmulConfig(64, 256, 8, 4, 3, False)]
 
 
 def split_sweep_configs(m: int) -> list[MatmulConfig]:
