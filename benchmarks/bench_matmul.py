@@ -70,10 +70,11 @@ def split_sweep_configs(m: int) -> list[MatmulConfig]:
         return [MatmulConfig(bm, 32, 8, 4, 6, False, 256, False), MatmulConfig(bm, 64, 8, 4, 4, False, 256, False),
                 MatmulConfig(bm, 64, 8, 4, 4, False, 128, False), MatmulConfig(bm, 128, 8, 4, 4, False, 128, False),
                 MatmulConfig(16, 64, 8, 4, 4, False, 256, False), MatmulConfig(32, 64, 8, 4, 4, False, 128, False)]
-    return [MatmulConfig(128, 128, 8, 8, 3, False), MatmulConfig(128, 128, 8, 8, 4, False),
-            MatmulConfig(64, 128, 8, 4, 4, False), MatmulConfig(128, 256, 8, 8, 3, False),
-            MatmulConfig(128, 256, 8, 8, 3, True), MatmulConfig(128, 128, 8, 8, 3, True, split_cta=True),
-            MatmulConfig(128, 128, 8, 4, 3, True, split_cta=True), MatmulConfig(128, 128, 8, 8, 4, False, tma=False)]
+    return [MatmulConfig(128, 128, 8, 8, 3, False), MatmulConfig(64, 128, 8, 4, 4, False),
+            MatmulConfig(128, 256, 8, 8, 3, False), MatmulConfig(128, 128, 8, 8, 3, True, split_cta=True),
+            # the one-chain narrow-prefill tile (64x128, K steps of 128, 4 stages), both folds
+            MatmulConfig(64, 128, 8, 4, 4, False, 128), MatmulConfig(64, 128, 8, 4, 4, True, 128, split_cta=True),
+            MatmulConfig(64, 128, 8, 4, 4, False, 128, split_cta=True), MatmulConfig(64, 128, 8, 4, 3, True, 128, split_cta=True)]
 
 
 def probe_configs(m: int) -> list[tuple[MatmulConfig, bool]]:

@@ -137,23 +137,24 @@ def split_k_chunk(n: int, k: int, chunk: int = SPLIT_K_CHUNK) -> int:
 def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> MatmulConfig:
     """Tile config of a split-K product of `chunks` K chunks; any gives the same bits (tests/gpu).
     One program per (tile, chunk) while the partials fit SPLIT_K_WORKSPACE (they stay in L2):
-    decode keeps the one-chain table's tiles with `chunks` times the programs. Past that there
-    are tiles enough to fill the card, and one program folds its tile's chunks in turn (two fp32
-    accumulators: 128x128 tiles at most)."""
+    decode keeps the one-chain table's tiles with `chunks` times the programs. At prefill sizes
+    there are tiles enough to fill the card, and one program folds its tile's chunks in turn
+    (two fp32 accumulators: 64x128 here; 128x256 would not fit in registers)."""
     # Picked from `bench_matmul.py --models --split --sweep` on an H100 (every candidate gave the
-    # same bits): decode keeps the one-chain table's tiles (Llama k/v 0.97-1.10 of cuBLAS); past
-    # 64 rows the last program's fold of a whole tile is serial, so prefill stays at 0.5-0.8.
+    # same bits): decode keeps the one-chain table's tiles (Llama k/v 0.96-1.10 of cuBLAS). Past
+    # 64 rows the one-chain narrow-prefill tile (64x128, K steps of 128, 4 stages): one program per
+    # (tile, chunk) up to 256 rows (0.75-0.86); past that one program folds its tile's chunks
+    # (0.77-0.80 at 1024 rows, 0.59-0.63 at 4096-8192), where the last program's fold of a whole
+    # tile was serial (0.54-0.60 at 1024 rows).
     if m <= 64 or dtype == torch.float32:
         cfg = matmul_config(m, n, dtype, kn)
         cfg = MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
                            False, cfg.block_k, cfg.tma)
     elif m <= 256:
-        cfg = MatmulConfig(64, 128, 8, 4, 4, persistent=False)
+        cfg = MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128)
     else:
-        cfg = MatmulConfig(128, 256, 8, 8, 3, persistent=False)
+        return MatmulConfig(64, 128, 8, 4, 4, True, 128, split_cta=True)
     if cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) * chunks * cfg.block_m * cfg.block_n * 4 > SPLIT_K_WORKSPACE:
-        if cfg.block_n > 128:  # one program, two accumulators: 128x256 would not fit in registers
-            cfg = MatmulConfig(128, 128, 8, 8, 3)
         return MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
                             True, cfg.block_k, cfg.tma, split_cta=True)
     return cfg

@@ -71,7 +71,8 @@ def test_direct_launch_refused_for_other_layouts() -> None:
 def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...], split: int) -> None:
     """The constexprs (what Triton compiles a kernel for) of a product depend on its config, not on
     M: a non-persistent config's loop step is a constant, not its tile count (which compiled a new
-    kernel for every prefill size a fuzz session met). Split-K too, one program per (tile, chunk)."""
+    kernel for every prefill size a fuzz session met). Split-K too (one program per (tile, chunk), or
+    per SM past 256 rows)."""
     from detllm_kernels import matmul
 
     k = 2500 if split else 576
@@ -80,11 +81,14 @@ def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...]
     for m in ms:
         a = torch.empty((m, k), dtype=torch.bfloat16)
         b = torch.empty((n, k), dtype=torch.bfloat16).t()
-        grid, meta, tma, *_ = matmul._plan(a, b, 1, m, n, k, False, 1.0, None, False, None, split)
+        grid, meta, tma, *_ = matmul._plan(a, b, 1, m, n, k, False, 1.0, None, False, 4, split)  # 4 SMs
         cfg = (matmul.split_config(m, n, torch.bfloat16, False, chunks) if split
                else matmul.matmul_config(m, n, torch.bfloat16))
-        assert not cfg.persistent, "these shapes take one-program-per-tile configs"
-        assert grid[0] == -(-m // cfg.block_m) * -(-n // cfg.block_n) * chunks, "one program per tile and chunk"
+        if cfg.split_cta:  # split-K past 256 rows: one persistent program folds a tile's chunks
+            assert cfg.persistent and grid[0] == min(4, -(-m // cfg.block_m) * -(-n // cfg.block_n))
+        else:
+            assert not cfg.persistent, "these shapes take one-program-per-tile configs"
+            assert grid[0] == -(-m // cfg.block_m) * -(-n // cfg.block_n) * chunks, "one program per tile and chunk"
         assert meta["KSPLIT"] == split
         metas.add(tuple(sorted(meta.items())))
     assert len(metas) == 1, metas
