@@ -119,8 +119,8 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
 # the chunks' fp32 sum, left to right. Whether a product splits depends on (N, K) alone, never on
 # M, so a row's bits stay batch-invariant; they differ from the one chain's, so golden keys record
 # the switch. Wide products keep one chain: at prefill sizes a split one would need two fp32
-# accumulators, which do not fit next to a 128x256 tile (128x128 tiles ran at 0.58-0.77 of
-# cuBLAS, H100). The engine's fused q/k/v product runs apart where its parts would split unlike
+# accumulators, which do not fit next to the 128x256 tile (a first version that split them ran
+# Llama's wide prefill at 0.58-0.74 of cuBLAS in 128x128 tiles, H100). The engine's fused q/k/v product runs apart where its parts would split unlike
 # it (engine/fuse.py). Never for bmm: its K can be a padded key count (attention's P @ V), and
 # chunks at absolute offsets would move with the padding.
 SPLIT_K_CHUNK = 1024
