@@ -27,6 +27,7 @@ except ImportError:  # running from a checkout without the package installed
 
     km = kernel_checks.load_kernels()
 from detllm_kernels.matmul import SPLIT_K_CHUNK, MatmulConfig, matmul_config, split_config, split_k_chunk  # noqa: E402
+from detllm_kernels._rows import cdiv  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
 # --models: (K, N, weight layout, model). "NK": an nn.Linear weight (F.linear passes W.t());
@@ -177,7 +178,7 @@ def main() -> None:
             t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             kn = layout == "KN"
             split = split_k_chunk(n, k, args.chunk) if args.split else 0
-            cfg = split_config(m, n, dtype, kn, -(-k // split)) if split else matmul_config(m, n, dtype, kn)
+            cfg = split_config(m, n, dtype, kn, cdiv(k, split)) if split else matmul_config(m, n, dtype, kn)
             t_inv = bench(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
             tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
             g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)

@@ -251,7 +251,7 @@ def main() -> int:
                   f"(one left-padded group: {prefill[1]}, x{prefill[0] / prefill[1]:.3f})", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "device": dev.type, "dtype": args.dtype,
-                                               "kernels": args.kernels, "split_kv": _split_kv(), "split_k": _split_k(),
+                                               "kernels": args.kernels, **_splits(),
                                                "torch": torch.__version__,
                                                "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
                                                "timed_out": timed_out, "results": results, "seconds": dt,
@@ -309,18 +309,12 @@ def _trial_timing(trial_s: list[float]) -> dict[str, float] | None:
             "median_ms": sorted(ms)[len(ms) // 2], "max_ms": max(ms)}
 
 
-def _split_kv() -> bool:
-    """Whether CUDA attention runs the split-KV kernel (DETLLM_SPLIT_KV): recorded with the results."""
-    from pytest_detllm.invariant.flags import split_kv_enabled
+def _splits() -> dict[str, bool]:
+    """The opt-in bit sets in force, recorded with the results: split-KV attention
+    (DETLLM_SPLIT_KV) and split-K matmul (DETLLM_SPLIT_K) on CUDA."""
+    from pytest_detllm.invariant.flags import split_k_enabled, split_kv_enabled
 
-    return split_kv_enabled()
-
-
-def _split_k() -> bool:
-    """Whether CUDA mm/addmm run split-K (DETLLM_SPLIT_K): recorded with the results."""
-    from pytest_detllm.invariant.flags import split_k_enabled
-
-    return split_k_enabled()
+    return {"split_kv": split_kv_enabled(), "split_k": split_k_enabled()}
 
 
 def _key(token_ids: list[int], lhash: str) -> str:
@@ -332,7 +326,9 @@ def _summary(args: argparse.Namespace, where: str, results: list[dict], dt: floa
     total_div = sum(r["divergent_trials"] for r in results)
     flagged = sum(1 for r in results if r["divergent_trials"])
     n_trials = sum(r["trials"] for r in results)
-    print(f"\n{where}, kernels={args.kernels}{' (split-KV attention)' if _split_kv() else ''}{' (split-K matmul)' if _split_k() else ''}: {n_trials} trials over "
+    on = _splits()
+    print(f"\n{where}, kernels={args.kernels}{' (split-KV attention)' if on['split_kv'] else ''}"
+          f"{' (split-K matmul)' if on['split_k'] else ''}: {n_trials} trials over "
           f"{len(results)} prompts (batch 2..{args.max_batch}, fillers 1..{args.max_filler} tokens, "
           f"{args.max_new_tokens} new tokens): {total_div} divergent trials; prompts flagged "
           f"{flagged}/{len(results)}; {dt:.0f} s" + (" (time limit reached)" if timed_out else ""), flush=True)

@@ -10,6 +10,7 @@ alone. fp32 runs true IEEE fp32 (`input_precision="ieee"`), never TF32.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -147,16 +148,13 @@ def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> M
     # (0.77-0.80 at 1024 rows, 0.59-0.63 at 4096-8192), where the last program's fold of a whole
     # tile was serial (0.54-0.60 at 1024 rows).
     if m <= 64 or dtype == torch.float32:
-        cfg = matmul_config(m, n, dtype, kn)
-        cfg = MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
-                           False, cfg.block_k, cfg.tma)
+        cfg = dataclasses.replace(matmul_config(m, n, dtype, kn), persistent=False)
     elif m <= 256:
         cfg = MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128)
     else:
         return MatmulConfig(64, 128, 8, 4, 4, True, 128, split_cta=True)
     if cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) * chunks * cfg.block_m * cfg.block_n * 4 > SPLIT_K_WORKSPACE:
-        return MatmulConfig(cfg.block_m, cfg.block_n, cfg.group_m, cfg.num_warps, cfg.num_stages,
-                            True, cfg.block_k, cfg.tma, split_cta=True)
+        return dataclasses.replace(cfg, persistent=True, split_cta=True)
     return cfg
 
 
@@ -357,7 +355,7 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
     kn = b.stride(-1) == 1 and b.stride(-2) != 1 and batch == 1  # row-major (K, N): x @ W
     if split:
-        cfg = config or split_config(m, n, a.dtype, kn, split_chunks(k, split))
+        cfg = config or split_config(m, n, a.dtype, kn, cdiv(k, split))
         if split % (cfg.block_k or BLOCK_K[a.dtype]):
             raise ValueError(f"split-K chunk {split} is not a multiple of BLOCK_K in {cfg}")
     else:
@@ -368,7 +366,7 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
     if use_tma and tma is None:
         raise ValueError("TMA path requested but operands do not allow it")
     tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
-    chunks = split_chunks(k, split) if split and not cfg.split_cta else 1
+    chunks = cdiv(k, split) if split and not cfg.split_cta else 1
     # One program per tile: the loop step only has to reach past the last tile, and a constant
     # step keeps one compiled kernel for every M. A step of `tiles` compiled a kernel per distinct
     # tile count: 17 compiles in 37 warm fuzz trials on the SmolLM2 shape (prefill M varies).
@@ -393,9 +391,6 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
     ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0
     return (min(tiles * chunks, progs),), meta, tma, cfg.block_m, cfg.block_n, bk, ws_n, tiles
 
-
-def split_chunks(k: int, split: int) -> int:
-    return cdiv(k, split)
 
 
 ONE_TILE_STEP = 1 << 30  # NUM_PROGS of non-persistent configs: every program runs one tile

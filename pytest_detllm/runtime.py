@@ -117,7 +117,7 @@ class Runtime:
             if split_kv_enabled():
                 key += "-splitkv"  # the split-KV attention gives long rows other bits: its own goldens
             if split_k_enabled():
-                key += "-splitk"  # so does the split-K matmul, every product with K > 1024
+                key += "-splitk"  # so does the split-K matmul, for narrow products with K > 1024
         return key
 
     def pool(self, spec: str | None = None) -> FillerPool:

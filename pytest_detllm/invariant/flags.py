@@ -19,7 +19,8 @@ SPLIT_K_ENV = "DETLLM_SPLIT_K"
 
 
 def split_k_enabled() -> bool:
-    """``DETLLM_SPLIT_K=1``: CUDA invariant mm/addmm cut K into fixed 1024-element chunks folded in
-    a fixed order (detllm_kernels.matmul's split-K), so narrow products fill the card. Off by
-    default: every product with K > 1024 gets other bits, so golden keys on CUDA say so."""
+    """``DETLLM_SPLIT_K=1``: CUDA invariant mm/addmm of a narrow product (N <= 2048, K > 1024) cut
+    K into fixed 1024-element chunks folded in a fixed order (detllm_kernels.matmul's split-K), so
+    narrow products fill the card at decode. Off by default: those products get other bits, so
+    golden keys on CUDA say so."""
     return os.environ.get(SPLIT_K_ENV, "0") == "1"
