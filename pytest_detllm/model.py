@@ -7,7 +7,6 @@ allowed, and never a network call (``local_files_only``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -126,8 +125,11 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     # version (a dir saved by 5.x does not load in 4.x). Not by path or mtime: every fresh virtual
     # environment reinstalls the same GGUF at a new path and time, and a path key left one 540 MB
     # copy per environment behind (25 GB after a day of clean-clone CI runs on one machine).
-    with gguf.open("rb") as f:
-        digest = hashlib.file_digest(f, xxhash.xxh3_128).hexdigest()[:16]
+    h = xxhash.xxh3_128()
+    with gguf.open("rb") as f:  # not hashlib.file_digest: Python 3.10 lacks it
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()[:16]
     return cache_root() / "models" / f"{gguf.stem}-{digest}-tf{tf}"
 
 
