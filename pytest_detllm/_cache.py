@@ -46,3 +46,39 @@ def prune_models(models: Path | None = None) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
     return gone
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
+    """(path, what it is, bytes) for every entry of the cache: converted models, the copies and
+    scratch `prune_models` removes, and the test environments scripts/dev.py keeps there."""
+    root = root or cache_root()
+    out = []
+    for sub in ("models", "venvs"):
+        try:
+            entries = sorted((root / sub).iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if sub == "venvs":
+                kind = "test environment (scripts/dev.py)" if p.is_dir() else "failed install's reason (scripts/dev.py)"
+            elif p.name.startswith(".tmp-"):
+                kind = "conversion scratch"
+            elif LEGACY_MODEL_DIR.match(p.name):
+                kind = "path-keyed copy (older release; pruned)"
+            else:
+                kind = "converted model"
+            out.append((p, kind, _size(p)))
+    return out

@@ -1,4 +1,5 @@
-"""``detllm`` command line: ``detllm coverage`` lists the ops a model runs and whether each is covered."""
+"""``detllm`` command line: ``detllm coverage`` lists the ops a model runs and whether each is covered;
+``detllm cache`` shows what the plugin keeps on disk and prunes or clears it."""
 
 from __future__ import annotations
 
@@ -35,6 +36,32 @@ def _coverage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    import shutil
+
+    from ._cache import cache_root, describe, prune_models
+
+    root = cache_root()
+    if args.prune:
+        gone = prune_models()
+        print(f"detllm cache: removed {len(gone)} stale entr{'y' if len(gone) == 1 else 'ies'} from {root / 'models'}")
+        return 0
+    if args.clear:
+        models = [(p, size) for p, kind, size in describe(root) if p.parent.name == "models"]
+        for p, _size in models:
+            shutil.rmtree(p, ignore_errors=True)
+        freed = sum(size for _p, size in models) / 1e6
+        print(f"detllm cache: removed {len(models)} model entr{'y' if len(models) == 1 else 'ies'} ({freed:.0f} MB) "
+              f"from {root / 'models'}; the next load converts again")
+        return 0
+    rows = describe(root)
+    print(f"detllm cache: {root} (DETLLM_CACHE_DIR moves it)")
+    for p, kind, size in rows:
+        print(f"  {size / 1e6:9.0f} MB  {p.parent.name}/{p.name}  [{kind}]")
+    print(f"  {sum(size for _p, _k, size in rows) / 1e6:9.0f} MB  in {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .model import DTYPES  # light module: no torch at import
 
@@ -48,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     cov.add_argument("--prompt", default="The quick brown fox")
     cov.add_argument("--trust-remote-code", action="store_true")
     cov.add_argument("--allow-pickle", action="store_true")
+    cache = sub.add_parser("cache", help="what the plugin keeps on disk (converted models); prune or clear it")
+    what = cache.add_mutually_exclusive_group()
+    what.add_argument("--prune", action="store_true",
+                      help="remove copies older releases keyed by install path, and scratch of killed conversions")
+    what.add_argument("--clear", action="store_true", help="remove every converted model (rebuilt on the next load)")
     args = parser.parse_args(argv)
-    return _coverage(args)
+    return _cache(args) if args.cmd == "cache" else _coverage(args)
 
 
 if __name__ == "__main__":

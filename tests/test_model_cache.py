@@ -84,3 +84,29 @@ def test_dev_setup_prunes_before_installing(tmp_path: Path, monkeypatch: pytest.
     dev.prune_caches()
     assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == ["m-1dff70ef9e211d0a-tf5.24"]
     assert sorted(p.name for p in current.parent.iterdir()) == [current.name]
+
+
+def test_cache_command_lists_prunes_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_detllm.cli import main
+
+    monkeypatch.setenv("DETLLM_CACHE_DIR", str(tmp_path))
+    _dirs(tmp_path / "models", "m-0123456789ab-tf5.24", "m-1dff70ef9e211d0a-tf5.24")
+    (tmp_path / "models" / "m-1dff70ef9e211d0a-tf5.24" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    _dirs(tmp_path / "venvs", "vllm-cpu-374dffb21f80")
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path) in out
+    assert "3 MB  models/m-1dff70ef9e211d0a-tf5.24  [converted model]" in out
+    assert "models/m-0123456789ab-tf5.24  [path-keyed copy (older release; pruned)]" in out
+    assert "venvs/vllm-cpu-374dffb21f80  [test environment (scripts/dev.py)]" in out
+    assert "in 3 entries" in out
+
+    assert main(["cache", "--prune"]) == 0
+    assert "removed 1 stale entry" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["m-1dff70ef9e211d0a-tf5.24"]
+
+    assert main(["cache", "--clear"]) == 0
+    assert "removed 1 model entry (3 MB)" in capsys.readouterr().out
+    assert list((tmp_path / "models").iterdir()) == []
+    assert [p.name for p in (tmp_path / "venvs").iterdir()] == ["vllm-cpu-374dffb21f80"]  # not a model: kept
