@@ -3,6 +3,7 @@
     python benchmarks/bench_matmul.py            # the table (bf16)
     python benchmarks/bench_matmul.py --sweep    # also time alternative tile configs (BLOCK_K fixed)
     python benchmarks/bench_matmul.py --models --split   # the split-K bits (DETLLM_SPLIT_K=1)
+    python benchmarks/bench_matmul.py --models --rowsplit --only gpt2   # two-launch row splits at M >= 1024
 
 Both sides compute x @ W.t() with W an (N, K) nn.Linear weight, like F.linear. Timing is
 triton.testing.do_bench (median; it flushes L2 before every call) over rotating input buffers.
@@ -89,6 +90,18 @@ def probe_configs(m: int) -> list[tuple[MatmulConfig, bool]]:
            [(MatmulConfig(256, 128, 8, 8, 3, False), True), (MatmulConfig(128, 128, 8, 4, 4, False), True)]
 
 
+def row_split_plans(m: int, n: int, sms: int) -> list[tuple[int, MatmulConfig, MatmulConfig]]:
+    """--rowsplit: (R, big, small) plans that run rows [0, R) in whole waves of the persistent
+    128x256 tile and the rest [R, M) in smaller tiles, as two launches over row slices. Any tile
+    gives a row the same bits, so a plan changes none; it only trims the last, partial wave of a
+    narrow product (GPT-2 c_proj at M = 8192: 192 tiles of 128x256 are 1.45 waves of 132 SMs)."""
+    big = MatmulConfig(128, 256, 8, 8, 4)
+    rows_per_wave = max(1, sms // cdiv(n, 256)) * 128
+    smalls = [MatmulConfig(128, 128, 8, 8, 4, False), MatmulConfig(128, 128, 8, 4, 4, False),
+              MatmulConfig(64, 128, 8, 4, 4, False, 128), MatmulConfig(64, 256, 8, 8, 3, False)]
+    return [(r, big, small) for r in range(rows_per_wave, m, rows_per_wave) for small in smalls]
+
+
 def host_us(fn: Callable[[int], torch.Tensor], nbuf: int, n: int = 200) -> float:
     """Host time per call (launch overhead): enqueue n calls, no sync inside the loop."""
     import time
@@ -147,6 +160,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="PREFIX", help="with --models: shapes whose label starts so")
     ap.add_argument("--split", action="store_true", help="time the split-K bits (DETLLM_SPLIT_K=1) against cuBLAS")
     ap.add_argument("--chunk", type=int, default=SPLIT_K_CHUNK, help="with --split: the K chunk (bits differ per chunk)")
+    ap.add_argument("--rowsplit", action="store_true",
+                    help="at M >= 1024 also time row-split plans (row_split_plans) and check their bits")
     args = ap.parse_args()
     sk = dict(split_k=True, split_chunk=args.chunk) if args.split else {}
     dtype = DTYPES[args.dtype]
@@ -193,6 +208,18 @@ def main() -> None:
                   f"{'tma' if cfg.tma else 'ptr'}"
                   + (f" split {-(-k // split)}x{split} {'cta' if cfg.split_cta else 'grid'}" if split else ""),
                   flush=True)
+            if args.rowsplit and m >= 1024 and not split:
+                ref = km.mm(xs[0], ws[0])
+                for r, big, small in row_split_plans(m, n, torch.cuda.get_device_properties(0).multi_processor_count):
+                    def two(i: int, r: int = r, big: MatmulConfig = big, small: MatmulConfig = small) -> torch.Tensor:
+                        km.mm(xs[i][:r], ws[i], config=big)
+                        return km.mm(xs[i][r:], ws[i], config=small)
+                    t, g = bench(two, nbuf), graph_ms(two, nbuf)
+                    same = torch.equal(torch.cat([km.mm(xs[0][:r], ws[0], config=big),
+                                                  km.mm(xs[0][r:], ws[0], config=small)]), ref)
+                    print(f"    rowsplit {r} rows 128x256 + {small.block_m}x{small.block_n}x{small.block_k or 64} "
+                          f"w{small.num_warps} s{small.num_stages}: ratio {t_ref / t:5.2f} graph {g_ref / g:5.2f} "
+                          f"same_bits={same}", flush=True)
             if args.sweep:
                 ref = km.mm(xs[0], ws[0], **sk)
                 for c in (split_sweep_configs(m) if split else sweep_configs(m)):
