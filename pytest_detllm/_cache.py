@@ -28,6 +28,15 @@ def cache_root() -> Path:
     return Path(base) / "pytest-detllm"
 
 
+def _model_kind(p: Path, now: float) -> str:
+    if p.name.startswith(".tmp-"):
+        return "stale conversion scratch" if now - p.stat().st_mtime > STALE_TMP_S else "conversion scratch"
+    return "path-keyed copy (older release)" if LEGACY_MODEL_DIR.match(p.name) else "converted model"
+
+
+PRUNED = ("stale conversion scratch", "path-keyed copy (older release)")
+
+
 def prune_models(models: Path | None = None) -> list[Path]:
     """Remove legacy path-keyed model directories and stale conversion scratch; return what went."""
     models = models or cache_root() / "models"
@@ -39,10 +48,10 @@ def prune_models(models: Path | None = None) -> list[Path]:
     gone = []
     for p in entries:
         try:
-            stale_tmp = p.name.startswith(".tmp-") and now - p.stat().st_mtime > STALE_TMP_S
-        except OSError:
+            prune = p.is_dir() and _model_kind(p, now) in PRUNED
+        except OSError:  # removed meanwhile by another process
             continue
-        if p.is_dir() and (LEGACY_MODEL_DIR.match(p.name) or stale_tmp):
+        if prune:
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
     return gone
@@ -65,6 +74,7 @@ def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
     """(path, what it is, bytes) for every entry of the cache: converted models, the copies and
     scratch `prune_models` removes, and the test environments scripts/dev.py keeps there."""
     root = root or cache_root()
+    now = time.time()
     out = []
     for sub in ("models", "venvs"):
         try:
@@ -72,13 +82,12 @@ def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
         except OSError:
             continue
         for p in entries:
-            if sub == "venvs":
-                kind = "test environment (scripts/dev.py)" if p.is_dir() else "failed install's reason (scripts/dev.py)"
-            elif p.name.startswith(".tmp-"):
-                kind = "conversion scratch"
-            elif LEGACY_MODEL_DIR.match(p.name):
-                kind = "path-keyed copy (older release; pruned)"
-            else:
-                kind = "converted model"
-            out.append((p, kind, _size(p)))
+            try:
+                if sub == "venvs":
+                    kind = "test environment (scripts/dev.py)" if p.is_dir() else "failed install's reason (scripts/dev.py)"
+                else:
+                    kind = _model_kind(p, now)
+                out.append((p, kind, _size(p)))
+            except OSError:  # removed meanwhile
+                continue
     return out

@@ -39,26 +39,27 @@ def _coverage(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import shutil
 
-    from ._cache import cache_root, describe, prune_models
+    from ._cache import PRUNED, cache_root, describe, prune_models
+    from .report import plural
 
     root = cache_root()
     if args.prune:
         gone = prune_models()
-        print(f"detllm cache: removed {len(gone)} stale entr{'y' if len(gone) == 1 else 'ies'} from {root / 'models'}")
+        print(f"detllm cache: removed {plural(len(gone), 'folder')} ({', '.join(PRUNED)}) from {root / 'models'}")
         return 0
     if args.clear:
-        models = [(p, size) for p, kind, size in describe(root) if p.parent.name == "models"]
+        models = [(p, size) for p, _kind, size in describe(root) if p.parent.name == "models"]
         for p, _size in models:
             shutil.rmtree(p, ignore_errors=True)
-        freed = sum(size for _p, size in models) / 1e6
-        print(f"detllm cache: removed {len(models)} model entr{'y' if len(models) == 1 else 'ies'} ({freed:.0f} MB) "
+        print(f"detllm cache: removed {plural(len(models), 'folder')} ({sum(s for _p, s in models) / 1e6:.0f} MB) "
               f"from {root / 'models'}; the next load converts again")
         return 0
     rows = describe(root)
     print(f"detllm cache: {root} (DETLLM_CACHE_DIR moves it)")
     for p, kind, size in rows:
         print(f"  {size / 1e6:9.0f} MB  {p.parent.name}/{p.name}  [{kind}]")
-    print(f"  {sum(size for _p, _k, size in rows) / 1e6:9.0f} MB  in {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+    print(f"  {sum(size for _p, _k, size in rows) / 1e6:9.0f} MB  in {plural(len(rows), 'item')}; "
+          "`detllm cache --prune` removes the older releases' copies and stale scratch")
     return 0
 
 

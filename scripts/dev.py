@@ -69,8 +69,7 @@ def prune_caches() -> None:
                 vllm_failure_file(p).unlink(missing_ok=True)
                 gone.append(p)
     if gone:
-        print(f"detllm: removed {len(gone)} stale cache entr{'y' if len(gone) == 1 else 'ies'}: "
-              + ", ".join(p.name for p in gone), flush=True)
+        print("detllm: removed stale cache folders: " + ", ".join(p.name for p in gone), flush=True)
 
 
 def setup() -> None:

@@ -98,15 +98,15 @@ def test_cache_command_lists_prunes_and_clears(tmp_path: Path, monkeypatch: pyte
     out = capsys.readouterr().out
     assert str(tmp_path) in out
     assert "3 MB  models/m-1dff70ef9e211d0a-tf5.24  [converted model]" in out
-    assert "models/m-0123456789ab-tf5.24  [path-keyed copy (older release; pruned)]" in out
+    assert "models/m-0123456789ab-tf5.24  [path-keyed copy (older release)]" in out
     assert "venvs/vllm-cpu-374dffb21f80  [test environment (scripts/dev.py)]" in out
-    assert "in 3 entries" in out
+    assert "in 3 items" in out
 
     assert main(["cache", "--prune"]) == 0
-    assert "removed 1 stale entry" in capsys.readouterr().out
+    assert "removed 1 folder (" in capsys.readouterr().out
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["m-1dff70ef9e211d0a-tf5.24"]
 
     assert main(["cache", "--clear"]) == 0
-    assert "removed 1 model entry (3 MB)" in capsys.readouterr().out
+    assert "removed 1 folder (3 MB)" in capsys.readouterr().out
     assert list((tmp_path / "models").iterdir()) == []
     assert [p.name for p in (tmp_path / "venvs").iterdir()] == ["vllm-cpu-374dffb21f80"]  # not a model: kept
