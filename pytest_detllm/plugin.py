@@ -116,6 +116,9 @@ def _value(config: pytest.Config, name: str) -> Any:
     return config.stash[_SETTINGS][name][0]
 
 
+# xdist's hooks are optional: without pytest-xdist installed (or with -p no:xdist) pluggy would
+# otherwise refuse them as unknown hooks and every session would end in an INTERNALERROR.
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:  # xdist controller -> worker
     node.workerinput["detllm_seed"] = _value(node.config, "seed")
 
@@ -326,6 +329,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         workeroutput["detllm_header"] = header_line(session.config)
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:  # xdist: merge each worker's counters
     out = getattr(node, "workeroutput", {})
     data = out.get("detllm_stats")

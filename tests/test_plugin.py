@@ -574,6 +574,20 @@ def test_plain_suite_with_the_plugin_loaded_imports_nothing_heavy(pytester: pyte
     assert [ln for ln in result.outlines if ln.startswith("detllm")] == []
 
 
+def test_a_suite_without_xdist_runs(pytester: pytest.Pytester, tiny: str) -> None:
+    """pytest-xdist is optional: without it (here -p no:xdist, which drops its hook specs as an
+    uninstalled xdist would) the plugin's xdist hooks must not be refused as unknown hooks, which
+    ended every such session in an INTERNALERROR before a test ran."""
+    pytester.makepyfile(test_plain="def test_a(snapshot):\n    assert 'x' == snapshot\n",
+                        test_llm=TWO_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:xdist", f"--detllm-model={tiny}", "--detllm-batch-fuzz=1",
+                                           "--detllm-max-batch=2", "--snapshot-update", "-p", "no:cacheprovider")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=3)
+    assert [ln for ln in result.outlines if ln.startswith("detllm: ") and "calls" in ln] == \
+        ["detllm: 2 calls, 2 trials, 0 divergences"]
+
+
 # -- xdist ---------------------------------------------------------------------------------------
 
 def test_xdist_two_workers_fuzz_and_merge_reports(pytester: pytest.Pytester, tiny: str) -> None:
