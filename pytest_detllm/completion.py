@@ -56,3 +56,31 @@ class Completion:
 
     def __hash__(self) -> int:
         return hash((tuple(self.token_ids), self.logit_hash))
+
+
+class LogitHash(str):
+    """What the ``logit_hash`` fixture returns: the hex digest, a ``str`` (``== "0b97..."`` compares
+    text). ``logit_hash(...) == snapshot`` stores the whole completion, hash line included, as a
+    golden of this environment, as ``llm(...) == snapshot`` does: logit bits differ by device, dtype
+    and kernels, and a plain string in syrupy's shared ``__snapshots__`` would fail on every other
+    runner."""
+
+    completion: Completion
+
+    def __new__(cls, completion: Completion) -> "LogitHash":
+        obj = super().__new__(cls, completion.logit_hash)
+        obj.completion = completion
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        from .snapshot import assert_completion, is_snapshot_assertion
+
+        if is_snapshot_assertion(other):
+            return assert_completion(other, self.completion)
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = str.__hash__

@@ -306,10 +306,12 @@ def llm(request: pytest.FixtureRequest, detllm_runtime: "Runtime") -> "LLM":
 
 @pytest.fixture
 def logit_hash(llm: "LLM") -> Callable[..., str]:
-    """``logit_hash(prompt, **llm_kwargs) -> str``: hex xxh3-128 of the generated steps' logits."""
+    """``logit_hash(prompt, **llm_kwargs) -> str``: hex xxh3-128 of the generated steps' logits
+    (a ``LogitHash``: ``== snapshot`` keeps it as a golden of this environment)."""
+    from .completion import LogitHash
 
     def _hash(prompt: str, **kwargs: Any) -> str:
-        return llm(prompt, **kwargs).logit_hash
+        return LogitHash(llm(prompt, **kwargs))
 
     return _hash
 

@@ -527,6 +527,30 @@ def test_terminal_summary_and_report_of_a_passing_fuzz_run(pytester: pytest.Pyte
     assert doc["seed"] == int(header(result)["seed"])
 
 
+def test_logit_hash_snapshot_is_a_golden_of_this_environment(pytester: pytest.Pytester, tiny: str) -> None:
+    """`logit_hash(...) == snapshot` is kept per environment like `llm(...) == snapshot` (a CPU hash
+    in syrupy's shared __snapshots__ would fail every GPU runner), and still behaves as a str."""
+    pytester.makepyfile(test_x="""
+        def test_h(logit_hash, llm, snapshot):
+            h = logit_hash("Good morning", max_new_tokens=2)
+            assert isinstance(h, str) and len(h) == 32 and h == llm("Good morning", max_new_tokens=2).logit_hash
+            assert h != "0" * 32 and {h: 1}[str(h)] == 1
+            assert h == snapshot
+    """)
+    result = pytester.runpytest(f"--detllm-model={tiny}", "--snapshot-update", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "__snapshots__").exists()
+    path = golden_path(pytester)
+    text = path.read_text()
+    assert "# name: test_h\n" in text and "logit_hash: '" in text
+    pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    stored = re.search(r"logit_hash: '([0-9a-f]{32})'", text).group(1)
+    path.write_text(text.replace(stored, "0" * 32))
+    failed = pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider")
+    failed.assert_outcomes(failed=1)
+    failed.stdout.fnmatch_lines([f"*golden {path}*differs from this run*"])
+
+
 # -- CI ------------------------------------------------------------------------------------------
 
 def test_snapshot_update_is_refused_under_ci(pytester: pytest.Pytester, tiny: str,
