@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="detllm", description="pytest-detllm tools")
     sub = parser.add_subparsers(dest="cmd", required=True)
     cov = sub.add_parser("coverage", help="list each aten op a model runs and whether it is covered")
-    cov.add_argument("--model", default=None, help="HF model dir or .gguf (default: the embedded model)")
+    cov.add_argument("--model", default=None, help="HF model dir, .gguf, or org/name in the local HF cache (default: the embedded model)")
     cov.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     cov.add_argument("--dtype", default="float32", choices=DTYPES)
     cov.add_argument("--kernels", default="invariant", choices=("invariant", "stock"))

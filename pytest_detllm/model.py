@@ -210,6 +210,32 @@ def _check_causal(folder: Path, config: Any) -> None:
         )
 
 
+def hub_snapshot(spec: str, cache_dir: str | None = None) -> Path:
+    """The local Hugging Face cache's snapshot of repo id ``spec`` (``org/name`` or ``org/name@revision``),
+    found without the network: a model fetched once with ``hf download`` loads by its id."""
+    repo, _, revision = spec.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+        return Path(snapshot_download(repo, revision=revision or None, cache_dir=cache_dir, local_files_only=True))
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        pass
+    except HFValidationError:  # not a repo id either: a mistyped path
+        pass
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(
+            f"--detllm-model={spec}: no such file or directory, and no snapshot of the Hugging Face repo {repo!r}"
+            f"{f' at revision {revision!r}' if revision else ''} in the local cache; detllm never downloads: fetch it "
+            f"once (`hf download {repo}{f' --revision {revision}' if revision else ''}`), or pass a local model "
+            "directory or a .gguf file"
+        ) from None
+    raise ModelLoadError(
+        f"--detllm-model={spec}: no such file or directory; pass a local Hugging Face model directory, a .gguf file, "
+        "or the id of a repo in the local Hugging Face cache (org/name)"
+    )
+
+
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 
 
@@ -233,11 +259,9 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
         gguf = default_gguf()
         folder, name = convert_gguf(gguf), DEFAULT_MODEL_NAME
     else:
-        path = Path(spec).expanduser()
+        path, hub_repo = Path(spec).expanduser(), None
         if not path.exists():
-            raise ModelLoadError(
-                f"--detllm-model={spec}: no such file or directory; pass a local Hugging Face model directory or a .gguf file"
-            )
+            path, hub_repo = hub_snapshot(spec), spec.partition("@")[0]
         if not os.access(path, os.R_OK):
             raise ModelLoadError(f"--detllm-model={spec}: not readable (check its permissions)")
         if path.is_file():
@@ -247,7 +271,7 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
                 )
             folder, name = convert_gguf(path), path.stem
         else:
-            folder, name = path, path.name
+            folder, name = path, hub_repo or path.name  # a hub snapshot's folder is named by its commit
     _check_hf_dir(folder, allow_pickle)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

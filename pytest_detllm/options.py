@@ -37,7 +37,7 @@ class Opt:
 
 
 OPTIONS: tuple[Opt, ...] = (
-    Opt("model", "local Hugging Face model directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)"),
+    Opt("model", "local Hugging Face model directory, .gguf file, or org/name[@revision] already in the local Hugging Face cache (default: the embedded SmolLM2-135M-Instruct)"),
     Opt("device", "device to run on", "auto", choices=("auto", "cpu", "cuda")),
     Opt("dtype", "model dtype", "float32", choices=DTYPES),
     Opt("kernels", "'invariant' (default) or 'stock' (the negative control)", "invariant", choices=("invariant", "stock")),

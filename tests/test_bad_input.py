@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_detllm.errors import ModelLoadError
 from tests.test_plugin import env_dirs, golden_path, warm_imports  # noqa: F401 - warm_imports is an autouse fixture
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -86,16 +87,49 @@ def tiny(tiny_llama_dir: Path) -> str:
 
 def test_model_path_missing(pytester: pytest.Pytester, tiny: str) -> None:
     missing = pytester.path / "no-such-model"
-    assert load_error(missing) == (f"--detllm-model={missing}: no such file or directory; pass a local Hugging Face "
-                                   "model directory or a .gguf file")
+    said = (f"--detllm-model={missing}: no such file or directory; pass a local Hugging Face model directory, "
+            "a .gguf file, or the id of a repo in the local Hugging Face cache (org/name)")
+    assert load_error(missing) == said
     # As a user sees it: the test fails with that line, no traceback, and nothing is written.
     pytester.makepyfile(test_x=ONE_TEST)
     before = tree_hash(pytester.path)
     result = pytester.runpytest(f"--detllm-model={missing}", "--snapshot-update", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    assert_failed_with(result, f"--detllm-model={missing}: no such file or directory; pass a local Hugging Face "
-                               "model directory or a .gguf file")
+    assert_failed_with(result, said)
     assert tree_hash(pytester.path) == before
+
+
+def fake_hub_cache(root: Path, repo: str, model_dir: Path, commit: str = "0123abcd" * 5) -> Path:
+    """The layout huggingface_hub keeps: models--org--name/{refs/main, snapshots/<commit>/files}."""
+    entry = root / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(model_dir, entry / "snapshots" / commit)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    return entry / "snapshots" / commit
+
+
+def test_repo_id_loads_from_the_local_hub_cache_never_the_network(pytester: pytest.Pytester, tiny_llama_dir: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_detllm.model import hub_snapshot
+
+    cache = pytester.path / "hub"
+    snap = fake_hub_cache(cache, "acme/tiny-llama", tiny_llama_dir)
+    assert hub_snapshot("acme/tiny-llama", cache_dir=str(cache)) == snap
+    with pytest.raises(ModelLoadError, match=r"no snapshot of the Hugging Face repo 'acme/other' in the local "
+                                             r"cache; detllm never downloads: fetch it once \(`hf download acme/other`\)"):
+        hub_snapshot("acme/other", cache_dir=str(cache))
+    with pytest.raises(ModelLoadError, match=r"repo 'acme/tiny-llama' at revision 'v2'.*--revision v2"):
+        hub_snapshot("acme/tiny-llama@v2", cache_dir=str(cache))
+    # As a user runs it: the id resolves through HF_HUB_CACHE, with the hub unreachable (offline),
+    # and the id names the model in the header and the golden, not the snapshot's commit folder.
+    pytester.makepyfile(test_x=ONE_TEST)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = pytester.runpytest_subprocess("--detllm-model=acme/tiny-llama", "--snapshot-update",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "detllm: model=acme/tiny-llama device=cpu" in result.stdout.str()
+    assert "model: 'acme/tiny-llama'" in golden_path(pytester).read_text()
 
 
 def test_model_path_unreadable(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
