@@ -25,6 +25,13 @@ def logit_hash(step_logits: "Sequence[torch.Tensor]") -> str:
     return h.hexdigest()
 
 
+def chosen_logprobs(step_logits: "Sequence[torch.Tensor]", token_ids: Sequence[int]) -> list[float]:
+    """log_softmax of each step's logits at the token generated there (float32, as the logits)."""
+    import torch
+
+    return [float(torch.log_softmax(row.float(), -1)[tid]) for row, tid in zip(step_logits, token_ids)]
+
+
 @dataclass(eq=False)
 class Completion:
     """A generated continuation. ``str(c)`` is the text; ``c == snapshot`` stores/compares a golden."""
@@ -37,11 +44,22 @@ class Completion:
     model: str = ""
     finish_reason: str = "length"  # "stop" (EOS) or "length"
     env_key: str = field(default="", repr=False)  # which golden folder this completion belongs to
+    # A served model's logprobs of the generated tokens, as the server returned them; None: computed
+    # from step_logits when `logprobs` is first read (most tests never read them).
+    served_logprobs: list[float] | None = field(default=None, repr=False)
     # Per-step float32 logits, kept for divergence reports; not part of equality.
     step_logits: Any = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return self.text
+
+    @property
+    def logprobs(self) -> list[float]:
+        """Per generated token, its log-probability under the model at that step (before temperature),
+        as vLLM's `logprobs` reports. Not part of equality or goldens: logit_hash covers the logits."""
+        if self.served_logprobs is None:
+            self.served_logprobs = chosen_logprobs(self.step_logits or [], self.token_ids)
+        return self.served_logprobs
 
     def __eq__(self, other: object) -> bool:
         from .snapshot import is_snapshot_assertion, assert_completion

@@ -147,6 +147,7 @@ def test_completion_carries_server_ids_text_and_a_logprob_hash() -> None:
     assert sent["logprobs"] == 5 and sent["temperature"] == 0.0 and sent["prompt"] == "Tell me"
     assert c.text == "".join(f" t{i}" for i in c.token_ids) and len(c.token_ids) == 3
     assert c.tokens == [f"t{i}" for i in c.token_ids]
+    assert c.logprobs == [-0.125, -0.25, -0.375]  # the chosen tokens' logprobs as the server returned them
     # The hash is over the returned logprobs: a changed logprob changes it.
     from pytest_detllm.backends.openai import logprob_hash
 

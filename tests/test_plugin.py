@@ -551,6 +551,40 @@ def test_logit_hash_snapshot_is_a_golden_of_this_environment(pytester: pytest.Py
     failed.stdout.fnmatch_lines([f"*golden {path}*differs from this run*"])
 
 
+def test_logprobs_are_the_models_own_distribution(pytester: pytest.Pytester, tiny: str) -> None:
+    """`Completion.logprobs`: per generated token, its log-probability under the model (before
+    temperature), checked against a plain transformers forward pass over prompt + completion."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pytester.makepyfile(test_x="""
+        import json
+        from pathlib import Path
+
+        def test_lp(llm):
+            out = {}
+            for name, kw in (("greedy", {}), ("sampled", {"temperature": 1.5, "seed": 3})):
+                c = llm("Hello there", chat=False, max_new_tokens=6, **kw)
+                out[name] = {"ids": c.token_ids, "lp": c.logprobs}
+            Path(__file__).with_name("lp.json").write_text(json.dumps(out))
+    """)
+    pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    got = json.loads((pytester.path / "lp.json").read_text())
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    prompt = tok("Hello there")["input_ids"]
+    for name, rec in got.items():
+        ids = rec["ids"]
+        assert len(rec["lp"]) == len(ids) == 6
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1: -1]
+        ref = torch.log_softmax(logits, -1)
+        want = ref[torch.arange(len(ids)), torch.tensor(ids)]
+        assert torch.allclose(torch.tensor(rec["lp"]), want, atol=1e-4), (name, rec["lp"], want.tolist())
+        if name == "greedy":  # the argmax was generated: its logprob is the step's largest
+            assert torch.allclose(torch.tensor(rec["lp"]), ref.max(-1).values, atol=1e-4)
+
+
 # -- CI ------------------------------------------------------------------------------------------
 
 def test_snapshot_update_is_refused_under_ci(pytester: pytest.Pytester, tiny: str,

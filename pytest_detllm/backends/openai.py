@@ -421,7 +421,8 @@ class OpenAIBackend:
         assert isinstance(gen, ServedGeneration)
         return Completion(text=gen.text, token_ids=list(gen.token_ids), logit_hash=logprob_hash(gen.steps),
                           prompt=prompt, tokens=list(gen.pieces), model=self.model,
-                          finish_reason=gen.finish_reason, step_logits=gen.step_logits)
+                          finish_reason=gen.finish_reason, step_logits=gen.step_logits,
+                          served_logprobs=[lp for _tid, lp, _top in gen.steps])
 
     def piece(self, token_id: int) -> str:
         return self._pieces.get(token_id, f"<{token_id}>")
