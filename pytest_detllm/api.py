@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pytest
 
@@ -60,25 +60,47 @@ class LLM:
 
     def __call__(self, prompt: str, *, max_new_tokens: int | None = None, chat: bool = True,
                  temperature: float = 0.0, seed: int | None = None) -> Completion:
+        return self._guarded([prompt], max_new_tokens, chat, temperature, seed)[0]
+
+    def batch(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, chat: bool = True,
+              temperature: float = 0.0, seed: int | None = None) -> list[Completion]:
+        """One Completion per prompt, from co-batched runs (up to the fuzz's largest batch at a time):
+        the kernels are batch invariant, so each is bit for bit what ``llm(prompt)`` gives, for one
+        generate per batch instead of one per prompt. Each is then checked as a call of its own
+        (fuzz trials, prefill check, report), against the batched run as its reference."""
+        if isinstance(prompts, str):
+            pytest.fail("llm.batch() takes a list of prompts, got one str: use llm(prompt) for one", pytrace=False)
+        return self._guarded(list(prompts), max_new_tokens, chat, temperature, seed)
+
+    def _guarded(self, prompts: list[str], max_new_tokens: int | None, chat: bool, temperature: float,
+                 seed: int | None) -> list[Completion]:
         try:
-            return self._call(prompt, max_new_tokens, chat, temperature, seed)
+            return self._run(prompts, max_new_tokens, chat, temperature, seed)
         except DetllmError as exc:
             message = str(exc)
         # Failed outside the except block: no "During handling of the above exception" repeat.
         pytest.fail(message, pytrace=False)
 
-    def _call(self, prompt: str, max_new_tokens: int | None, chat: bool, temperature: float,
-              seed: int | None) -> Completion:
+    def _run(self, prompts: list[str], max_new_tokens: int | None, chat: bool, temperature: float,
+             seed: int | None) -> list[Completion]:
         rt, s, o = self._rt, self._rt.settings, self._opts
         spec = o.model if o.model is not None else s.model
         n_new = max_new_tokens if max_new_tokens is not None else (
             o.max_new_tokens if o.max_new_tokens is not None else s.max_new_tokens)  # a marker's 0 is an error, not "unset"
         if temperature < 0:
             raise DetllmError(f"temperature must be >= 0, got {temperature}")
+        if not prompts:
+            return []
         be = rt.backend(spec)  # in process (default) or a served model: nothing below knows which
-        req = be.encode(prompt, chat=chat, max_new_tokens=n_new, temperature=float(temperature),
-                        seed=(seed if seed is not None else 0) if temperature > 0 else None)
-        solo = be.generate([req], keep_logits=[0])[0]
+        reqs = [be.encode(p, chat=chat, max_new_tokens=n_new, temperature=float(temperature),
+                          seed=(seed if seed is not None else 0) if temperature > 0 else None) for p in prompts]
+        # A batch runs in chunks no larger than a fuzz trial's batch: the size the backend holds.
+        size = 1 if len(reqs) == 1 else be.fuzz_limits(max(reqs, key=lambda r: len(r.input_ids)), s.max_batch)[0]
+        gens = [g for i in range(0, len(reqs), size) for g in be.generate(reqs[i:i + size])]
+        return [self._check(be, spec, p, req, gen) for p, req, gen in zip(prompts, reqs, gens)]
+
+    def _check(self, be: Any, spec: str | None, prompt: str, req: Any, solo: Any) -> Completion:
+        rt, s, o = self._rt, self._rt.settings, self._opts
         rt.stats.calls += 1
         call_index = self._calls
         self._calls += 1

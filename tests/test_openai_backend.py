@@ -271,6 +271,22 @@ def test_fuzz_passes_against_a_server_that_does_not(pytester: pytest.Pytester) -
     assert sent > 1 + 4  # the solo run plus every trial's prompt and fillers went to the server
 
 
+def test_batch_against_a_server_equals_one_call_each(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_b="""
+        def test_b(llm):
+            ps = ["Hello there", "Good morning to you", "Hi"]
+            together = llm.batch(ps, chat=False, max_new_tokens=3)
+            alone = [llm(p, chat=False, max_new_tokens=3) for p in ps]
+            assert [(c.token_ids, c.logit_hash, c.logprobs) for c in together] == \\
+                [(c.token_ids, c.logit_hash, c.logprobs) for c in alone]
+    """)
+    with FakeOpenAI(delay=0.05) as fake:
+        result = pytester.runpytest(*served(fake.url))
+    result.assert_outcomes(passed=1)
+    assert [ln for ln in result.outlines if ln.startswith("detllm: ") and "calls" in ln] == \
+        ["detllm: 6 calls, 0 trials, 0 divergences"]
+
+
 def test_check_prefill_needs_the_in_process_backend(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x=GOLDEN_TEST)
     with FakeOpenAI() as fake:

@@ -585,6 +585,52 @@ def test_logprobs_are_the_models_own_distribution(pytester: pytest.Pytester, tin
             assert torch.allclose(torch.tensor(rec["lp"]), ref.max(-1).values, atol=1e-4)
 
 
+BATCH_TEST = """
+import json
+from pathlib import Path
+
+PROMPTS = ["Hello there", "Good morning, how are you today my friend?", "Hi", "What is two plus two?"]
+
+def test_batch(llm, snapshot):
+    together = llm.batch(PROMPTS, chat=False, max_new_tokens=5)
+    alone = [llm(p, chat=False, max_new_tokens=5) for p in PROMPTS]
+    Path(__file__).with_name("batch.json").write_text(json.dumps(
+        [[a.token_ids, a.logit_hash, b.token_ids, b.logit_hash] for a, b in zip(together, alone)]))
+    for c in together:
+        assert c == snapshot
+    assert llm.batch([]) == []
+"""
+
+
+@pytest.mark.parametrize("max_batch", [0, 3])
+def test_batch_gives_each_prompt_its_solo_bits(pytester: pytest.Pytester, tiny: str, max_batch: int) -> None:
+    """llm.batch() runs prompts of different lengths co-batched (left-padded; in chunks of
+    --detllm-max-batch): every completion is bitwise its solo call's, is a golden of its own and is
+    fuzzed as a call of its own. With the stock kernels the same batch moves the logits (negative
+    control), so the equality is the kernels' doing."""
+    pytester.makepyfile(test_x=BATCH_TEST)
+    result = pytester.runpytest(f"--detllm-model={tiny}", f"--detllm-max-batch={max_batch}", "--detllm-batch-fuzz=1",
+                                "--snapshot-update", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    rows = json.loads((pytester.path / "batch.json").read_text())
+    assert all(ids == solo_ids and h == solo_h for ids, h, solo_ids, solo_h in rows), rows
+    assert [ln for ln in result.outlines if ln.startswith("detllm: ") and "calls" in ln] == \
+        ["detllm: 8 calls, 8 trials, 0 divergences"]
+    assert golden_path(pytester).read_text().count("# name: test_batch") == 4
+    stock = pytester.runpytest(f"--detllm-model={tiny}", "--detllm-kernels=stock", "--snapshot-update",
+                               "-p", "no:cacheprovider")
+    stock.assert_outcomes(passed=1)
+    rows = json.loads((pytester.path / "batch.json").read_text())
+    assert any(h != solo_h for _ids, h, _solo_ids, solo_h in rows), rows
+
+
+def test_batch_of_one_string_is_refused(pytester: pytest.Pytester, tiny: str) -> None:
+    pytester.makepyfile(test_x="def test_s(llm):\n    llm.batch('Hello there')\n")
+    result = pytester.runpytest(f"--detllm-model={tiny}", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*llm.batch() takes a list of prompts, got one str: use llm(prompt) for one*"])
+
+
 # -- CI ------------------------------------------------------------------------------------------
 
 def test_snapshot_update_is_refused_under_ci(pytester: pytest.Pytester, tiny: str,
