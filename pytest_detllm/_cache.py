@@ -20,12 +20,15 @@ LEGACY_MODEL_DIR = re.compile(r"^.+-[0-9a-f]{12}-tf\d+\.\d+$")
 STALE_TMP_S = 3600.0
 
 
+def user_cache() -> Path:
+    """`$XDG_CACHE_HOME/pytest-detllm` (or ~/.cache/...): where scripts/dev.py keeps the test
+    environments (`venvs/`), and the model cache unless DETLLM_CACHE_DIR moves it."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-detllm"
+
+
 def cache_root() -> Path:
     env = os.environ.get("DETLLM_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pytest-detllm"
+    return Path(env) if env else user_cache()
 
 
 def _model_kind(p: Path, now: float) -> str:
@@ -71,14 +74,14 @@ def _size(path: Path) -> int:
 
 
 def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
-    """(path, what it is, bytes) for every entry of the cache: converted models, the copies and
-    scratch `prune_models` removes, and the test environments scripts/dev.py keeps there."""
-    root = root or cache_root()
+    """(path, what it is, bytes) for every entry of the cache: converted models (under ``root``,
+    default cache_root()), the copies and scratch `prune_models` removes, and the test
+    environments scripts/dev.py keeps in user_cache()."""
     now = time.time()
     out = []
-    for sub in ("models", "venvs"):
+    for sub, where in (("models", root or cache_root()), ("venvs", user_cache())):
         try:
-            entries = sorted((root / sub).iterdir())
+            entries = sorted((where / sub).iterdir())
         except OSError:
             continue
         for p in entries:

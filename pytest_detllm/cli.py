@@ -39,7 +39,7 @@ def _coverage(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import shutil
 
-    from ._cache import PRUNED, cache_root, describe, prune_models
+    from ._cache import PRUNED, cache_root, describe, prune_models, user_cache
     from .report import plural
 
     root = cache_root()
@@ -55,7 +55,8 @@ def _cache(args: argparse.Namespace) -> int:
               f"from {root / 'models'}; the next load converts again")
         return 0
     rows = describe(root)
-    print(f"detllm cache: {root} (DETLLM_CACHE_DIR moves it)")
+    print(f"detllm cache: {root} (DETLLM_CACHE_DIR moves it)"
+          + (f"; test environments under {user_cache()}" if user_cache() != root else ""))
     for p, kind, size in rows:
         print(f"  {size / 1e6:9.0f} MB  {p.parent.name}/{p.name}  [{kind}]")
     print(f"  {sum(size for _p, _k, size in rows) / 1e6:9.0f} MB  in {plural(len(rows), 'item')}; "

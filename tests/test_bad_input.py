@@ -114,7 +114,7 @@ def test_repo_id_loads_from_the_local_hub_cache_never_the_network(pytester: pyte
 
     cache = pytester.path / "hub"
     snap = fake_hub_cache(cache, "acme/tiny-llama", tiny_llama_dir)
-    assert hub_snapshot("acme/tiny-llama", cache_dir=str(cache)) == snap
+    assert hub_snapshot("acme/tiny-llama", cache_dir=str(cache)) == (snap, "acme/tiny-llama")
     with pytest.raises(ModelLoadError, match=r"no snapshot of the Hugging Face repo 'acme/other' in the local "
                                              r"cache; detllm never downloads: fetch it once \(`hf download acme/other`\)"):
         hub_snapshot("acme/other", cache_dir=str(cache))

@@ -90,13 +90,15 @@ def test_cache_command_lists_prunes_and_clears(tmp_path: Path, monkeypatch: pyte
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from pytest_detllm.cli import main
 
-    monkeypatch.setenv("DETLLM_CACHE_DIR", str(tmp_path))
-    _dirs(tmp_path / "models", "m-0123456789ab-tf5.24", "m-1dff70ef9e211d0a-tf5.24")
-    (tmp_path / "models" / "m-1dff70ef9e211d0a-tf5.24" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
-    _dirs(tmp_path / "venvs", "vllm-cpu-374dffb21f80")
+    monkeypatch.delenv("DETLLM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # models and dev.py's test environments, here
+    root = tmp_path / "pytest-detllm"
+    _dirs(root / "models", "m-0123456789ab-tf5.24", "m-1dff70ef9e211d0a-tf5.24")
+    (root / "models" / "m-1dff70ef9e211d0a-tf5.24" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    _dirs(root / "venvs", "vllm-cpu-374dffb21f80")
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
-    assert str(tmp_path) in out
+    assert f"detllm cache: {root} (DETLLM_CACHE_DIR moves it)\n" in out
     assert "3 MB  models/m-1dff70ef9e211d0a-tf5.24  [converted model]" in out
     assert "models/m-0123456789ab-tf5.24  [path-keyed copy (older release)]" in out
     assert "venvs/vllm-cpu-374dffb21f80  [test environment (scripts/dev.py)]" in out
@@ -104,9 +106,9 @@ def test_cache_command_lists_prunes_and_clears(tmp_path: Path, monkeypatch: pyte
 
     assert main(["cache", "--prune"]) == 0
     assert "removed 1 folder (" in capsys.readouterr().out
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["m-1dff70ef9e211d0a-tf5.24"]
+    assert [p.name for p in (root / "models").iterdir()] == ["m-1dff70ef9e211d0a-tf5.24"]
 
     assert main(["cache", "--clear"]) == 0
     assert "removed 1 folder (3 MB)" in capsys.readouterr().out
-    assert list((tmp_path / "models").iterdir()) == []
-    assert [p.name for p in (tmp_path / "venvs").iterdir()] == ["vllm-cpu-374dffb21f80"]  # not a model: kept
+    assert list((root / "models").iterdir()) == []
+    assert [p.name for p in (root / "venvs").iterdir()] == ["vllm-cpu-374dffb21f80"]  # not a model: kept
