@@ -62,9 +62,16 @@ def _has_tma(device_index: int) -> bool:
     return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
+# Output widths at or below which decode takes the narrow tiles: too few 32-64-column programs
+# to keep the card's memory system busy (Llama/Qwen3 k/v N = 1024, GPT-2 mlp c_proj N = 768).
+# Wider (Llama-1B q/o, N = 2048) and short-K products (K = 576) ran slower in them at 32-64 rows.
+NARROW_N = 1024
+NARROW_MIN_K = 1024
+
+
 @functools.lru_cache(maxsize=4096)
-def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> MatmulConfig:
-    """Tile config for an (m x K) @ (K x n) product; kn: the (K, n) operand is row-major (a weight
+def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int = 4096) -> MatmulConfig:
+    """Tile config for an (m x k) @ (k x n) product; kn: the (k, n) operand is row-major (a weight
     used as x @ W, GPT-2's Conv1D), not an nn.Linear weight read through W.t().
 
     Every entry gives the same bits for a row (tests/gpu: test_mm_every_config_same_bits): the
@@ -78,6 +85,13 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
         # A row-major (K, N) weight read by pointer loads ran 60-100x below cuBLAS at decode sizes
         # (GPT-2 c_attn, M=1: 263 us against 3.4). Through TMA it streams at cuBLAS speed: 3.8 us
         # (benchmarks/sweep_decode_mm.py --tma on an H100; every candidate gave the same bits).
+        if n <= NARROW_N:
+            # Narrow (GPT-2 mlp c_proj, N = 768): 48 programs of 16 columns, each with K steps of
+            # 512 in flight; at 64 rows one 64-row tile reads the weight once. `--deep` sweep,
+            # H100, thirteenth session: M = 1/16 8.8 -> 7.5 us, M = 64 8.9 -> 6.7 (cuBLAS 7.0-7.7).
+            if m <= 32:
+                return MatmulConfig(16, 16, 8, 4, 4, persistent=False, block_k=512, tma=True)
+            return MatmulConfig(64, 16, 8, 4, 4, persistent=False, block_k=256, tma=True)
         return MatmulConfig(16, 64, 8, 4, 3, persistent=False, block_k=256, tma=True)
     if 16 < m <= 32 and n > 32768:
         # A 32-row decode bucket's lm_head: wide tiles stream the vocabulary's weight at 0.74-0.88
@@ -92,12 +106,21 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False) -> Matmu
         # enough bytes in flight per SM. Picked by benchmarks/sweep_decode_mm.py on an H100
         # (GPU time, M = 1 and 16; every one of its 24 candidates gave these configs' bits):
         # 8B q/o 23.6 -> 16.7 us, k/v 13.3 -> 11.3, down 63.5 -> 46.1, gate/up 46.0 -> 43.3.
-        if n <= 2048:
-            return MatmulConfig(16, 32, 8, 4, 6, persistent=False, block_k=256, tma=False)
+        if n <= NARROW_N:
+            # Narrow (Llama/Qwen3 k/v, N = 1024): 64 programs of 16 columns, eight K steps of 256
+            # in flight each (`sweep_decode_mm.py --deep`, H100, thirteenth session): M = 1
+            # 11.3 -> 9.4 us, M = 16 11.2 -> 8.7 (cuBLAS 7.5 / 8.6; the 16x32 s6 tile before);
+            # Llama-1B k/v (N = 512) 0.76-0.78 -> 0.91-0.96, SmolLM2 (K = 576) 0.68-0.85 -> 0.71-0.97.
+            return MatmulConfig(16, 16, 8, 4, 8, persistent=False, block_k=256, tma=False)
         if 8192 < n <= 32768:
             return MatmulConfig(16, 128, 8, 4, 4, persistent=False, block_k=128, tma=False)
         return MatmulConfig(16, 64, 8, 4, 4, persistent=False, block_k=256, tma=False)
     if m <= 64:
+        if n <= NARROW_N and k >= NARROW_MIN_K:
+            # 16 x 64 tiles of 32 columns, K steps of 512: Llama k/v at M = 64 13.9 -> 9.3 us
+            # (cuBLAS 9.1; the `--deep` sweep's 64x16 TMA tile ran 8.2 but builds descriptors per
+            # call), Llama-1B k/v 8.2 -> 5.5, SmolLM2 down 6.6 -> 4.8; K = 576 ran slower (4.1 -> 4.7).
+            return MatmulConfig(16, 32, 8, 4, 4, persistent=False, block_k=512, tma=False)
         return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 256:
         return MatmulConfig(64, 128, 8, 4, 4, persistent=False)
@@ -147,8 +170,15 @@ def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> M
     # (tile, chunk) up to 256 rows (0.75-0.86); past that one program folds its tile's chunks
     # (0.77-0.80 at 1024 rows, 0.59-0.63 at 4096-8192), where the last program's fold of a whole
     # tile was serial (0.54-0.60 at 1024 rows).
-    if m <= 64 or dtype == torch.float32:
+    if dtype == torch.float32:
         cfg = dataclasses.replace(matmul_config(m, n, dtype, kn), persistent=False)
+    elif m <= 64:
+        # The decode tiles the one-chain table had before its narrow entries: a chunk of 1024 is
+        # only 2-4 of their 256-512 K steps, too short for the deep pipelines (Llama k/v split at
+        # M = 64 in the 16x32x512 tile: 0.41 of cuBLAS, H200, thirteenth session).
+        cfg = (MatmulConfig(16, 64, 8, 4, 3, False, 256, True) if kn
+               else MatmulConfig(16, 32, 8, 4, 6, False, 256, False) if m <= 32
+               else MatmulConfig(64, 64, 8, 4, 4, False, 128, False))
     elif m <= 256:
         cfg = MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128)
     else:
@@ -160,9 +190,10 @@ def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> M
 
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
-    shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 128256), (64, 4096), (128, 4096), (1024, 1024),
-              (4096, 4096)]
-    configs = {matmul_config(m, n, dtype) for m, n in shapes} | {matmul_config(1, 2304, dtype, True)}
+    shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 128256), (64, 1024), (64, 4096), (128, 4096),
+              (1024, 1024), (4096, 4096)]
+    configs = ({matmul_config(m, n, dtype) for m, n in shapes}
+               | {matmul_config(m, n, dtype, True) for m, n in [(1, 2304), (1, 768), (64, 768)]})
     return sorted(configs, key=repr)
 
 
@@ -324,11 +355,13 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
            a.get_device(), a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15,
            xt.data_ptr() & 15, None if x is None else x.dtype, a.dim() == 2 and b.dim() == 2, split)
     plan = _PLANS.get(key)
+    desc = _descriptor
     if plan is None:
         plan = _plan(a, b, batch, m, n, k, has_x, alpha, config, use_tma, programs, split)
         if len(_PLANS) >= 8192:
             _PLANS.clear()
         _PLANS[key] = plan
+        desc = TensorDescriptor  # the first call of a key runs Triton's checks
     grid, meta, tma, bm, bn, bk, ws_n, tiles = plan
     # Split-K over programs: fp32 partials (from the caching allocator, so a CUDA graph capture
     # gets its own) and the per-tile arrival counters; the kernel never reads them otherwise.
@@ -336,11 +369,9 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     cnt = arrival_counters(a, tiles) if ws_n else out
     a_desc = b_desc = None
     if tma is not None:
-        # Descriptors hold base pointers, so they are built per call (prefill sizes only, where
-        # the GPU work outlasts this).
-        a_desc = TensorDescriptor(a, [m, k], [sa[1], 1], [bm, bk])
-        b_desc = (TensorDescriptor(b, [n, k], [sb[2], 1], [bn, bk]) if tma
-                  else TensorDescriptor(b, [k, n], [sb[1], 1], [bk, bn]))
+        # Descriptors hold base pointers, so they are built per call.
+        a_desc = desc(a, [m, k], [sa[1], 1], [bm, bk])
+        b_desc = desc(b, [n, k], [sb[2], 1], [bn, bk]) if tma else desc(b, [k, n], [sb[1], 1], [bk, bn])
     _LAUNCH.launch(key, grid, (
         a, b, out, xt, a_desc, b_desc, ws, cnt,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
@@ -359,7 +390,7 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
         if split % (cfg.block_k or BLOCK_K[a.dtype]):
             raise ValueError(f"split-K chunk {split} is not a multiple of BLOCK_K in {cfg}")
     else:
-        cfg = config or matmul_config(m, n, a.dtype, kn)
+        cfg = config or matmul_config(m, n, a.dtype, kn, k)
     bk = cfg.block_k or BLOCK_K[a.dtype]
     want = cfg.tma if use_tma is None else use_tma
     tma = _tma_layout(a, b) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
@@ -391,6 +422,20 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
     ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0
     return (min(tiles * chunks, progs),), meta, tma, cfg.block_m, cfg.block_n, bk, ws_n, tiles
 
+
+
+def _descriptor(base: torch.Tensor, shape: list[int], strides: list[int], block: list[int]) -> "TensorDescriptor":
+    """A TensorDescriptor without its __post_init__ checks (alignment, strides, block shape: ~3 us
+    of a decode call's host time). Only for a plan key's repeat calls: the key holds every
+    shape, stride and pointer alignment those checks read, and its first call ran them."""
+    d = object.__new__(TensorDescriptor)
+    d.__dict__.update(_DESC_DEFAULTS, base=base, shape=shape, strides=strides, block_shape=block)
+    return d
+
+
+# The defaulted fields (padding, and whatever this Triton adds) as the constructor would set them.
+_DESC_DEFAULTS = ({f.name: f.default for f in dataclasses.fields(TensorDescriptor)
+                   if f.default is not dataclasses.MISSING} if TensorDescriptor is not None else {})
 
 
 ONE_TILE_STEP = 1 << 30  # NUM_PROGS of non-persistent configs: every program runs one tile

@@ -134,3 +134,17 @@ def test_launcher_cuda_error_is_raised_and_fast_path_stays(monkeypatch: pytest.M
     with pytest.raises(RuntimeError, match="during capture"):
         lau.launch("k", (1,), (1,), {})
     assert lau.enabled and lau.plans and fn.slow_calls == 0
+
+
+def test_unchecked_descriptor_equals_triton_s() -> None:
+    """matmul's repeat-call descriptor (no __post_init__ checks) is field for field the one Triton's
+    constructor builds, defaults included: the launcher reads the same object either way."""
+    pytest.importorskip("triton.tools.tensor_descriptor")
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from detllm_kernels import matmul
+
+    w = torch.empty(4096, 1024, dtype=torch.bfloat16)
+    ours = matmul._descriptor(w, [4096, 1024], [1024, 1], [256, 16])
+    assert type(ours) is TensorDescriptor
+    assert ours == TensorDescriptor(w, [4096, 1024], [1024, 1], [256, 16])
