@@ -104,8 +104,13 @@ def host_table(rounds: int = 7) -> None:
         is_causal = True
 
     mod = _M()
+    # (K, N) weights read through TMA descriptors: GPT-2's Conv1D (addmm(bias, x, W)) and x @ W
+    wc, bc, xc = (torch.randn(768, 2304, device="cuda", dtype=bf), torch.randn(2304, device="cuda", dtype=bf),
+                  torch.randn(1, 768, device="cuda", dtype=bf))
     cases: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         "torch.mm [1x4096]@[4096x4096]": (lambda: torch.mm(x, w.t()),) * 2,
+        "torch.mm (K, N) weight [1x4096]@W": (lambda: torch.mm(x, w),) * 2,
+        "addmm Conv1D [1x768]@[768x2304]": (lambda: torch.addmm(bc, xc, wc),) * 2,
         "F.linear [1x1x4096], no bias": (lambda: F.linear(x3, w),) * 2,
         "F.linear [1x4096] + bias (addmm)": (lambda: F.linear(x, w, bias),) * 2,
         "mean(-1, keepdim) fp32 [1x4096]": (lambda: xf.mean(-1, keepdim=True),) * 2,
