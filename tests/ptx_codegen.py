@@ -1,0 +1,55 @@
+"""Compile the matmul kernel's pointer path for a GPU target without a GPU (Triton's bundled
+ptxas) and count the global-load opcodes in its PTX. Shared by tests/test_ptx_codegen.py and
+benchmarks/ptx_loads.py."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+LOAD_OPS = re.compile(r"\b(ld\.global[\w.]*|cp\.async\.c[ag]\.shared\.global[\w.]*)")
+
+
+def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int) -> str:
+    """PTX of `_matmul_kernel` (bf16, pointer loads, one chain, no bias) for sm_<arch>, with the
+    specialisations Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16,
+    unit strides folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig: dict[str, str] = {}
+    const: dict[str, object] = {}
+    attrs: dict[tuple[int, ...], list] = {}
+    div16 = [["tt.divisibility", 16]]
+    for i, name in enumerate(fn.arg_names):
+        if name in ("a_ptr", "b_ptr", "c_ptr", "x_ptr"):
+            sig[name], attrs[(i,)] = "*bf16", div16
+        elif name == "ws_ptr":
+            sig[name], attrs[(i,)] = "*fp32", div16
+        elif name == "cnt_ptr":
+            sig[name], attrs[(i,)] = "*i32", div16
+        elif name in ("a_desc", "b_desc"):
+            sig[name], const[name] = "constexpr", None
+        elif name in ("alpha", "beta"):
+            sig[name] = "fp32"
+        elif name in ("BATCH", "M"):
+            sig[name] = "i32"
+        elif name in ("N", "K"):
+            sig[name], attrs[(i,)] = "i32", div16
+        elif name.startswith("s_"):
+            if name in ("s_ak", "s_cn", "s_xn") or name == ("s_bn" if kn else "s_bk"):
+                sig[name], const[name] = "constexpr", 1
+            else:
+                sig[name], attrs[(i,)] = "i32", div16
+    meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGS=1 << 30, USE_TMA=False, B_NK=False,
+                HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
+    for k, v in meta.items():
+        sig[k], const[k] = "constexpr", v
+    kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=warps, num_stages=stages))
+    return kernel.asm["ptx"]
+
+
+def load_ops(ptx: str) -> Counter:
+    return Counter(LOAD_OPS.findall(ptx))

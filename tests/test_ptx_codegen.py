@@ -1,0 +1,35 @@
+"""The matmul kernel's pointer path, compiled for sm_90 and sm_80 on this CPU machine (Triton's
+bundled ptxas; no GPU): a (K, N) weight's loads must be as wide as an nn.Linear weight's.
+
+Without the contiguity hint on the clamped column index (kernels/matmul.py) the KN layout
+compiled to 2-byte `ld.global.b16` loads, which ran 60-100x below cuBLAS on an H100."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton")
+from .ptx_codegen import load_ops, pointer_path_ptx  # noqa: E402
+
+
+def _compiler_available() -> str | None:
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError as exc:
+        return f"Triton has no CUDA backend here ({exc})"
+    return None
+
+
+@pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
+@pytest.mark.parametrize("arch", [90, 80])
+def test_kn_weight_pointer_loads_are_16_byte_copies(arch: int) -> None:
+    from detllm_kernels import matmul
+
+    cfg = dict(bm=16, bn=64, bk=256, stages=3, warps=4)
+    nk = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, **cfg))
+    kn = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, True, **cfg))
+    assert nk and kn, "no global loads found: the PTX format changed, update tests/ptx_codegen.py"
+    scalar = {op: n for op, n in kn.items() if op.startswith("ld.global") and op.endswith(("b16", "u16", "b8"))}
+    assert not scalar, f"sm_{arch}: a (K, N) weight compiles to scalar loads {scalar} (NK: {dict(nk)})"
+    assert sum(n for op, n in kn.items() if op.startswith("cp.async")) >= sum(
+        n for op, n in nk.items() if op.startswith("cp.async")), f"sm_{arch}: KN {dict(kn)} vs NK {dict(nk)}"
