@@ -279,13 +279,13 @@ def _matmul_kernel(
         bat, pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # Clamp (not mask) M/N so loads stay vectorised; clamped rows are never stored. The hint
-        # keeps the columns' contiguity, which the clamp hides from the compiler: without it a
-        # (K, N) weight's pointer loads (x @ W, Conv1D; every load on pre-Hopper cards) compiled
-        # to 2-byte ld.global instead of 16-byte cp.async (benchmarks/ptx_loads.py). A clamped
-        # group of columns then reads columns 0.. of the same rows, in bounds and never stored,
-        # and each column's K chain is untouched, so no stored bit changes.
-        am = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
+        # Clamp (not mask) M/N so loads stay vectorised; clamped rows are never stored. The hints
+        # keep the indices' contiguity, which the clamp hides from the compiler: without them a
+        # (K, N) weight's pointer loads (x @ W, Conv1D; every load on pre-Hopper cards) and a
+        # transposed A's compiled to 2-byte ld.global instead of 16-byte cp.async
+        # (benchmarks/ptx_loads.py). A clamped group then reads rows / columns 0.. (in bounds,
+        # never stored), and each output element's K chain is untouched: no stored bit changes.
+        am = tl.max_contiguous(tl.multiple_of(tl.where(offs_m < M, offs_m, 0), BLOCK_M), BLOCK_M).to(tl.int64)
         bn = tl.max_contiguous(tl.multiple_of(tl.where(offs_n < N, offs_n, 0), BLOCK_N), BLOCK_N).to(tl.int64)
         a_base = a_ptr + bat.to(tl.int64) * s_ab + am[:, None] * s_am
         b_base = b_ptr + bat.to(tl.int64) * s_bb + bn[None, :] * s_bn

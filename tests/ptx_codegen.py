@@ -10,10 +10,12 @@ from typing import Any
 LOAD_OPS = re.compile(r"\b(ld\.global[\w.]*|cp\.async\.c[ag]\.shared\.global[\w.]*)")
 
 
-def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int) -> str:
+def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int,
+                     a_t: bool = False) -> str:
     """PTX of `_matmul_kernel` (bf16, pointer loads, one chain, no bias) for sm_<arch>, with the
     specialisations Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16,
-    unit strides folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one)."""
+    unit strides folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for
+    a transposed A, `a_t`, else K)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -38,7 +40,7 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
         elif name in ("N", "K"):
             sig[name], attrs[(i,)] = "i32", div16
         elif name.startswith("s_"):
-            if name in ("s_ak", "s_cn", "s_xn") or name == ("s_bn" if kn else "s_bk"):
+            if name in ("s_cn", "s_xn") or name == ("s_bn" if kn else "s_bk") or name == ("s_am" if a_t else "s_ak"):
                 sig[name], const[name] = "constexpr", 1
             else:
                 sig[name], attrs[(i,)] = "i32", div16

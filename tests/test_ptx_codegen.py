@@ -33,3 +33,15 @@ def test_kn_weight_pointer_loads_are_16_byte_copies(arch: int) -> None:
     assert not scalar, f"sm_{arch}: a (K, N) weight compiles to scalar loads {scalar} (NK: {dict(nk)})"
     assert sum(n for op, n in kn.items() if op.startswith("cp.async")) >= sum(
         n for op, n in nk.items() if op.startswith("cp.async")), f"sm_{arch}: KN {dict(kn)} vs NK {dict(nk)}"
+
+
+@pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
+@pytest.mark.parametrize("arch", [90, 80])
+def test_transposed_a_pointer_loads_are_16_byte_copies(arch: int) -> None:
+    """A = x.t() (rows contiguous along M) takes the pointer path (TMA needs K contiguous); its
+    M index is clamped like N's, so it needs the same hint."""
+    from detllm_kernels import matmul
+
+    at = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4, a_t=True))
+    scalar = {op: n for op, n in at.items() if op.startswith("ld.global") and op.endswith(("b16", "u16", "b8"))}
+    assert at and not scalar, f"sm_{arch}: a transposed A compiles to {dict(at)}"
