@@ -385,11 +385,20 @@ def test_llamacpp_four_slots_fuzz_runs_and_reports(pytester: pytest.Pytester, ll
 
 def check_several_slots_report(result: pytest.RunResult, report: dict[str, Any]) -> None:
     """Against a server with several slots either outcome is valid; the fuzz must have run its
-    trials and reported what it found, consistently in the outcome, the output and the JSON report."""
+    trials and reported what it found, consistently in the outcome, the output and the JSON report.
+    A call runs all 4 trials unless one diverges: the fuzz stops a call at its first divergence
+    (runtime.fuzz), so a divergent call may report 1-4 trials. Which happens depends on the
+    server's CPU: vLLM's batched CPU kernels moved logits by ~1e-5 in the first trial on an
+    AVX-512 machine and in none on an AVX2 one."""
     check_schema(report, SCHEMA_DOC, SCHEMA_DOC)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2 and report["calls"] == 2
-    assert report["trials"] == 8
+    per_call = [(int(done), int(total), int(div)) for done, total, div in
+                re.findall(r"fuzz (\d+)/(\d+) trials, (\d+) divergences?", result.stdout.str())]
+    assert len(per_call) == 2 and all(total == 4 for _, total, _ in per_call), per_call
+    for done, total, div in per_call:
+        assert (done, div) == (total, 0) or (div == 1 and 1 <= done <= total), per_call
+    assert report["trials"] == sum(done for done, _, _ in per_call)
     assert outcomes.get("failed", 0) == report["divergences"] == len(report["records"])
     for rec in report["records"]:
         assert rec["check"] == "batch" and rec["layout"]["batch_size"] >= 2 and "rerun" in rec
