@@ -4,6 +4,7 @@
     python benchmarks/bench_matmul.py --sweep    # also time alternative tile configs (BLOCK_K fixed)
     python benchmarks/bench_matmul.py --models --split   # the split-K bits (DETLLM_SPLIT_K=1)
     python benchmarks/bench_matmul.py --models --rowsplit --only gpt2   # two-launch row splits at M >= 1024
+    python benchmarks/bench_matmul.py --models --ptr --only gpt2 "x @ W" --ms 1 16 64   # (K, N) weights by pointer loads
 
 Both sides compute x @ W.t() with W an (N, K) nn.Linear weight, like F.linear. Timing is
 triton.testing.do_bench (median; it flushes L2 before every call) over rotating input buffers.
@@ -33,11 +34,12 @@ from detllm_kernels._rows import cdiv  # noqa: E402
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
 # --models: (K, N, weight layout, model). "NK": an nn.Linear weight (F.linear passes W.t());
 # "KN": a (K, N) weight used as x @ W, as GPT-2's Conv1D does through addmm(bias, x, W).
+# "T-": A arrives transposed (a (K, M) tensor's .t(), contiguous along M: TMA cannot read it).
 MODEL_SHAPES = [(4096, 4096, "NK", "llama-8b q/o"), (4096, 1024, "NK", "llama-8b k/v"),
                 (4096, 14336, "NK", "llama-8b gate/up"), (14336, 4096, "NK", "llama-8b down"),
                 (4096, 12288, "NK", "qwen3-8b gate/up"), (12288, 4096, "NK", "qwen3-8b down"),
                 (768, 2304, "KN", "gpt2 c_attn"), (3072, 768, "KN", "gpt2 mlp c_proj"),
-                (4096, 4096, "KN", "x @ W 4096")]
+                (4096, 4096, "KN", "x @ W 4096"), (4096, 4096, "T-NK", "x.t() @ W.t() 4096")]
 MS = [1, 16, 64, 256, 1024, 4096, 8192]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -160,10 +162,14 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="PREFIX", help="with --models: shapes whose label starts so")
     ap.add_argument("--split", action="store_true", help="time the split-K bits (DETLLM_SPLIT_K=1) against cuBLAS")
     ap.add_argument("--chunk", type=int, default=SPLIT_K_CHUNK, help="with --split: the K chunk (bits differ per chunk)")
+    ap.add_argument("--ptr", action="store_true",
+                    help="force pointer loads (use_tma=False): e.g. (K, N) weights at decode, TMA's per-call descriptors left out")
     ap.add_argument("--rowsplit", action="store_true",
                     help="at M >= 1024 also time row-split plans (row_split_plans) and check their bits")
     args = ap.parse_args()
-    sk = dict(split_k=True, split_chunk=args.chunk) if args.split else {}
+    sk: dict = dict(split_k=True, split_chunk=args.chunk) if args.split else {}
+    if args.ptr:
+        sk["use_tma"] = False
     dtype = DTYPES[args.dtype]
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}"
@@ -183,12 +189,13 @@ def main() -> None:
     for k, n, layout, label in shapes:
         # enough weight copies that consecutive calls never share a weight (>= 256 MB in all)
         nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
-        if layout == "NK":
+        if layout.endswith("NK"):
             ws = [torch.randn(n, k, device="cuda", dtype=dtype).t() for _ in range(nbuf)]
         else:
             ws = [torch.randn(k, n, device="cuda", dtype=dtype) for _ in range(nbuf)]
         for m in args.ms:
-            xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
+            xs = [torch.randn(k, m, device="cuda", dtype=dtype).t() if layout.startswith("T-")
+                  else torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
             flops = 2.0 * m * n * k
             t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             kn = layout == "KN"
@@ -205,7 +212,7 @@ def main() -> None:
                   f"{g_ref / g_inv:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
                   f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
                   f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
-                  f"{'tma' if cfg.tma else 'ptr'}"
+                  f"{'tma' if cfg.tma and not args.ptr else 'ptr'}"
                   + (f" split {-(-k // split)}x{split} {'cta' if cfg.split_cta else 'grid'}" if split else ""),
                   flush=True)
             if args.rowsplit and m >= 1024 and not split:
