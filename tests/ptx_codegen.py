@@ -49,7 +49,7 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
     for k, v in meta.items():
         sig[k], const[k] = "constexpr", v
     kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=warps, num_stages=stages))
+                            options=dict(num_warps=warps, num_stages=stages, enable_fp_fusion=True))
     return kernel.asm["ptx"]
 
 
