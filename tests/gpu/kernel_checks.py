@@ -153,6 +153,36 @@ def check_mm_configs(device: str, dtype: torch.dtype, k: int, n: int, m: int, se
     return [name for name, _ in variants]
 
 
+def check_clamped_tails(device: str, dtype: torch.dtype, k: int, n: int, row: int, ms: Sequence[int],
+                        seed: int = 8) -> None:
+    """Pointer loads of a last tile whose columns (rows) run past N (M), through slices of wider,
+    16-byte-aligned tensors (B's rows `row` elements apart, A^T's padded to a multiple of 16): where the clamped
+    index's contiguity hint lets the compiler vectorise, a clamped group reads columns (rows) 0..
+    of the same rows, which must never reach a stored element. (K, N) weight and transposed A,
+    every table config with pointer loads: against fp64, against a contiguous copy bitwise, and
+    row by row against the rows alone."""
+    from detllm_kernels.matmul import candidate_configs
+
+    km = load_kernels()
+    g = _gen(device, seed)
+    b = _randn((k, row), dtype, device, g)[:, :n]  # (K, N) view, N-contiguous, rows `row` apart
+    m = max(ms)
+    a = _randn((m, k), dtype, device, g)
+    a_t = _randn((k, (m + 16) // 16 * 16), dtype, device, g)[:, :m].t()  # (m, K), M-contiguous, padded columns
+    ref, ref_t = a.double() @ b.double(), a_t.double() @ b.double()
+    base = km.mm(a, b.contiguous(), use_tma=False)
+    for cfg in candidate_configs(dtype):
+        out = km.mm(a, b, config=cfg, use_tma=False)
+        assert_close(out, ref, dtype, f"mm {dtype} (K, N) slice {cfg}")
+        assert torch.equal(out, base), f"mm {dtype}: (K, N) slice with rows {row} apart changed bits, {cfg}"
+        out_t = km.mm(a_t, b, config=cfg, use_tma=False)
+        assert_close(out_t, ref_t, dtype, f"mm {dtype} transposed A {cfg}")
+        assert torch.equal(out_t, km.mm(a_t.contiguous(), b, use_tma=False)), \
+            f"mm {dtype}: transposed A (M-contiguous) changed bits, {cfg}"
+    check_rows(lambda x: km.mm(x, b, use_tma=False), a, ms, f"mm {dtype} K={k} N={n} (K, N) slice")
+    check_rows(lambda x: km.mm(x, b, use_tma=False), a_t, ms, f"mm {dtype} K={k} N={n} transposed A")
+
+
 def check_program_counts(device: str, dtype: torch.dtype, k: int, n: int, m: int, counts: Sequence[int],
                          seed: int = 6) -> None:
     """A persistent launch gives the same bits with any number of programs: goldens recorded on a

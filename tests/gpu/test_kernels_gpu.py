@@ -49,6 +49,13 @@ def test_mm_every_config_same_bits(dtype: torch.dtype, m: int) -> None:
     kc.check_mm_configs(DEV, dtype, 4096, 1536, m)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mm_clamped_tails_pointer_loads(dtype: torch.dtype) -> None:
+    """N = 1000 and M = 100 end mid-tile for every table config; B's rows 1024 elements apart (A^T's
+    112) keep the slices 16-byte aligned, so the contiguity hints on the clamped indices vectorise."""
+    kc.check_clamped_tails(DEV, dtype, 1000, 1000, 1024, (1, 7, 33, 100))
+
+
 # Split-K: Llama's k/v (N = 1024), GPT-2's mlp c_proj (N = 768), and a K that ends mid-chunk and
 # mid-step. M = 3000 folds in one program per tile (past SPLIT_K_WORKSPACE), the others per chunk.
 SPLIT_CASES = [(BF16, 4096, 1024), (BF16, 3072, 768), (F16, 2500, 1000), (F32, 2500, 1000)]
