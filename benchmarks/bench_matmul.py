@@ -135,7 +135,7 @@ def probe(dtype: torch.dtype, ms: list[int]) -> None:
             ref_fn = lambda i: torch.mm(xs[i], ws[i].t())  # noqa: E731
             t_ref, g_ref, h_ref = bench(ref_fn, nbuf), graph_ms(ref_fn, nbuf), host_us(ref_fn, nbuf)
             print(f"{k} {n} M={m}: cuBLAS {t_ref * 1e3:7.1f} {g_ref * 1e3:7.1f} {h_ref:6.1f}")
-            for c, tma in [(matmul_config(m, n, dtype), None)] + probe_configs(m):
+            for c, tma in [(matmul_config(m, n, dtype, False, k), None)] + probe_configs(m):
                 f = lambda i: km.mm(xs[i], ws[i].t(), config=c, use_tma=tma)  # noqa: E731
                 t, g, h = bench(f, nbuf), graph_ms(f, nbuf), host_us(f, nbuf)
                 print(f"   {c.block_m}x{c.block_n}x{c.block_k or 64} s{c.num_stages} w{c.num_warps} "
@@ -200,7 +200,7 @@ def main() -> None:
             t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             kn = layout == "KN"
             split = split_k_chunk(n, k, args.chunk) if args.split else 0
-            cfg = split_config(m, n, dtype, kn, cdiv(k, split)) if split else matmul_config(m, n, dtype, kn)
+            cfg = split_config(m, n, dtype, kn, cdiv(k, split)) if split else matmul_config(m, n, dtype, kn, k)
             t_inv = bench(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
             tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
             g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)

@@ -94,7 +94,7 @@ def main() -> int:
             t_cu = graph_us(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             t_def = graph_us(lambda i: km.mm(xs[i], ws[i]), nbuf)
             line = {"shape": label, "K": k, "N": n, "layout": layout, "M": m, "cublas_us": t_cu, "default_us": t_def,
-                    "default": repr(kmm.matmul_config(m, n, dt, layout == "KN")), "cands": []}
+                    "default": repr(kmm.matmul_config(m, n, dt, layout == "KN", k)), "cands": []}
             for c in (deep_candidates(m) if args.deep else cands):
                 try:
                     t = graph_us(lambda i: km.mm(xs[i], ws[i], config=c), nbuf)

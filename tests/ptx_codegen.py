@@ -55,3 +55,8 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
 
 def load_ops(ptx: str) -> Counter:
     return Counter(LOAD_OPS.findall(ptx))
+
+
+def scalar_loads(ops: Counter) -> dict[str, int]:
+    """The 1- and 2-byte global loads among `ops` (a load_ops count): what a lost contiguity leaves."""
+    return {op: n for op, n in ops.items() if op.startswith("ld.global") and op.endswith(("b16", "u16", "b8"))}

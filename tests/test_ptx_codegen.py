@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("triton")
-from .ptx_codegen import load_ops, pointer_path_ptx  # noqa: E402
+from .ptx_codegen import load_ops, pointer_path_ptx, scalar_loads  # noqa: E402
 
 
 def _compiler_available() -> str | None:
@@ -29,7 +29,7 @@ def test_kn_weight_pointer_loads_are_16_byte_copies(arch: int) -> None:
     nk = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, **cfg))
     kn = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, True, **cfg))
     assert nk and kn, "no global loads found: the PTX format changed, update tests/ptx_codegen.py"
-    scalar = {op: n for op, n in kn.items() if op.startswith("ld.global") and op.endswith(("b16", "u16", "b8"))}
+    scalar = scalar_loads(kn)
     assert not scalar, f"sm_{arch}: a (K, N) weight compiles to scalar loads {scalar} (NK: {dict(nk)})"
     assert sum(n for op, n in kn.items() if op.startswith("cp.async")) >= sum(
         n for op, n in nk.items() if op.startswith("cp.async")), f"sm_{arch}: KN {dict(kn)} vs NK {dict(nk)}"
@@ -43,5 +43,5 @@ def test_transposed_a_pointer_loads_are_16_byte_copies(arch: int) -> None:
     from detllm_kernels import matmul
 
     at = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4, a_t=True))
-    scalar = {op: n for op, n in at.items() if op.startswith("ld.global") and op.endswith(("b16", "u16", "b8"))}
+    scalar = scalar_loads(at)
     assert at and not scalar, f"sm_{arch}: a transposed A compiles to {dict(at)}"
