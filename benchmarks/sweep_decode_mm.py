@@ -34,7 +34,8 @@ SHAPES = [(4096, 4096, "NK", "8b q/o"), (4096, 1024, "NK", "8b k/v"), (4096, 143
           # the engine's fused products (engine/fuse.py): q/k/v and gate/up as one weight
           (4096, 6144, "NK", "8b qkv fused"), (4096, 28672, "NK", "8b gate_up fused"),
           (576, 960, "NK", "smollm2 qkv fused"), (576, 3072, "NK", "smollm2 gate_up fused"),
-          (768, 2304, "KN", "gpt2 c_attn"), (768, 3072, "KN", "gpt2 c_fc"), (3072, 768, "KN", "gpt2 c_proj")]
+          (768, 2304, "KN", "gpt2 c_attn"), (768, 3072, "KN", "gpt2 c_fc"), (3072, 768, "KN", "gpt2 c_proj"),
+          (4096, 4096, "KN", "x@W 4096")]
 
 
 def deep_candidates(m: int) -> list[MatmulConfig]:
@@ -106,9 +107,13 @@ def main() -> int:
             ok = [c for c in line["cands"] if "us" in c]
             top = min(ok, key=lambda c: c["us"])
             bad = [c["cfg"] for c in ok if not c["same_bits"]]
+            # the fastest pointer-load candidate too: a (K, N) weight's TMA descriptors cost host time
+            ptr = [c for c in ok if "tma=False" in c["cfg"]]
+            top_ptr = min(ptr, key=lambda c: c["us"]) if ptr else top
             print(f"{label:<16} {layout} K={k:>5} N={n:>6} M={m:>2}: cuBLAS {t_cu:7.1f} us ({gb / t_cu * 1e3:4.2f} TB/s)"
                   f" | default {t_def:7.1f} ({gb / t_def * 1e3:4.2f}) | best {top['us']:7.1f} "
-                  f"({gb / top['us'] * 1e3:4.2f}) {top['cfg']} | bits differ: {len(bad)}", flush=True)
+                  f"({gb / top['us'] * 1e3:4.2f}) {top['cfg']} | bits differ: {len(bad)}"
+                  f" | best ptr {top_ptr['us']:7.1f} {top_ptr['cfg']}", flush=True)
             for b in bad:
                 print(f"    BITS DIFFER: {b}")
             rows.append(line)

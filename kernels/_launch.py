@@ -129,8 +129,16 @@ def _direct(run: Any) -> "Callable[..., Any] | None":
     return direct
 
 
+def pinned(meta: dict[str, Any]) -> dict[str, Any]:
+    """meta with the FP-contraction choice made explicit. Our GPU bits depend on it (fused
+    multiply-adds in the matmul epilogue and in attention; RoPE and HF RMSNorm pass False): left to
+    Triton, a default flip (Triton 3.9 announces one for 3.10) or TRITON_DEFAULT_FP_FUSION would
+    move every bit under an unchanged golden key. True is Triton 3.6's default: no bit moves here."""
+    return meta if "enable_fp_fusion" in meta else {**meta, "enable_fp_fusion": True}
+
+
 class Launcher:
-    """`Launcher(jit_fn)(grid, *args, **meta)` == `jit_fn[grid](*args, **meta)`, but cheaper."""
+    """`Launcher(jit_fn)(grid, *args, **meta)` == `jit_fn[grid](*args, **pinned(meta))`, but cheaper."""
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
@@ -141,7 +149,7 @@ class Launcher:
 
     def __call__(self, grid: Sequence[int], *args: Any, **meta: Any) -> None:
         if not self.enabled:
-            self.fn[tuple(grid)](*args, **meta)
+            self.fn[tuple(grid)](*args, **pinned(meta))
             return
         dev = args[0].get_device() if isinstance(args[0], torch.Tensor) else 0
         key = (dev, tuple(_spec(a) for a in args), tuple(sorted((k, v) for k, v in meta.items())))
@@ -174,7 +182,7 @@ class Launcher:
         except (TypeError, AttributeError, ValueError):  # API drift in another Triton version: fall back for good
             self.enabled = False
             self.plans.clear()
-            self.fn[tuple(grid)](*args, **(meta() if callable(meta) else meta))
+            self.fn[tuple(grid)](*args, **pinned(meta() if callable(meta) else meta))
         # Anything else (a CUDA error, e.g. an invalidated graph capture) is the caller's to see:
         # the slow path would fail the same way, and the fast path stays on.
 
@@ -186,8 +194,7 @@ class Launcher:
             with torch.cuda.device(dev):
                 self._miss(key, grid, args, meta)
             return
-        if callable(meta):
-            meta = meta()
+        meta = pinned(meta() if callable(meta) else meta)
         # normal path: compiles if needed, launches, and returns the CompiledKernel it ran
         kernel = self.fn[tuple(grid)](*args, **meta)
         if self.enabled and kernel is not None and hasattr(kernel, "run"):

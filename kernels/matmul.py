@@ -92,7 +92,13 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
             if m <= 32:
                 return MatmulConfig(16, 16, 8, 4, 4, persistent=False, block_k=512, tma=True)
             return MatmulConfig(64, 16, 8, 4, 4, persistent=False, block_k=256, tma=True)
-        return MatmulConfig(16, 64, 8, 4, 3, persistent=False, block_k=256, tma=True)
+        # Wider (GPT-2 c_attn / c_fc, a 4096 x 4096 x @ W): 32 columns, four stages; past 16 rows one
+        # 64-row tile reads the weight once, where 16-row tiles read it four times and ran at
+        # 0.39-0.70 of cuBLAS at M = 64. `sweep_decode_mm.py --deep`, H200, fourteenth session,
+        # against the 16x64 s3 tile before: M = 1/16 0.86-0.96 -> 0.89-1.14, M = 64 0.74-0.83 -> 0.98-1.11.
+        if m <= 16:
+            return MatmulConfig(16, 32, 8, 4, 4, persistent=False, block_k=256, tma=True)
+        return MatmulConfig(64, 32, 8, 4, 4, persistent=False, block_k=256, tma=True)
     if 16 < m <= 32 and n > 32768:
         # A 32-row decode bucket's lm_head: wide tiles stream the vocabulary's weight at 0.74-0.88
         # of cuBLAS where the M <= 16 entry below gives 0.39-0.74 (sweep at M = 32, H200).
@@ -193,7 +199,7 @@ def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 128256), (64, 1024), (64, 4096), (128, 4096),
               (1024, 1024), (4096, 4096)]
     configs = ({matmul_config(m, n, dtype) for m, n in shapes}
-               | {matmul_config(m, n, dtype, True) for m, n in [(1, 2304), (1, 768), (64, 768)]})
+               | {matmul_config(m, n, dtype, True) for m, n in [(1, 2304), (64, 2304), (1, 768), (64, 768)]})
     return sorted(configs, key=repr)
 
 
@@ -325,20 +331,37 @@ def _matmul_kernel(
                           alpha, beta, HAS_X, SCALE)
 
 
-def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
-    """None if TMA cannot read these 2-D operands, else whether b is read as an (N, K) matrix."""
+def _tma_layout(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int],
+                sb: tuple[int, int, int]) -> bool | None:
+    """None if TMA cannot read these 2-D operands (strides as _launch normalised them), else
+    whether b is read as an (N, K) matrix."""
     if _interpreting() or not a.is_cuda or a.dtype not in (torch.bfloat16, torch.float16):
         return None
     if not _has_tma(a.device.index or 0):
         return None
     es = a.element_size()
-    if a.stride(1) != 1 or (a.stride(0) * es) % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
+    if sa[2] != 1 or (sa[1] * es) % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
         return None
-    if b.stride(1) == 1 and (b.stride(0) * es) % 16 == 0:
+    if sb[2] == 1 and (sb[1] * es) % 16 == 0:
         return False
-    if b.stride(0) == 1 and (b.stride(1) * es) % 16 == 0:
+    if sb[1] == 1 and (sb[2] * es) % 16 == 0:
         return True  # weight arriving as W.t() through linear: read W rows directly
     return None
+
+
+def _unit_strides(m: int, n: int, k: int, sa: tuple[int, int, int],
+                  sb: tuple[int, int, int]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A size-1 dimension's stride is never used to address anything, and torch leaves it
+    arbitrary: x.t() of a (K, 1) column is a (1, K) row with strides (1, 1). Left as is, such a row
+    looks M-contiguous and takes the transposed-A pointer path (0.59 of cuBLAS at M = 1 on an
+    H200), and a K-contiguous (K, 1) B looks like neither weight layout. Give the one row (column)
+    the stride a contiguous K-major tensor would have; the loads then match the ordinary layout's.
+    Each element's K chain is the config's either way, so no stored bit depends on it."""
+    if m == 1 and sa[2] == 1 and sa[1] != k:
+        sa = (sa[0], k, 1)
+    if n == 1 and sb[1] == 1 and sb[2] != k:
+        sb = (sb[0], 1, k)
+    return sa, sb
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor | None,
@@ -352,6 +375,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         return
     has_x = x is not None and beta != 0
     xt = x if x is not None else out
+    if m == 1 or n == 1:
+        sa, sb = _unit_strides(m, n, k, sa, sb)
     # Everything Triton specialises on is a function of this key (exact shapes and strides,
     # dtypes, pointer alignment, operand ranks; the constexprs derive from them), so a cached
     # launch is the one Triton would pick. The derivation (tile config, TMA layout, grid,
@@ -362,7 +387,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     plan = _PLANS.get(key)
     desc = _descriptor
     if plan is None:
-        plan = _plan(a, b, batch, m, n, k, has_x, alpha, config, use_tma, programs, split)
+        plan = _plan(a, b, sa, sb, batch, m, n, k, has_x, alpha, config, use_tma, programs, split)
         if len(_PLANS) >= 8192:
             _PLANS.clear()
         _PLANS[key] = plan
@@ -382,14 +407,14 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
 
 
-def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, has_x: bool,
-          alpha: float, config: MatmulConfig | None, use_tma: bool | None,
-          programs: int | None, split: int) -> tuple:
+def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[int, int, int],
+          batch: int, m: int, n: int, k: int, has_x: bool, alpha: float, config: MatmulConfig | None,
+          use_tma: bool | None, programs: int | None, split: int) -> tuple:
     """(grid, constexprs, TMA layout, BLOCK_M, BLOCK_N, BLOCK_K, split-K workspace floats, tiles)
     for one product's key."""
     if a.dtype not in BLOCK_K:
         raise NotImplementedError(f"detllm matmul: dtype {a.dtype} not supported")
-    kn = b.stride(-1) == 1 and b.stride(-2) != 1 and batch == 1  # row-major (K, N): x @ W
+    kn = sb[2] == 1 and sb[1] != 1 and batch == 1  # row-major (K, N): x @ W
     if split:
         cfg = config or split_config(m, n, a.dtype, kn, cdiv(k, split))
         if split % (cfg.block_k or BLOCK_K[a.dtype]):
@@ -398,7 +423,7 @@ def _plan(a: torch.Tensor, b: torch.Tensor, batch: int, m: int, n: int, k: int, 
         cfg = config or matmul_config(m, n, a.dtype, kn, k)
     bk = cfg.block_k or BLOCK_K[a.dtype]
     want = cfg.tma if use_tma is None else use_tma
-    tma = _tma_layout(a, b) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
+    tma = _tma_layout(a, b, sa, sb) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
     if use_tma and tma is None:
         raise ValueError("TMA path requested but operands do not allow it")
     tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)

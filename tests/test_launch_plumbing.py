@@ -81,7 +81,8 @@ def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...]
     for m in ms:
         a = torch.empty((m, k), dtype=torch.bfloat16)
         b = torch.empty((n, k), dtype=torch.bfloat16).t()
-        grid, meta, tma, *_ = matmul._plan(a, b, 1, m, n, k, False, 1.0, None, False, 4, split)  # 4 SMs
+        grid, meta, tma, *_ = matmul._plan(a, b, (0, *a.stride()), (0, *b.stride()), 1, m, n, k, False, 1.0,
+                                           None, False, 4, split)  # 4 SMs
         cfg = (matmul.split_config(m, n, torch.bfloat16, False, chunks) if split
                else matmul.matmul_config(m, n, torch.bfloat16))
         if cfg.split_cta:  # split-K past 256 rows: one persistent program folds a tile's chunks
@@ -94,16 +95,53 @@ def test_one_compiled_matmul_for_every_m_of_a_config(n: int, ms: tuple[int, ...]
     assert len(metas) == 1, metas
 
 
+def test_unit_dims_take_the_contiguous_strides() -> None:
+    """A size-1 dimension's stride is arbitrary in torch (x.t() of a (K, 1) column: (1, K) with
+    strides (1, 1)); _launch gives it a contiguous tensor's, so the plan key, the TMA check and
+    Triton's stride specialisation see the ordinary layout (an M-contiguous A compiled the
+    transposed-A loads: 0.59 of cuBLAS at M = 1 on an H200)."""
+    from detllm_kernels import matmul
+
+    k, n = 4096, 1024
+    col = torch.empty((k, 1), dtype=torch.bfloat16)
+    assert col.t().stride() == (1, 1)
+    w = (0, 1, k)  # an nn.Linear weight read as W.t()
+    assert matmul._unit_strides(1, n, k, (0, *col.t().stride()), w) == ((0, k, 1), w)
+    assert matmul._unit_strides(1, n, k, (0, 7, 1), w) == ((0, k, 1), w)  # a row sliced out of a wider one
+    # one column B, K-contiguous: read as a one-row (N, K) weight
+    assert matmul._unit_strides(16, 1, k, (0, k, 1), (0, *col.stride())) == ((0, k, 1), (0, 1, k))
+    # a stride along K that is not 1, and sizes above 1, stay as they are
+    assert matmul._unit_strides(1, n, k, (0, 1, 2), w) == ((0, 1, 2), w)
+    assert matmul._unit_strides(2, 2, k, (0, 1, 2), (0, 1, 2)) == ((0, 1, 2), (0, 1, 2))
+
+
 class _FakeJit:
     arg_names = ["x"]
 
     def __init__(self) -> None:
         self.slow_calls = 0
+        self.metas: list[dict[str, Any]] = []
 
     def __getitem__(self, grid: Any) -> Any:
         def run(*args: Any, **meta: Any) -> None:
             self.slow_calls += 1
+            self.metas.append(meta)
         return run
+
+
+def test_every_launch_states_its_fp_fusion() -> None:
+    """Triton compiles each kernel with FP contraction stated by us, not by its default (which
+    Triton 3.10 flips, and TRITON_DEFAULT_FP_FUSION overrides): on (Triton 3.6's default, so no
+    recorded bit moves) unless the kernel's launch says otherwise, as RoPE's and HF RMSNorm's do.
+    Through the slow path, the miss path and the fallback after API drift alike."""
+    fn = _FakeJit()
+    lau = _launch.Launcher(fn)
+    lau.enabled = False
+    lau((1,), 0, BLOCK=4)
+    lau((1,), 0, BLOCK=4, enable_fp_fusion=False)
+    lau.launch("k", (1,), (0,), lambda: {"BLOCK": 4})
+    assert [m.get("enable_fp_fusion") for m in fn.metas] == [True, False, True]
+    assert fn.metas[0]["BLOCK"] == 4
 
 
 def _launcher_with_plan(monkeypatch: pytest.MonkeyPatch, error: Exception) -> tuple[Any, _FakeJit]:

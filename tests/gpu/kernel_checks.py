@@ -183,6 +183,39 @@ def check_clamped_tails(device: str, dtype: torch.dtype, k: int, n: int, row: in
     check_rows(lambda x: km.mm(x, b, use_tma=False), a_t, ms, f"mm {dtype} K={k} N={n} transposed A")
 
 
+def check_unit_dims(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int], seed: int = 9) -> None:
+    """A one-row A or one-column B whose size-1 dimension has an odd stride (x.t() of a (K, 1)
+    column is a (1, K) row with strides (1, 1)) gives the contiguous operand's bits, by default
+    loads and by pointer loads, and a one-row A is the same row of a many-row launch; each close to
+    fp64. Against (N, K) and (K, N) weights."""
+    km = load_kernels()
+    g = _gen(device, seed)
+    x = _randn((max(ms), k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)
+    for wname, b in (("(N, K) weight", w.t()), ("(K, N) weight", w.t().contiguous())):
+        for tma in (None, False):
+            batch = km.mm(x, b, use_tma=tma)
+            for r in (0, max(ms) - 1):
+                col = x[r].clone().reshape(k, 1)  # a contiguous column
+                row_t = col.t()  # (1, K), strides (1, 1)
+                assert row_t.stride() == (1, 1)
+                out = km.mm(row_t, b, use_tma=tma)
+                assert_close(out, row_t.double() @ b.double(), dtype, f"mm {dtype} (K, 1).t() @ {wname}")
+                assert torch.equal(out, km.mm(x[r:r + 1].contiguous(), b, use_tma=tma)), \
+                    f"mm {dtype}: (K, 1).t() row @ {wname} differs from the contiguous row (use_tma={tma})"
+                assert torch.equal(out[0], batch[r]), \
+                    f"mm {dtype}: (K, 1).t() row {r} @ {wname} differs from its row of a {max(ms)}-row launch"
+    v = w[0].clone().reshape(k, 1)  # (K, 1), strides (1, 1): one column (w[:1].t() has (1, K))
+    assert v.stride() == (1, 1)
+    for m in ms:
+        for tma in (None, False):
+            out = km.mm(x[:m], v, use_tma=tma)
+            assert_close(out, x[:m].double() @ v.double(), dtype, f"mm {dtype} one column")
+            assert torch.equal(out, km.mm(x[:m], w[:1].t(), use_tma=tma)), \
+                f"mm {dtype}: a contiguous (K, 1) B differs from the (1, K) weight's .t() at M={m}"
+    check_rows(lambda a: km.mm(a, w.t()), x, ms, f"mm {dtype} K={k} N={n} unit-dim rows")
+
+
 def check_program_counts(device: str, dtype: torch.dtype, k: int, n: int, m: int, counts: Sequence[int],
                          seed: int = 6) -> None:
     """A persistent launch gives the same bits with any number of programs: goldens recorded on a

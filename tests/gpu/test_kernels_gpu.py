@@ -56,6 +56,13 @@ def test_mm_clamped_tails_pointer_loads(dtype: torch.dtype) -> None:
     kc.check_clamped_tails(DEV, dtype, 1000, 1000, 1024, (1, 7, 33, 100))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mm_unit_dims_any_stride(dtype: torch.dtype) -> None:
+    """A (K, 1) column's .t() as A, and a (K, 1) column as B: the size-1 dimension's stride is
+    arbitrary, and must not change bits (_unit_strides; its speed: bench_matmul.py's T-NK row at M = 1)."""
+    kc.check_unit_dims(DEV, dtype, 4096, 1024, (1, 16, 64))
+
+
 # Split-K: Llama's k/v (N = 1024), GPT-2's mlp c_proj (N = 768), and a K that ends mid-chunk and
 # mid-step. M = 3000 folds in one program per tile (past SPLIT_K_WORKSPACE), the others per chunk.
 SPLIT_CASES = [(BF16, 4096, 1024), (BF16, 3072, 768), (F16, 2500, 1000), (F32, 2500, 1000)]

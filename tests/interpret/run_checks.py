@@ -50,6 +50,7 @@ CHECKS: dict[str, Callable[[], object]] = {
     "mm_configs_fp16": lambda: kc.check_mm_configs(DEV, F16, 64, 40, 33),
     "mm_configs_fp32": lambda: kc.check_mm_configs(DEV, F32, 40, 24, 7),
     "clamped_tails_bf16": lambda: kc.check_clamped_tails(DEV, BF16, 40, 20, 32, (1, 3, 17, 33)),
+    "unit_dims_bf16": lambda: kc.check_unit_dims(DEV, BF16, 40, 24, (1, 3, 17)),
     "programs_fp32": lambda: kc.check_program_counts(DEV, F32, 24, 130, 130, (4, 1, 3, 9, 20)),
     # split-K with small chunks: one multiple of every BLOCK_K the split configs use (fp32 32,
     # bf16 decode 256); K ends mid-chunk; M = 33 takes both folds (the explicit config)
