@@ -133,7 +133,8 @@ def test_every_launch_states_its_fp_fusion() -> None:
     """Triton compiles each kernel with FP contraction stated by us, not by its default (which
     Triton 3.10 flips, and TRITON_DEFAULT_FP_FUSION overrides): on (Triton 3.6's default, so no
     recorded bit moves) unless the kernel's launch says otherwise, as RoPE's and HF RMSNorm's do.
-    Through the slow path, the miss path and the fallback after API drift alike."""
+    Through the slow path and the miss path here; the fallback after API drift in
+    test_launcher_api_drift_falls_back_for_good."""
     fn = _FakeJit()
     lau = _launch.Launcher(fn)
     lau.enabled = False
@@ -162,6 +163,7 @@ def test_launcher_api_drift_falls_back_for_good(monkeypatch: pytest.MonkeyPatch)
     lau, fn = _launcher_with_plan(monkeypatch, TypeError("launch() takes 9 positional arguments"))
     lau.launch("k", (1,), (1,), {})
     assert not lau.enabled and not lau.plans and fn.slow_calls == 1
+    assert fn.metas == [{"enable_fp_fusion": True}], "the fallback states FP contraction too"
 
 
 def test_launcher_cuda_error_is_raised_and_fast_path_stays(monkeypatch: pytest.MonkeyPatch) -> None:
