@@ -5,6 +5,7 @@
     python benchmarks/bench_matmul.py --models --split   # the split-K bits (DETLLM_SPLIT_K=1)
     python benchmarks/bench_matmul.py --models --rowsplit --only gpt2   # two-launch row splits at M >= 1024
     python benchmarks/bench_matmul.py --models --ptr --only gpt2 "x @ W" --ms 1 16 64   # (K, N) weights by pointer loads
+    python benchmarks/bench_matmul.py --models --tma-store --only gpt2 --ms 1024 4096 8192   # C through TMA (probe)
 
 Both sides compute x @ W.t() with W an (N, K) nn.Linear weight, like F.linear. Timing is
 triton.testing.do_bench (median; it flushes L2 before every call) over rotating input buffers.
@@ -12,6 +13,7 @@ triton.testing.do_bench (median; it flushes L2 before every call) over rotating 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -164,6 +166,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=SPLIT_K_CHUNK, help="with --split: the K chunk (bits differ per chunk)")
     ap.add_argument("--ptr", action="store_true",
                     help="force pointer loads (use_tma=False): e.g. (K, N) weights at decode, TMA's per-call descriptors left out")
+    ap.add_argument("--tma-store", action="store_true",
+                    help="also time the table config with C stored through TMA (MatmulConfig.tma_store) and check its bits")
     ap.add_argument("--rowsplit", action="store_true",
                     help="at M >= 1024 also time row-split plans (row_split_plans) and check their bits")
     args = ap.parse_args()
@@ -227,6 +231,12 @@ def main() -> None:
                     print(f"    rowsplit {r} rows 128x256 + {small.block_m}x{small.block_n}x{small.block_k or 64} "
                           f"w{small.num_warps} s{small.num_stages}: ratio {t_ref / t:5.2f} graph {g_ref / g:5.2f} "
                           f"same_bits={same}", flush=True)
+            if args.tma_store and not split:
+                probe = dataclasses.replace(cfg, tma_store=True)
+                t, g = bench(lambda i: km.mm(xs[i], ws[i], config=probe), nbuf), \
+                    graph_ms(lambda i: km.mm(xs[i], ws[i], config=probe), nbuf)
+                same = torch.equal(km.mm(xs[0], ws[0], config=probe), km.mm(xs[0], ws[0]))
+                print(f"    tma_store: ratio {t_ref / t:5.2f} graph {g_ref / g:5.2f} same_bits={same}", flush=True)
             if args.sweep:
                 ref = km.mm(xs[0], ws[0], **sk)
                 for c in (split_sweep_configs(m) if split else sweep_configs(m)):

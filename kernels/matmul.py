@@ -46,6 +46,11 @@ class MatmulConfig:
     block_k: int | None = None  # None: BLOCK_K[dtype]
     tma: bool = True  # read A/B through TMA descriptors where the layout allows
     split_cta: bool = False  # split-K only: one program folds a tile's chunks (no workspace)
+    # Store C through a TMA descriptor (an asynchronous bulk copy) where A/B go through TMA and C's
+    # rows are 16-byte aligned; else plain stores. A probe for short-K prefill (GPT-2's K = 768),
+    # where the epilogue is a large part of a tile's time; no table entry uses it yet. Values and
+    # rounding are the epilogue's either way: same bits.
+    tma_store: bool = False
 
 
 def _interpreting() -> bool:
@@ -242,9 +247,10 @@ def _k_chain(acc, k0, k1, pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_
 
 
 @triton.jit
-def _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
-              alpha, beta, HAS_X: tl.constexpr, SCALE: tl.constexpr):
-    """Elementwise only, identical for every config."""
+def _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
+              s_xb, s_xm, s_xn, alpha, beta, HAS_X: tl.constexpr, SCALE: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TMA_STORE: tl.constexpr):
+    """Elementwise only, identical for every config; the store's path (TMA_STORE) moves no value."""
     if SCALE:
         acc = acc * alpha
     cmask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -254,20 +260,23 @@ def _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_
         x = tl.load(x_ptr + bat.to(tl.int64) * s_xb + om[:, None] * s_xm + on[None, :] * s_xn,
                     mask=cmask, other=0.0).to(tl.float32)
         acc = acc + beta * x
-    c_ptrs = c_ptr + bat.to(tl.int64) * s_cb + om[:, None] * s_cm + on[None, :] * s_cn
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+    if TMA_STORE:  # one 2-D C (bat is 0); the copy engine clips rows / columns past M / N
+        c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(c_ptr.dtype.element_ty))
+    else:
+        c_ptrs = c_ptr + bat.to(tl.int64) * s_cb + om[:, None] * s_cm + on[None, :] * s_cn
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit(do_not_specialize=["BATCH", "M"])
 def _matmul_kernel(
-    a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc, ws_ptr, cnt_ptr,
+    a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc, c_desc, ws_ptr, cnt_ptr,
     BATCH, M, N, K,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
     alpha, beta,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_PROGS: tl.constexpr, USE_TMA: tl.constexpr, B_NK: tl.constexpr,
     HAS_X: tl.constexpr, SCALE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr,
+    KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr, TMA_STORE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -299,8 +308,8 @@ def _matmul_kernel(
         if KSPLIT == 0:
             acc = _k_chain(acc, 0, k_tiles, pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
                            BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
-            _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
-                      alpha, beta, HAS_X, SCALE)
+            _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
+                      s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
         elif SPLIT_CTA:
             acc = _k_chain(acc, 0, tl.minimum(KC, k_tiles), pid_m, pid_n, a_desc, b_desc, a_base, b_base,
                            s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
@@ -309,8 +318,8 @@ def _matmul_kernel(
                                 pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
                                 BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
                 acc = acc + part
-            _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
-                      alpha, beta, HAS_X, SCALE)
+            _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
+                      s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
         else:
             acc = _k_chain(acc, chunk * KC, tl.minimum((chunk + 1) * KC, k_tiles), pid_m, pid_n, a_desc, b_desc,
                            a_base, b_base, s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
@@ -327,8 +336,8 @@ def _matmul_kernel(
                 acc = tl.load(tile_ws + tile_off, cache_modifier=".cg")
                 for c in range(1, n_chunks):
                     acc = acc + tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + tile_off, cache_modifier=".cg")
-                _epilogue(acc, c_ptr, x_ptr, bat, offs_m, offs_n, M, N, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
-                          alpha, beta, HAS_X, SCALE)
+                _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
+                          s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
 
 
 def _tma_layout(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int],
@@ -397,13 +406,15 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     # gets its own) and the per-tile arrival counters; the kernel never reads them otherwise.
     ws = torch.empty(ws_n, device=a.device, dtype=torch.float32) if ws_n else out
     cnt = arrival_counters(a, tiles) if ws_n else out
-    a_desc = b_desc = None
+    a_desc = b_desc = c_desc = None
     if tma is not None:
         # Descriptors hold base pointers, so they are built per call.
         a_desc = desc(a, [m, k], [sa[1], 1], [bm, bk])
         b_desc = desc(b, [n, k], [sb[2], 1], [bn, bk]) if tma else desc(b, [k, n], [sb[1], 1], [bk, bn])
+        if meta["TMA_STORE"]:
+            c_desc = desc(out, [m, n], [sc[1], 1], [bm, bn])
     _LAUNCH.launch(key, grid, (
-        a, b, out, xt, a_desc, b_desc, ws, cnt,
+        a, b, out, xt, a_desc, b_desc, c_desc, ws, cnt,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
 
 
@@ -442,11 +453,14 @@ def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[
         progs = programs or (4 if _INTERPRET else _num_sms(a.get_device() if a.is_cuda else 0))
         step = progs
     upcast = _INTERPRET and a.dtype == torch.bfloat16
+    # C through TMA: A/B are (so this is a 2-D product on a TMA card), C is one contiguous (m, n)
+    # matrix (mm / addmm allocate it) with 16-byte aligned rows.
+    tma_store = cfg.tma_store and tma is not None and (n * a.element_size()) % 16 == 0
     meta = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
-        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, num_warps=cfg.num_warps,
+        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0

@@ -16,6 +16,13 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
     specialisations Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16,
     unit strides folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for
     a transposed A, `a_t`, else K)."""
+    return matmul_ptx(fn, arch, kn, bm, bn, bk, stages, warps, a_t=a_t)
+
+
+def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int,
+               a_t: bool = False, tma: bool = False, tma_store: bool = False, persistent: int = 0) -> str:
+    """As pointer_path_ptx; tma: A and B through host TMA descriptors (sm_90), tma_store: C too;
+    persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -24,6 +31,7 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
     const: dict[str, object] = {}
     attrs: dict[tuple[int, ...], list] = {}
     div16 = [["tt.divisibility", 16]]
+    descs = {"a_desc": [bm, bk], "b_desc": [bk, bn] if kn else [bn, bk], "c_desc": [bm, bn]}
     for i, name in enumerate(fn.arg_names):
         if name in ("a_ptr", "b_ptr", "c_ptr", "x_ptr"):
             sig[name], attrs[(i,)] = "*bf16", div16
@@ -31,8 +39,11 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
             sig[name], attrs[(i,)] = "*fp32", div16
         elif name == "cnt_ptr":
             sig[name], attrs[(i,)] = "*i32", div16
-        elif name in ("a_desc", "b_desc"):
-            sig[name], const[name] = "constexpr", None
+        elif name in descs:
+            if tma and (name != "c_desc" or tma_store):
+                sig[name] = f"tensordesc<bf16{descs[name]}>".replace(" ", "")
+            else:
+                sig[name], const[name] = "constexpr", None
         elif name in ("alpha", "beta"):
             sig[name] = "fp32"
         elif name in ("BATCH", "M"):
@@ -44,13 +55,27 @@ def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, st
                 sig[name], const[name] = "constexpr", 1
             else:
                 sig[name], attrs[(i,)] = "i32", div16
-    meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGS=1 << 30, USE_TMA=False, B_NK=False,
-                HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
+    meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGS=persistent or 1 << 30, USE_TMA=tma,
+                B_NK=tma and not kn, HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
+    if "TMA_STORE" in fn.arg_names:
+        meta["TMA_STORE"] = tma_store
     for k, v in meta.items():
         sig[k], const[k] = "constexpr", v
     kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=warps, num_stages=stages, enable_fp_fusion=True))
     return kernel.asm["ptx"]
+
+
+def code_lines(ptx: str) -> list[str]:
+    """The PTX's code: no debug sections, line / file records or comments (they move with any edit
+    of the source file, or its path)."""
+    out = []
+    for ln in ptx.splitlines():
+        if re.match(r"\s*\.section\s+\.debug", ln):
+            break
+        if not re.match(r"\s*(\.loc|\.file|//)", ln):
+            out.append(ln)
+    return out
 
 
 def load_ops(ptx: str) -> Counter:

@@ -45,3 +45,21 @@ def test_transposed_a_pointer_loads_are_16_byte_copies(arch: int) -> None:
     at = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4, a_t=True))
     scalar = scalar_loads(at)
     assert at and not scalar, f"sm_{arch}: a transposed A compiles to {dict(at)}"
+
+
+@pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
+def test_tma_store_epilogue_compiles_to_a_bulk_copy() -> None:
+    """The TMA-store probe (MatmulConfig.tma_store) stores C with one bulk tensor copy per tile on
+    sm_90, and the default TMA path (the prefill tile) keeps plain stores: the probe's constexpr
+    leaves the shipped kernel's code as it was (checked by PTX diff when the probe went in)."""
+    from detllm_kernels import matmul
+
+    from .ptx_codegen import code_lines, matmul_ptx
+
+    cfg = dict(kn=False, bm=128, bn=256, bk=64, stages=4, warps=8, tma=True, persistent=132)
+    plain = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, **cfg)))
+    store = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, tma_store=True, **cfg)))
+    bulk_store = "cp.async.bulk.tensor.2d.global.shared"
+    assert "cp.async.bulk.tensor.2d.shared::cta.global" in plain, "A/B not read through TMA: the PTX format changed?"
+    assert bulk_store not in plain and "st.global" in plain
+    assert bulk_store in store, "tma_store=True did not compile to a TMA store"

@@ -216,6 +216,32 @@ def check_unit_dims(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequenc
     check_rows(lambda a: km.mm(a, w.t()), x, ms, f"mm {dtype} K={k} N={n} unit-dim rows")
 
 
+def check_tma_store(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int], seed: int = 10) -> None:
+    """The TMA-store probe (MatmulConfig.tma_store) gives the table config's bits, for mm and for
+    addmm with a bias, alpha and beta, both weight layouts, M and N ending mid-tile (the copy
+    engine clips the last tile's rows and columns to the descriptor's shape)."""
+    import dataclasses
+
+    from detllm_kernels.matmul import matmul_config
+
+    km = load_kernels()
+    g = _gen(device, seed)
+    x = _randn((max(ms), k), dtype, device, g)
+    w = _randn((n, k), dtype, device, g)
+    bias = _randn((n,), dtype, device, g)
+    for kn, b in ((False, w.t()), (True, w.t().contiguous())):
+        for m in ms:
+            cfg = matmul_config(m, n, dtype, kn, k)
+            probe = dataclasses.replace(cfg, tma_store=True)
+            ref = km.mm(x[:m], b, config=cfg)
+            out = km.mm(x[:m], b, config=probe)
+            assert torch.equal(out, ref), f"mm {dtype} M={m} N={n} kn={kn}: tma_store changed bits"
+            ref2 = km.addmm(bias, x[:m], b, beta=0.5, alpha=2.0, config=cfg)
+            out2 = km.addmm(bias, x[:m], b, beta=0.5, alpha=2.0, config=probe)
+            assert torch.equal(out2, ref2), f"addmm {dtype} M={m} N={n} kn={kn}: tma_store changed bits"
+            assert_close(out, x[:m].double() @ b.double(), dtype, f"mm {dtype} tma_store")
+
+
 def check_program_counts(device: str, dtype: torch.dtype, k: int, n: int, m: int, counts: Sequence[int],
                          seed: int = 6) -> None:
     """A persistent launch gives the same bits with any number of programs: goldens recorded on a

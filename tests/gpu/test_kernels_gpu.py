@@ -63,6 +63,13 @@ def test_mm_unit_dims_any_stride(dtype: torch.dtype) -> None:
     kc.check_unit_dims(DEV, dtype, 4096, 1024, (1, 16, 64))
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_mm_tma_store_same_bits(dtype: torch.dtype) -> None:
+    """The TMA-store epilogue probe: same bits as plain stores at decode, narrow and wide prefill
+    tiles; N = 2312 and M = 1000 / 4100 end mid-tile."""
+    kc.check_tma_store(DEV, dtype, 768, 2312, (1, 64, 1000, 4100))
+
+
 # Split-K: Llama's k/v (N = 1024), GPT-2's mlp c_proj (N = 768), and a K that ends mid-chunk and
 # mid-step. M = 3000 folds in one program per tile (past SPLIT_K_WORKSPACE), the others per chunk.
 SPLIT_CASES = [(BF16, 4096, 1024), (BF16, 3072, 768), (F16, 2500, 1000), (F32, 2500, 1000)]
