@@ -30,10 +30,10 @@ def main() -> int:
     for arch in args.arch:
         for kn in (False, True):
             for bm, bn, bk, st, w in ((16, 64, 256, 3, 4), (64, 128, 64, 4, 4)):
-                ops = ptx_codegen.load_ops(ptx_codegen.pointer_path_ptx(matmul._matmul_kernel, arch, kn, bm, bn, bk, st, w))
+                ops = ptx_codegen.load_ops(ptx_codegen.matmul_ptx(matmul._matmul_kernel, arch, kn, bm, bn, bk, st, w))
                 print(f"  sm_{arch} {'KN (x @ W)' if kn else 'NK (W.t())'} {bm}x{bn}x{bk} s{st}: "
                       + ", ".join(f"{op} x{n}" for op, n in ops.most_common()), flush=True)
-        ops = ptx_codegen.load_ops(ptx_codegen.pointer_path_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4,
+        ops = ptx_codegen.load_ops(ptx_codegen.matmul_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4,
                                                                 a_t=True))
         print(f"  sm_{arch} A transposed (x.t() @ W.t()) 64x64x64 s3: "
               + ", ".join(f"{op} x{n}" for op, n in ops.most_common()), flush=True)

@@ -1,6 +1,6 @@
-"""Compile the matmul kernel's pointer path for a GPU target without a GPU (Triton's bundled
-ptxas) and count the global-load opcodes in its PTX. Shared by tests/test_ptx_codegen.py and
-benchmarks/ptx_loads.py."""
+"""Compile the matmul kernel for a GPU target without a GPU (Triton's bundled ptxas), by pointer
+loads or through TMA, and count the global-load opcodes in its PTX. Shared by
+tests/test_ptx_codegen.py and benchmarks/ptx_loads.py."""
 from __future__ import annotations
 
 import re
@@ -10,19 +10,13 @@ from typing import Any
 LOAD_OPS = re.compile(r"\b(ld\.global[\w.]*|cp\.async\.c[ag]\.shared\.global[\w.]*)")
 
 
-def pointer_path_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int,
-                     a_t: bool = False) -> str:
-    """PTX of `_matmul_kernel` (bf16, pointer loads, one chain, no bias) for sm_<arch>, with the
-    specialisations Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16,
-    unit strides folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for
-    a transposed A, `a_t`, else K)."""
-    return matmul_ptx(fn, arch, kn, bm, bn, bk, stages, warps, a_t=a_t)
-
-
 def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int,
                a_t: bool = False, tma: bool = False, tma_store: bool = False, persistent: int = 0) -> str:
-    """As pointer_path_ptx; tma: A and B through host TMA descriptors (sm_90), tma_store: C too;
-    persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile."""
+    """PTX of `_matmul_kernel` (bf16, one chain, no bias) for sm_<arch>, with the specialisations
+    Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16, unit strides
+    folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for a transposed A,
+    `a_t`, else K). Pointer loads unless `tma` (A and B through host TMA descriptors, sm_90);
+    tma_store: C too. persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

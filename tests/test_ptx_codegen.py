@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("triton")
-from .ptx_codegen import load_ops, pointer_path_ptx, scalar_loads  # noqa: E402
+from .ptx_codegen import code_lines, load_ops, matmul_ptx, scalar_loads  # noqa: E402
 
 
 def _compiler_available() -> str | None:
@@ -26,8 +26,8 @@ def test_kn_weight_pointer_loads_are_16_byte_copies(arch: int) -> None:
     from detllm_kernels import matmul
 
     cfg = dict(bm=16, bn=64, bk=256, stages=3, warps=4)
-    nk = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, **cfg))
-    kn = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, True, **cfg))
+    nk = load_ops(matmul_ptx(matmul._matmul_kernel, arch, False, **cfg))
+    kn = load_ops(matmul_ptx(matmul._matmul_kernel, arch, True, **cfg))
     assert nk and kn, "no global loads found: the PTX format changed, update tests/ptx_codegen.py"
     scalar = scalar_loads(kn)
     assert not scalar, f"sm_{arch}: a (K, N) weight compiles to scalar loads {scalar} (NK: {dict(nk)})"
@@ -42,7 +42,7 @@ def test_transposed_a_pointer_loads_are_16_byte_copies(arch: int) -> None:
     M index is clamped like N's, so it needs the same hint."""
     from detllm_kernels import matmul
 
-    at = load_ops(pointer_path_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4, a_t=True))
+    at = load_ops(matmul_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4, a_t=True))
     scalar = scalar_loads(at)
     assert at and not scalar, f"sm_{arch}: a transposed A compiles to {dict(at)}"
 
@@ -53,8 +53,6 @@ def test_tma_store_epilogue_compiles_to_a_bulk_copy() -> None:
     sm_90, and the default TMA path (the prefill tile) keeps plain stores: the probe's constexpr
     leaves the shipped kernel's code as it was (checked by PTX diff when the probe went in)."""
     from detllm_kernels import matmul
-
-    from .ptx_codegen import code_lines, matmul_ptx
 
     cfg = dict(kn=False, bm=128, bn=256, bk=64, stages=4, warps=8, tma=True, persistent=132)
     plain = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, **cfg)))
