@@ -30,7 +30,7 @@ except ImportError:  # running from a checkout without the package installed
     import kernel_checks
 
     km = kernel_checks.load_kernels()
-from detllm_kernels.matmul import SPLIT_K_CHUNK, MatmulConfig, matmul_config, split_config, split_k_chunk  # noqa: E402
+from detllm_kernels.matmul import SPLIT_K_CHUNK, MatmulConfig, matmul_config, split_config, split_k_chunk, with_tma_store  # noqa: E402
 from detllm_kernels._rows import cdiv  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
@@ -232,7 +232,7 @@ def main() -> None:
                           f"w{small.num_warps} s{small.num_stages}: ratio {t_ref / t:5.2f} graph {g_ref / g:5.2f} "
                           f"same_bits={same}", flush=True)
             if args.tma_store and not split:
-                probe = dataclasses.replace(cfg, tma_store=True)
+                probe = with_tma_store(cfg, dtype)
                 t, g = bench(lambda i: km.mm(xs[i], ws[i], config=probe), nbuf), \
                     graph_ms(lambda i: km.mm(xs[i], ws[i], config=probe), nbuf)
                 same = torch.equal(km.mm(xs[0], ws[0], config=probe), km.mm(xs[0], ws[0]))

@@ -13,6 +13,8 @@ _EXPORTS: dict[str, str] = {
     "mm": "matmul",
     "addmm": "matmul",
     "bmm": "matmul",
+    "mm_lean": "matmul",
+    "addmm_lean": "matmul",
     "MatmulConfig": "matmul",
     "matmul_config": "matmul",
     "mean_lastdim": "mean",

@@ -129,6 +129,60 @@ def _direct(run: Any) -> "Callable[..., Any] | None":
     return direct
 
 
+def unwrap_tensordesc(launch: Any) -> "tuple[Callable[..., Any], list[dict[str, Any]]] | None":
+    """For a kernel with host TMA descriptors, Triton 3.6's C launch sits behind a Python wrapper
+    (`wrap_handle_tensordesc`'s `inner`) that walks every argument and builds each descriptor's
+    CUtensorMap per call (`make_tensordesc_arg`). Returns (the C launch, each descriptor's
+    compiled metadata) for a caller that passes the expanded arguments itself (`TmaFill`), or None
+    where the wrapper is not 3.6's (another Triton: callers keep the wrapper)."""
+    code, cells = getattr(launch, "__code__", None), getattr(launch, "__closure__", None)
+    if code is None or cells is None or getattr(launch, "__name__", "") != "inner":
+        return None
+    free = dict(zip(code.co_freevars, (c.cell_contents for c in cells)))
+    c, metas = free.get("launcher"), free.get("tensordesc_meta")
+    need = {"swizzle", "elem_size", "elem_type", "block_size", "fp4_padded"}
+    if (not callable(c) or not isinstance(metas, (list, tuple)) or not metas
+            or any(not isinstance(m, dict) or not need <= m.keys() or m["fp4_padded"] for m in metas)):
+        return None
+    return c, list(metas)
+
+
+class TmaFill:
+    """One host TMA descriptor slot of a compiled kernel, expanded as Triton 3.6's
+    `make_tensordesc_arg` expands it: (CUtensorMap, *shape, *strides), the map made by Triton's own
+    `fill_tma_descriptor` from the compiled metadata (swizzle, element type, block), the base
+    pointer, shape and strides. Same inputs, same map: same bits. `cache` keeps maps per base
+    pointer for a slot whose tensor rarely moves (a weight): a map encodes nothing but these
+    values, so a hit is exact even if the memory was freed and reused meanwhile."""
+
+    __slots__ = ("fill", "args", "tail", "cache")
+
+    def __init__(self, meta: dict[str, Any], shape: Sequence[int], strides: Sequence[int], cache: bool,
+                 fill: "Callable[..., Any] | None" = None) -> None:
+        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
+
+        if fill is None:
+            import triton
+
+            fill = triton.runtime.driver.active.utils.fill_tma_descriptor
+        self.fill = fill
+        self.args = (meta["swizzle"], meta["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[meta["elem_type"]],
+                     list(meta["block_size"]), list(shape), list(strides), 0)  # 0: zero padding
+        self.tail = (*shape, *strides)
+        self.cache: "dict[int, Any] | None" = {} if cache else None
+
+    def __call__(self, ptr: int) -> Any:
+        cache = self.cache
+        if cache is None:
+            return self.fill(ptr, *self.args)
+        m = cache.get(ptr)
+        if m is None:
+            if len(cache) >= 16:
+                cache.clear()
+            m = cache[ptr] = self.fill(ptr, *self.args)
+        return m
+
+
 def pinned(meta: dict[str, Any]) -> dict[str, Any]:
     """meta with the FP-contraction choice made explicit. Our GPU bits depend on it (fused
     multiply-adds in the matmul epilogue and in attention; RoPE and HF RMSNorm pass False): left to

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
@@ -20,7 +21,8 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
-from ._launch import Launcher, arrival_counters
+from ._launch import _RUNTIME, Launcher, TmaFill, _current_device, _raw_stream, arrival_counters, ready, template
+from ._launch import unwrap_tensordesc
 from ._rows import cdiv
 
 try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
@@ -29,7 +31,7 @@ except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
 __all__ = ["MatmulConfig", "BLOCK_K", "SPLIT_K_CHUNK", "SPLIT_K_MAX_N", "matmul_config", "split_config", "split_k_chunk",
-           "candidate_configs", "mm", "addmm", "bmm"]
+           "candidate_configs", "mm", "addmm", "bmm", "mm_lean", "addmm_lean", "with_tma_store"]
 
 # Default K step per dtype (decode overrides it for bf16/fp16 in matmul_config; see there).
 BLOCK_K: dict[torch.dtype, int] = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 32}
@@ -51,6 +53,25 @@ class MatmulConfig:
     # where the epilogue is a large part of a tile's time; no table entry uses it yet. Values and
     # rounding are the epilogue's either way: same bits.
     tma_store: bool = False
+
+
+# Shared memory per block that a Triton program may take on Hopper (227 KiB).
+_SMEM_BUDGET = 227 * 1024
+
+
+def with_tma_store(cfg: MatmulConfig, dtype: torch.dtype) -> MatmulConfig:
+    """cfg with C stored through TMA. The store stages the whole C tile in shared memory (one
+    BLOCK_M x BLOCK_N buffer beside the A/B pipeline), so pipeline stages are dropped until both
+    fit: 128x256 tiles of 4 stages need 256 KiB. The C tile is counted twice: the epilogue's
+    layout conversion takes scratch of its size too (128x256 in 3 stages asked for 240 KiB on an
+    H100, 24 KiB past a once-counted tile). Stages never change bits (only how far ahead the
+    loads run)."""
+    es = torch.tensor([], dtype=dtype).element_size()
+    bk = cfg.block_k or BLOCK_K[dtype]
+    stages = cfg.num_stages
+    while stages > 2 and stages * (cfg.block_m + cfg.block_n) * bk * es + 2 * cfg.block_m * cfg.block_n * es > _SMEM_BUDGET:
+        stages -= 1
+    return dataclasses.replace(cfg, tma_store=True, num_stages=stages)
 
 
 def _interpreting() -> bool:
@@ -390,9 +411,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     # dtypes, pointer alignment, operand ranks; the constexprs derive from them), so a cached
     # launch is the one Triton would pick. The derivation (tile config, TMA layout, grid,
     # constexprs) is memoised under the same key: a repeat call does no Python config work.
-    key = (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, config, use_tma, programs,
-           a.get_device(), a.data_ptr() & 15, b.data_ptr() & 15, out.data_ptr() & 15,
-           xt.data_ptr() & 15, None if x is None else x.dtype, a.dim() == 2 and b.dim() == 2, split)
+    key = _key(a, b, out.data_ptr(), xt.data_ptr(), None if x is None else x.dtype, batch, m, n, k, sa, sb,
+               sc, sx, has_x, alpha, config, use_tma, programs, split)
     plan = _PLANS.get(key)
     desc = _descriptor
     if plan is None:
@@ -416,6 +436,16 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     _LAUNCH.launch(key, grid, (
         a, b, out, xt, a_desc, b_desc, c_desc, ws, cnt,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
+
+
+def _key(a: torch.Tensor, b: torch.Tensor, out_ptr: int, xt_ptr: int, x_dtype: "torch.dtype | None",
+         batch: int, m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int],
+         sc: tuple[int, int, int], sx: tuple[int, int, int], has_x: bool, alpha: float,
+         config: MatmulConfig | None, use_tma: bool | None, programs: int | None, split: int) -> tuple:
+    """A product's launch key (see _launch); the lean paths rebuild it (`_lean`)."""
+    return (a.dtype, batch, m, n, k, sa, sb, sc, sx, has_x, alpha != 1, config, use_tma, programs,
+            a.get_device(), a.data_ptr() & 15, b.data_ptr() & 15, out_ptr & 15, xt_ptr & 15, x_dtype,
+            a.dim() == 2 and b.dim() == 2, split)
 
 
 def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[int, int, int],
@@ -540,6 +570,122 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float =
     _launch(a, b, out, bias if beta != 0 else None, 1, m, n, k, (0, *a.stride()), (0, *b.stride()),
             (0, n, 1), sx, alpha, beta, config, use_tma, None, split_k_chunk(n, k, split_chunk) if split_k else 0)
     return out
+
+
+def mm_lean(a: torch.Tensor, b: torch.Tensor, *, split_k: bool = False
+            ) -> "Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None":
+    """After `mm(a, b, split_k=split_k)` has run: `f(a2, b2, a2.data_ptr(), b2.data_ptr())` is
+    mm(a2, b2, split_k=split_k) for any a2, b2 that match a, b in dtype, shape, strides, device
+    and data_ptr() % 16 (the caller's key), with the compiled launch bound: one allocation, the
+    TMA descriptors (the weight's cached per pointer) and one C call. Same compiled kernel, same
+    argument values: same bits. None where there is no such launch (see `_fire`)."""
+    fire = _fire(a, b, None, 0.0, 1.0, split_k)  # mm: beta 0, as mm() passes it
+    if fire is None:
+        return None
+    launch, like, dev = fire
+    launcher, rt, cur, empty_like = _LAUNCH, _RUNTIME, _current_device, torch.empty_like
+
+    def mm_lean(a: torch.Tensor, b: torch.Tensor, ap: int, bp: int) -> torch.Tensor:
+        try:  # _launch.ready(dev), inlined for Triton's HookChain hooks
+            go = not rt.launch_enter_hook.calls and not rt.launch_exit_hook.calls and cur() == dev
+        except AttributeError:
+            go = ready(dev)
+        if not go:  # a hook to call, or another current device: the general path handles both
+            return mm(a, b, split_k=split_k)
+        out = empty_like(like)
+        op = out.data_ptr()
+        launcher.hits += 1
+        launch(op, op, ap, bp)
+        return out
+
+    return mm_lean
+
+
+def addmm_lean(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0, alpha: float = 1.0,
+               split_k: bool = False) -> "Callable[..., torch.Tensor] | None":
+    """As `mm_lean`, after `addmm(bias, a, b, beta=beta, alpha=alpha, split_k=split_k)`:
+    `f(bias2, a2, b2, bias2.data_ptr(), a2.data_ptr(), b2.data_ptr())`."""
+    fire = _fire(a, b, bias, float(beta), float(alpha), split_k) if beta != 0 else None  # beta 0: rare
+    if fire is None:
+        return None
+    launch, like, dev = fire
+    launcher, rt, cur, empty_like = _LAUNCH, _RUNTIME, _current_device, torch.empty_like
+
+    def addmm_lean(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, xp: int, ap: int, bp: int) -> torch.Tensor:
+        try:
+            go = not rt.launch_enter_hook.calls and not rt.launch_exit_hook.calls and cur() == dev
+        except AttributeError:
+            go = ready(dev)
+        if not go:
+            return addmm(bias, a, b, beta=beta, alpha=alpha, split_k=split_k)
+        out = empty_like(like)
+        op = out.data_ptr()
+        launcher.hits += 1
+        launch(op, xp, ap, bp)
+        return out
+
+    return addmm_lean
+
+
+def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: float, alpha: float,
+          split_k: bool) -> "tuple[Callable[[int, int, int, int], None], torch.Tensor, int] | None":
+    """(launch(out, bias, a, b pointers), allocation template, device) for the 2-D product whose
+    general call just ran: its plan's compiled launch with every other argument bound, exactly as
+    `_launch` passes them. None if that call launched nothing (an empty product), split K over
+    programs (a workspace per call), has no bound plan (fast path off, another Triton), or reads
+    TMA descriptors through a launcher this Triton wraps otherwise (`unwrap_tensordesc`)."""
+    if a.dim() != 2 or b.dim() != 2 or not a.is_cuda:
+        return None
+    (m, k), n = a.shape, b.shape[1]
+    if not (m and n and k):
+        return None
+    split = split_k_chunk(n, k) if split_k else 0
+    sa, sb = (0, *a.stride()), (0, *b.stride())
+    if m == 1 or n == 1:
+        sa, sb = _unit_strides(m, n, k, sa, sb)
+    sc = (0, n, 1)
+    sx = _bias_strides(bias, m, n) if bias is not None else (0, 0, 0)
+    like = template((m, n), a.dtype, a.device)
+    if like is None:
+        return None
+    out_ptr = torch.empty_like(like).data_ptr()  # the allocator's alignment, as the general call's
+    key = _key(a, b, out_ptr, bias.data_ptr() if bias is not None else out_ptr,
+               None if bias is None else bias.dtype, 1, m, n, k, sa, sb, sc, sx, bias is not None, alpha,
+               None, None, None, split)
+    plan, bound = _PLANS.get(key), _LAUNCH.bound(key)
+    if plan is None or bound is None:
+        return None
+    grid, meta, tma, _bm, _bn, _bk, ws_n, _tiles = plan
+    if ws_n:
+        return None
+    c, function, coop, pdl, packed, tail, dev = (bound.c, bound.function, bound.coop, bound.pdl, bound.packed,
+                                                 bound.tail, bound.dev)
+    g0, stream_of = grid[0], _raw_stream
+    ints = (1, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta))
+    if tma is None:
+        def launch(op: int, xp: int, ap: int, bp: int) -> None:
+            # the kernel's arguments as _launch passes them: no descriptors; ws and counters unread
+            c(g0, 1, 1, stream_of(dev), function, coop, pdl, None, None, packed, None, None, None,
+              ap, bp, op, xp, None, None, None, op, op, *ints, *tail)
+
+        return launch, like, dev
+    raw = unwrap_tensordesc(c)
+    if raw is None or len(raw[1]) != (3 if meta["TMA_STORE"] else 2):
+        return None
+    c_raw, metas = raw
+    fill_a = TmaFill(metas[0], [m, k], [sa[1], 1], cache=False)
+    fill_b = (TmaFill(metas[1], [n, k], [sb[2], 1], cache=True) if tma
+              else TmaFill(metas[1], [k, n], [sb[1], 1], cache=True))
+    fill_c = TmaFill(metas[2], [m, n], [sc[1], 1], cache=False) if meta["TMA_STORE"] else None
+    a_tail, b_tail = fill_a.tail, fill_b.tail
+
+    def launch_tma(op: int, xp: int, ap: int, bp: int) -> None:
+        # descriptors expanded as Triton's wrapper would: (CUtensorMap, *shape, *strides) each
+        cd = (fill_c(op), *fill_c.tail) if fill_c is not None else (None,)
+        c_raw(g0, 1, 1, stream_of(dev), function, coop, pdl, None, None, packed, None, None, None,
+              ap, bp, op, xp, fill_a(ap), *a_tail, fill_b(bp), *b_tail, *cd, op, op, *ints, *tail)
+
+    return launch_tma, like, dev
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None) -> torch.Tensor:

@@ -188,3 +188,50 @@ def test_unchecked_descriptor_equals_triton_s() -> None:
     ours = matmul._descriptor(w, [4096, 1024], [1024, 1], [256, 16])
     assert type(ours) is TensorDescriptor
     assert ours == TensorDescriptor(w, [4096, 1024], [1024, 1], [256, 16])
+
+
+def _wrap36(launcher: Any, tensordesc_meta: Any) -> Any:
+    """The shape of Triton 3.6's `wrap_handle_tensordesc`: a closure named `inner` over the C
+    launch (`launcher`), the descriptor positions and their compiled metadata."""
+    tensordesc_indices = {0}
+
+    def inner(*args: Any) -> Any:
+        return launcher, tensordesc_indices, tensordesc_meta
+
+    return inner
+
+
+_META = {"swizzle": 3, "elem_size": 2, "elem_type": 9, "block_size": [64, 64], "fp4_padded": False}
+
+
+def test_tensordesc_wrapper_unwrapped_only_in_3_6_s_shape() -> None:
+    """matmul's lean TMA launch calls the C launch under Triton 3.6's descriptor wrapper itself;
+    anything unlike that wrapper (no metadata, fp4 padding, another closure) keeps the wrapper."""
+    c = print
+    assert _launch.unwrap_tensordesc(_wrap36(c, [_META, _META])) == (c, [_META, _META])
+    assert _launch.unwrap_tensordesc(_wrap36(c, None)) is None  # descriptors decomposed another way
+    assert _launch.unwrap_tensordesc(_wrap36(c, [{**_META, "fp4_padded": True}])) is None
+    assert _launch.unwrap_tensordesc(_wrap36(c, [{"swizzle": 3}])) is None
+    assert _launch.unwrap_tensordesc(c) is None  # no wrapper: a kernel without descriptors
+    assert _launch.unwrap_tensordesc(lambda *a: a) is None
+
+
+def test_tma_fill_expands_as_triton_and_caches_by_pointer() -> None:
+    """TmaFill calls Triton's fill function with the arguments `make_tensordesc_arg` passes
+    (host dtype code, zero padding) and its tail is (*shape, *strides); a cached slot fills once
+    per base pointer, an uncached one every call."""
+    pytest.importorskip("triton.backends.nvidia.driver")
+    calls: list[tuple] = []
+
+    def fill(*a: Any) -> tuple:
+        calls.append(a)
+        return ("map", a[0])
+
+    w = _launch.TmaFill(_META, [4096, 1024], [1024, 1], cache=True, fill=fill)
+    assert w.tail == (4096, 1024, 1024, 1)
+    assert w(256) == ("map", 256) and w(256) == ("map", 256) and w(512) == ("map", 512)
+    assert calls == [(256, 3, 2, 8, [64, 64], [4096, 1024], [1024, 1], 0),
+                     (512, 3, 2, 8, [64, 64], [4096, 1024], [1024, 1], 0)]  # elem type 9 -> host 8
+    a = _launch.TmaFill(_META, [1, 1024], [1024, 1], cache=False, fill=fill)
+    a(256), a(256)
+    assert len(calls) == 4

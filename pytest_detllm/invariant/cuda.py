@@ -77,21 +77,53 @@ def _route(key: tuple, ok: Callable[[], bool], op: str, *ts: torch.Tensor) -> bo
     return _memo(_ROUTES, key, check)
 
 
+# Lean paths of mm / addmm (kernels/matmul.py `mm_lean`): call key -> bound launch, or False. The
+# key holds everything the route and the launch plan depend on: shapes, strides, dtypes, each
+# pointer's alignment mod 16, the devices, the split-K switch (and addmm's beta and alpha).
+# (K, N) weights reached 2.9x stock's host time on the general path (stock's own call is cheap
+# there, ~18 us): Python layers and Triton's per-call descriptor wrapper were most of it.
+_MM_LEAN: dict[tuple, Any] = {}
+
+
 def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
+    ap, bp = self.data_ptr(), mat2.data_ptr()
+    split = split_k_enabled()
+    key = (self.shape, mat2.shape, self.stride(), mat2.stride(), self.dtype, mat2.dtype, ap & 15, bp & 15,
+           self.get_device(), mat2.get_device(), split)
+    lean = _MM_LEAN.get(key)
+    if lean:
+        return lean(self, mat2, ap, bp)
     if not _route(("mm", self.dtype, mat2.dtype, self.shape, mat2.shape),
                   lambda: edges.matmul_ok(self, mat2, 2), "mm", self, mat2):
         return edges.to_out(torch.mm, self.dtype, self.device, self, mat2)
-    return _kernels().mm(self, mat2, split_k=split_k_enabled())
+    km = _kernels()
+    out = km.mm(self, mat2, split_k=split)
+    if key not in _MM_LEAN:
+        _store(_MM_LEAN, key, km.mm_lean(self, mat2, split_k=split) or False)
+    return out
 
 
 def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1,
           alpha: float = 1) -> torch.Tensor:
+    xp, ap, bp = self.data_ptr(), mat1.data_ptr(), mat2.data_ptr()
+    split = split_k_enabled()
+    key = (self.shape, mat1.shape, mat2.shape, self.stride(), mat1.stride(), mat2.stride(), self.dtype,
+           mat1.dtype, mat2.dtype, xp & 15, ap & 15, bp & 15, self.get_device(), mat1.get_device(),
+           mat2.get_device(), beta, alpha, split)
+    lean = _MM_LEAN.get(key)
+    if lean:
+        return lean(self, mat1, mat2, xp, ap, bp)
     if not _route(("addmm", self.dtype, mat1.dtype, mat2.dtype, self.shape, mat1.shape, mat2.shape, alpha == 0),
                   lambda: (edges.matmul_ok(mat1, mat2, 2) and self.dtype == mat1.dtype and alpha != 0
                            and edges.expands_to(self.shape, (mat1.shape[0], mat2.shape[1]))),
                   "addmm", mat1, mat2):
         return edges.to_out(torch.addmm, mat1.dtype, mat1.device, self, mat1, mat2, beta=beta, alpha=alpha)
-    return _kernels().addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha), split_k=split_k_enabled())
+    km = _kernels()
+    out = km.addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha), split_k=split)
+    if key not in _MM_LEAN:
+        _store(_MM_LEAN, key, km.addmm_lean(self, mat1, mat2, beta=float(beta), alpha=float(alpha),
+                                            split_k=split) or False)
+    return out
 
 
 def bmm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:

@@ -220,9 +220,7 @@ def check_tma_store(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequenc
     """The TMA-store probe (MatmulConfig.tma_store) gives the table config's bits, for mm and for
     addmm with a bias, alpha and beta, both weight layouts, M and N ending mid-tile (the copy
     engine clips the last tile's rows and columns to the descriptor's shape)."""
-    import dataclasses
-
-    from detllm_kernels.matmul import matmul_config
+    from detllm_kernels.matmul import matmul_config, with_tma_store
 
     km = load_kernels()
     g = _gen(device, seed)
@@ -232,7 +230,7 @@ def check_tma_store(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequenc
     for kn, b in ((False, w.t()), (True, w.t().contiguous())):
         for m in ms:
             cfg = matmul_config(m, n, dtype, kn, k)
-            probe = dataclasses.replace(cfg, tma_store=True)
+            probe = with_tma_store(cfg, dtype)
             ref = km.mm(x[:m], b, config=cfg)
             out = km.mm(x[:m], b, config=probe)
             assert torch.equal(out, ref), f"mm {dtype} M={m} N={n} kn={kn}: tma_store changed bits"

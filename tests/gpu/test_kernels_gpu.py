@@ -283,25 +283,63 @@ def _lean_cases() -> list[tuple[str, Any, Any, Any]]:
          lambda x: cuda.softmax(x, -1, True), lambda x: km.softmax_lastdim(x, F32)),
         ("softmax bf16 misaligned [3,64]", mis((3, 64), BF16),
          lambda x: cuda.softmax(x, 1, False), lambda x: km.softmax_lastdim(x)),
+    ] + _matmul_lean_cases(km, new, mis)
+
+
+def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any, Any]]:
+    """mm / addmm: TMA with (K, N) and (N, K) weights at decode and prefill, pointer loads (fp32,
+    a misaligned activation), a bias with beta and alpha, and a weight that moves every call (the
+    weight's descriptor is cached per pointer)."""
+    from pytest_detllm.invariant import cuda
+
+    g = torch.Generator(device=DEV)
+    g.manual_seed(12)
+    w = kc._randn((4096, 4096), BF16, DEV, g)
+    wc, bc = kc._randn((768, 2304), BF16, DEV, g), kc._randn((2304,), BF16, DEV, g)
+    w32 = kc._randn((1024, 512), F32, DEV, g)
+    w16, b16 = kc._randn((1100, 640), F16, DEV, g), kc._randn((1, 640), F16, DEV, g)
+
+    def pair(shape_x: tuple[int, int], shape_w: tuple[int, int]) -> Any:
+        return lambda g: (kc._randn(shape_x, BF16, DEV, g), kc._randn(shape_w, BF16, DEV, g))
+
+    return [
+        ("mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
+         lambda x: cuda.mm(x, w), lambda x: km.mm(x, w)),
+        ("mm bf16 (N,K) weight [16,4096]@W.t()", new((16, 4096), BF16),
+         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t())),
+        ("mm bf16 prefill [300,4096]@W.t()", new((300, 4096), BF16),
+         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t())),
+        ("mm bf16 prefill (K,N) [1100,768]@W", new((1100, 768), BF16),
+         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc)),
+        ("mm fp32 [5,1024]@W (pointer loads)", new((5, 1024), F32),
+         lambda x: cuda.mm(x, w32), lambda x: km.mm(x, w32)),
+        ("mm bf16 new weight every call [2,768]@W", pair((2, 768), (768, 2304)),
+         lambda p: cuda.mm(*p), lambda p: km.mm(*p)),
+        ("addmm bf16 Conv1D [1,768]@[768,2304]", new((1, 768), BF16),
+         lambda x: cuda.addmm(bc, x, wc), lambda x: km.addmm(bc, x, wc)),
+        ("addmm bf16 Conv1D beta alpha [64,768]", new((64, 768), BF16),
+         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0), lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0)),
+        ("addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16),
+         lambda x: cuda.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16)),
     ]
 
 
-def test_lean_row_paths_give_the_bits_of_the_paths_they_replace() -> None:
-    """mean.dim, _fused_rms_norm and (log_)softmax: the first call of a key takes the general path
+def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
+    """mean.dim, _fused_rms_norm, (log_)softmax, mm and addmm: the first call of a key takes the general path
     and binds its launch; later calls of that key run the bound launch (pointers as ints, one C
     call; `Launcher.hits` counts it). Each gives the bits of the kernel wrapper on the general
     launch path, for new inputs of the key, misaligned pointers (another key), several chunks per
     row, and with a Triton launch hook installed (the lean path then hands over to
     Launcher.launch, which calls the hook)."""
-    from detllm_kernels import _launch, mean, rmsnorm, softmax
+    from detllm_kernels import _launch, matmul, mean, rmsnorm, softmax
     from triton import knobs
 
     from pytest_detllm.invariant import cuda
 
     launchers = {"mean": mean._LAUNCH, "rms_norm": rmsnorm._LAUNCH, "log_softmax": softmax._LAUNCH,
-                 "softmax": softmax._LAUNCH}
+                 "softmax": softmax._LAUNCH, "mm": matmul._LAUNCH, "addmm": matmul._LAUNCH}
     tables = {"mean": cuda._MEAN_LEAN, "rms_norm": cuda._RMS_LEAN, "log_softmax": cuda._SOFTMAX_LEAN,
-              "softmax": cuda._SOFTMAX_LEAN}
+              "softmax": cuda._SOFTMAX_LEAN, "mm": cuda._MM_LEAN, "addmm": cuda._MM_LEAN}
     g = torch.Generator(device=DEV)
     g.manual_seed(11)
     seen: list[Any] = []
