@@ -99,7 +99,7 @@ def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
     km = _kernels()
     out = km.mm(self, mat2, split_k=split)
     if key not in _MM_LEAN:
-        _store(_MM_LEAN, key, km.mm_lean(self, mat2, split_k=split) or False)
+        _bind(_MM_LEAN, key, lambda: km.mm_lean(self, mat2, split_k=split))
     return out
 
 
@@ -121,8 +121,8 @@ def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: f
     km = _kernels()
     out = km.addmm(self, mat1, mat2, beta=float(beta), alpha=float(alpha), split_k=split)
     if key not in _MM_LEAN:
-        _store(_MM_LEAN, key, km.addmm_lean(self, mat1, mat2, beta=float(beta), alpha=float(alpha),
-                                            split_k=split) or False)
+        _bind(_MM_LEAN, key, lambda: km.addmm_lean(self, mat1, mat2, beta=float(beta), alpha=float(alpha),
+                                                   split_k=split))
     return out
 
 
@@ -162,10 +162,16 @@ _RMS_LEAN: dict[tuple, Any] = {}
 _SOFTMAX_LEAN: dict[tuple, Any] = {}
 
 
-def _store(table: dict[tuple, Any], key: tuple, value: Any) -> None:
+def _bind(table: dict[tuple, Any], key: tuple, build: Callable[[], Any]) -> None:
+    """table[key] = build() or False, except while the current stream captures a CUDA graph: a lean
+    function keeps its allocation template (and descriptor maps) for good, and a template taken
+    from a capture's private pool would pin that pool's memory after the graph is gone. The next
+    call outside a capture binds the key."""
+    if torch.cuda.is_current_stream_capturing():
+        return
     if len(table) >= 4096:
         table.clear()
-    table[key] = value
+    table[key] = build() or False
 
 
 def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = False, *,
@@ -187,7 +193,7 @@ def _mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool, dtyp
             km = _kernels()
             out = km.mean_rows(self, route[0], route[1], dtype or self.dtype)
             if key not in _MEAN_LEAN:
-                _store(_MEAN_LEAN, key, km.mean_rows_lean(self, route[0], route[1], dtype or self.dtype) or False)
+                _bind(_MEAN_LEAN, key, lambda: km.mean_rows_lean(self, route[0], route[1], dtype or self.dtype))
             return out
     out_dtype = dtype or self.dtype
     nd = self.dim()
@@ -235,7 +241,7 @@ def _softmax_slow(self: torch.Tensor, dim: int, half_to_float: bool, log: bool, 
     if (key not in _SOFTMAX_LEAN and self.dtype in _FLOATS and self.dim() > 0 and edges.dim_ok(self, dim)
             and self.numel() > 0 and (not half_to_float or self.dtype == torch.float16)
             and dim % self.dim() == self.dim() - 1 and self.is_contiguous()):
-        _store(_SOFTMAX_LEAN, key, _kernels().softmax_lean(self, y.dtype, log) or False)
+        _bind(_SOFTMAX_LEAN, key, lambda: _kernels().softmax_lean(self, y.dtype, log))
     return y
 
 
@@ -302,7 +308,7 @@ def fused_rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
             and input.numel() > 0 and (weight is None or (weight.dim() == 1 and weight.stride(0) == 1
                                                          and weight.device == input.device))):
         # the kernel wrapper's own no-reshape case (kernels/rmsnorm.py), on one device
-        _store(_RMS_LEAN, key, _kernels().rms_norm_lean(input, weight) or False)
+        _bind(_RMS_LEAN, key, lambda: _kernels().rms_norm_lean(input, weight))
     return out
 
 
@@ -346,7 +352,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: Sequence[int],
     y = _rms_norm_composite(input, normalized_shape, weight, eps)
     if key not in _RMS_Y_LEAN and _rms_lean_ok(input, normalized_shape, weight, eps):
         # the composite has just run our fused kernel on this key, so its launch plan exists
-        _store(_RMS_Y_LEAN, key, _kernels().rms_norm_lean(input, weight, y_only=True) or False)
+        _bind(_RMS_Y_LEAN, key, lambda: _kernels().rms_norm_lean(input, weight, y_only=True))
     return y
 
 

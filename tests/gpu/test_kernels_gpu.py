@@ -396,6 +396,32 @@ def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
                            (want if isinstance(want, tuple) else (want,))[0]), f"{name}: hook path bits"
 
 
+def test_no_lean_function_is_bound_inside_a_graph_capture() -> None:
+    """A key first met inside a CUDA graph capture gets no lean function there (its allocation
+    template would come from the capture's private pool and pin it); the captured call is the
+    general path's, replays give its bits, and the first call after the capture binds the key."""
+    from pytest_detllm.invariant import cuda
+
+    km = kc.load_kernels()
+    g = torch.Generator(device=DEV)
+    g.manual_seed(13)
+    x, w = kc._randn((3, 640), BF16, DEV, g), kc._randn((640, 1536), BF16, DEV, g)
+    km.mm(x, w)  # compile and plan outside the capture (the general path's first call)
+    torch.cuda.synchronize()
+    cuda._MM_LEAN.clear()
+    side = torch.cuda.Stream()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        with torch.cuda.graph(graph, stream=side):
+            y = cuda.mm(x, w)
+    assert not cuda._MM_LEAN, "a lean function was bound inside the capture"
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, km.mm(x, w))
+    cuda.mm(x, w)
+    assert len(cuda._MM_LEAN) == 1 and all(cuda._MM_LEAN.values()), "the call after the capture bound no launch"
+
+
 def test_allocation_template_gives_contiguous_strides() -> None:
     """The lean paths allocate with torch.empty_like(template(shape)): a new tensor of that shape,
     dtype and device with the contiguous strides torch.empty gives (size-1 dims included)."""
