@@ -174,8 +174,11 @@ def _attn_kernel(
         # The static engine's KV cache: the number of filled columns lives on the device, so one
         # captured CUDA graph serves every decode step. Same loop, same bits as a host-side Tk.
         Tk = tl.load(tk_ptr).to(tl.int32)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # Heaviest query blocks first (a causal block's key range grows with its index), every
+    # (batch, kv head) at one block before the next lighter one: the last wave holds the shortest
+    # programs, not the longest. Which program runs a tile never changes its arithmetic.
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
         q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
         HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
@@ -245,7 +248,10 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     if out.numel() == 0:
         return out
     ks = key_starts(key_start, q)
-    grid = (cdiv(tq * (h // hkv), ATTN_BLOCK_M), bsz * hkv)
+    grid = (bsz * hkv, cdiv(tq * (h // hkv), ATTN_BLOCK_M))  # (batch x kv head, query blocks): see the kernel
+    if grid[1] > 65535:
+        raise ValueError(f"attention: {tq} queries x {h // hkv} heads per kv head make {grid[1]} query blocks, "
+                         "past CUDA's 65535 grid rows; run the prefill in chunks of fewer tokens")
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),
