@@ -572,59 +572,48 @@ def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float =
     return out
 
 
-def mm_lean(a: torch.Tensor, b: torch.Tensor, *, split_k: bool = False
-            ) -> "Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None":
-    """After `mm(a, b, split_k=split_k)` has run: `f(a2, b2, a2.data_ptr(), b2.data_ptr())` is
-    mm(a2, b2, split_k=split_k) for any a2, b2 that match a, b in dtype, shape, strides, device
+def mm_lean(a: torch.Tensor, b: torch.Tensor, *, split_k: bool = False) -> "Callable[..., torch.Tensor] | None":
+    """After `mm(a, b, split_k=split_k)` has run: `f(None, a2, b2, 0, a2.data_ptr(), b2.data_ptr())`
+    is mm(a2, b2, split_k=split_k) for any a2, b2 that match a, b in dtype, shape, strides, device
     and data_ptr() % 16 (the caller's key), with the compiled launch bound: one allocation, the
     TMA descriptors (the weight's cached per pointer) and one C call. Same compiled kernel, same
     argument values: same bits. None where there is no such launch (see `_fire`)."""
-    fire = _fire(a, b, None, 0.0, 1.0, split_k)  # mm: beta 0, as mm() passes it
-    if fire is None:
-        return None
-    launch, like, dev = fire
-    launcher, rt, cur, empty_like = _LAUNCH, _RUNTIME, _current_device, torch.empty_like
-
-    def mm_lean(a: torch.Tensor, b: torch.Tensor, ap: int, bp: int) -> torch.Tensor:
-        try:  # _launch.ready(dev), inlined for Triton's HookChain hooks
-            go = not rt.launch_enter_hook.calls and not rt.launch_exit_hook.calls and cur() == dev
-        except AttributeError:
-            go = ready(dev)
-        if not go:  # a hook to call, or another current device: the general path handles both
-            return mm(a, b, split_k=split_k)
-        out = empty_like(like)
-        op = out.data_ptr()
-        launcher.hits += 1
-        launch(op, op, ap, bp)
-        return out
-
-    return mm_lean
+    return _lean(_fire(a, b, None, 0.0, 1.0, split_k), 0.0, 1.0, split_k)  # mm: beta 0, as mm() passes it
 
 
 def addmm_lean(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0, alpha: float = 1.0,
                split_k: bool = False) -> "Callable[..., torch.Tensor] | None":
     """As `mm_lean`, after `addmm(bias, a, b, beta=beta, alpha=alpha, split_k=split_k)`:
     `f(bias2, a2, b2, bias2.data_ptr(), a2.data_ptr(), b2.data_ptr())`."""
-    fire = _fire(a, b, bias, float(beta), float(alpha), split_k) if beta != 0 else None  # beta 0: rare
+    if beta == 0:  # bias unread: the general path (rare)
+        return None
+    return _lean(_fire(a, b, bias, float(beta), float(alpha), split_k), beta, alpha, split_k)
+
+
+def _lean(fire: "tuple[Callable[[int, int, int, int], None], torch.Tensor, int] | None", beta: float,
+          alpha: float, split_k: bool) -> "Callable[..., torch.Tensor] | None":
+    """The lean function around `_fire`'s bound launch (bias None: mm, else addmm)."""
     if fire is None:
         return None
     launch, like, dev = fire
     launcher, rt, cur, empty_like = _LAUNCH, _RUNTIME, _current_device, torch.empty_like
 
-    def addmm_lean(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, xp: int, ap: int, bp: int) -> torch.Tensor:
-        try:
+    def lean(bias: "torch.Tensor | None", a: torch.Tensor, b: torch.Tensor, xp: int, ap: int, bp: int) -> torch.Tensor:
+        try:  # _launch.ready(dev), inlined for Triton's HookChain hooks
             go = not rt.launch_enter_hook.calls and not rt.launch_exit_hook.calls and cur() == dev
         except AttributeError:
             go = ready(dev)
-        if not go:
+        if not go:  # a hook to call, or another current device: the general path handles both
+            if bias is None:
+                return mm(a, b, split_k=split_k)
             return addmm(bias, a, b, beta=beta, alpha=alpha, split_k=split_k)
         out = empty_like(like)
         op = out.data_ptr()
         launcher.hits += 1
-        launch(op, xp, ap, bp)
+        launch(op, xp or op, ap, bp)  # mm: the bias slot holds out, as _launch passes it
         return out
 
-    return addmm_lean
+    return lean
 
 
 def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: float, alpha: float,

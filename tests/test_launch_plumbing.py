@@ -235,3 +235,39 @@ def test_tma_fill_expands_as_triton_and_caches_by_pointer() -> None:
     a = _launch.TmaFill(_META, [1, 1024], [1024, 1], cache=False, fill=fill)
     a(256), a(256)
     assert len(calls) == 4
+
+
+def test_matmul_lean_function_passes_the_pointers_and_hands_over_on_a_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """matmul's lean function (the part that runs without a GPU): mm puts the output in the bias
+    slot (as `_launch` passes it), addmm its bias pointer; each call allocates a new output like
+    the template and counts a hit; with a Triton launch hook installed it hands over to the
+    general mm / addmm, which call the hook."""
+    from detllm_kernels import matmul
+
+    monkeypatch.setattr(matmul, "_current_device", lambda: 0)
+    fired: list[tuple] = []
+    general: list[str] = []
+    monkeypatch.setattr(matmul, "mm", lambda a, b, split_k: general.append("mm") or "mm out")
+    monkeypatch.setattr(matmul, "addmm", lambda bias, a, b, beta, alpha, split_k: general.append(
+        f"addmm {beta} {alpha}") or "addmm out")
+    like = _launch.template((4, 3), torch.float32, torch.device("cpu"))
+    assert matmul._lean(None, 1.0, 1.0, False) is None
+    lean = matmul._lean((lambda *p: fired.append(p), like, 0), 0.5, 2.0, False)
+    assert lean is not None
+    hits = matmul._LAUNCH.hits
+    out = lean(None, "a", "b", 0, 111, 222)
+    assert out.shape == (4, 3) and out.is_contiguous()
+    out2 = lean(torch.ones(3), "a", "b", 333, 111, 222)
+    assert out2.data_ptr() != out.data_ptr()
+    assert fired == [(out.data_ptr(), out.data_ptr(), 111, 222), (out2.data_ptr(), 333, 111, 222)]
+    assert matmul._LAUNCH.hits == hits + 2
+    chain = _launch._RUNTIME.launch_enter_hook
+    if not hasattr(chain, "add"):
+        pytest.skip("this Triton has no HookChain")
+    chain.add(print)
+    try:
+        assert lean(None, "a", "b", 0, 111, 222) == "mm out"
+        assert lean(torch.ones(3), "a", "b", 333, 111, 222) == "addmm out"
+    finally:
+        chain.remove(print)
+    assert general == ["mm", "addmm 0.5 2.0"] and len(fired) == 2

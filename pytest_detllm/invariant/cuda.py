@@ -92,7 +92,7 @@ def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
            self.get_device(), mat2.get_device(), split)
     lean = _MM_LEAN.get(key)
     if lean:
-        return lean(self, mat2, ap, bp)
+        return lean(None, self, mat2, 0, ap, bp)
     if not _route(("mm", self.dtype, mat2.dtype, self.shape, mat2.shape),
                   lambda: edges.matmul_ok(self, mat2, 2), "mm", self, mat2):
         return edges.to_out(torch.mm, self.dtype, self.device, self, mat2)
