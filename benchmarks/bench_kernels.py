@@ -1,7 +1,7 @@
 """Timing of the batch-invariant row kernels and attention vs the stock torch ops, plus which aten
 ops the stock RMSNorm entry points dispatch to on this device (what CUDA_IMPLS must cover).
 
-    python benchmarks/bench_kernels.py [--only attention|split|host] [--split-tk 1024 4096 8192]
+    python benchmarks/bench_kernels.py [--only attention|split|host|attn-probe] [--split-tk 1024 4096 8192]
 """
 from __future__ import annotations
 
@@ -321,11 +321,41 @@ def split_table(tks: list[int]) -> None:
               f"{'':>17} {g_split:8.1f} {g_stock:8.1f} {g_split / g_stock:10.2f}", flush=True)
 
 
+PROBE_TILES = [(64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 2), (128, 8, 2), (128, 8, 3), (32, 4, 3)]
+
+
+def attn_probe() -> None:
+    """Causal prefill in other launch shapes (`AttnTile`: rows per program, warps, K/V stages) next
+    to the default and SDPA, all in this run; every tile must give the default's bits (printed)."""
+    from detllm_kernels.attention import AttnTile
+
+    bf, d = torch.bfloat16, 128
+    for bsz, tq in ((1, 1024), (1, 4096), (8, 512), (4, 2048)):
+        q = torch.randn(bsz, 32, tq, d, device="cuda", dtype=bf)
+        k = torch.randn(bsz, 8, tq, d, device="cuda", dtype=bf)
+        v = torch.randn_like(k)
+        ks = torch.zeros(bsz, dtype=torch.int32, device="cuda")
+        ref = km.invariant_attention(q, k, v, ks, d ** -0.5, True)
+        sdpa = t_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        base = t_us(lambda: km.invariant_attention(q, k, v, ks, d ** -0.5, True))
+        cells = [f"default {base / sdpa:.2f}x"]
+        for tile in PROBE_TILES:
+            t = AttnTile(*tile)
+            try:
+                same = torch.equal(km.invariant_attention(q, k, v, ks, d ** -0.5, True, tile=t), ref)
+                us = t_us(lambda: km.invariant_attention(q, k, v, ks, d ** -0.5, True, tile=t))
+                cells.append(f"{tile[0]}x{tile[1]}w s{tile[2]} {us / sdpa:.2f}x{'' if same else ' OTHER BITS'}")
+            except Exception as e:  # a tile may not fit in shared memory
+                cells.append(f"{tile[0]}x{tile[1]}w s{tile[2]} failed ({type(e).__name__})")
+        print(f"prefill B{bsz} H32/8 Tq{tq}: SDPA {sdpa:.1f} us | " + " | ".join(cells), flush=True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Timing of the batch-invariant kernels vs the stock torch ops.")
-    ap.add_argument("--only", choices=("all", "attention", "split", "host"), default="all",
+    ap.add_argument("--only", choices=("all", "attention", "split", "host", "attn-probe"), default="all",
                     help="attention: the attention rows (and split-KV); split: the split-KV rows only; "
-                         "host: host time per op and where the host time of mm, mean, rms_norm and log_softmax goes")
+                         "host: host time per op and where the host time of mm, mean, rms_norm and log_softmax goes; "
+                         "attn-probe: causal prefill in other attention launch shapes (AttnTile), bits checked")
     ap.add_argument("--split-tk", type=int, nargs="+", default=[1024, 4096, 8192],
                     help="key counts of the split-KV decode rows (the first two also give prefill rows)")
     return ap.parse_args(argv)
@@ -336,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     if args.only == "split":
         split_table(args.split_tk)
+        return
+    if args.only == "attn-probe":
+        attn_probe()
         return
     if args.only == "host":
         host_table()

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "log_softmax_lastdim": "softmax",
     "softmax_lean": "softmax",
     "invariant_attention": "attention",
+    "AttnTile": "attention",
     "split_kv_attention": "attention_split",
 }
 

@@ -10,6 +10,7 @@ decode of token t (Tq = 1) reproduces row t of a fresh prefill.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -20,7 +21,7 @@ from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher
 from ._rows import cdiv, key_starts, next_pow2
 
-__all__ = ["invariant_attention", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
+__all__ = ["invariant_attention", "AttnTile", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
 
 # Fixed for every shape: BLOCK_N is the KV split size that anchors the reduction order.
 ATTN_BLOCK_M = 64
@@ -229,13 +230,25 @@ def attn_stages(elem_bytes: int, block_d: int) -> int:
     return 3 if elem_bytes * block_d <= 256 else 2
 
 
+class AttnTile(NamedTuple):
+    """A launch shape for `invariant_attention` other than the default (benchmarks and tests: query
+    rows per program, warps, K/V stages). Rows of a tile are independent and the block loop's
+    order is the same, so any tile gives the same bits (benchmarks/bench_kernels.py
+    --only attn-probe checks it per case)."""
+    block_m: int
+    num_warps: int
+    num_stages: int
+
+
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
                         scale: float | None = None, causal: bool = True,
-                        softcap: float | None = None, key_end: torch.Tensor | None = None) -> torch.Tensor:
+                        softcap: float | None = None, key_end: torch.Tensor | None = None,
+                        tile: AttnTile | None = None) -> torch.Tensor:
     """q (B,H,Tq,d), k/v (B,Hkv,Tk,d), key_start (B,) -> (B,Tq,H,d) in q.dtype.
 
     Query i sits at key position Tk - Tq + i; keys before key_start[b] are padding. key_end: a
     one-element device tensor that replaces Tk (k/v then hold at least that many columns).
+    tile: another launch shape (`AttnTile`; None: the default, 64 rows).
     """
     bsz, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -248,19 +261,22 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     if out.numel() == 0:
         return out
     ks = key_starts(key_start, q)
-    grid = (bsz * hkv, cdiv(tq * (h // hkv), ATTN_BLOCK_M))  # (batch x kv head, query blocks): see the kernel
+    block_m = tile.block_m if tile is not None else ATTN_BLOCK_M
+    grid = (bsz * hkv, cdiv(tq * (h // hkv), block_m))  # (batch x kv head, query blocks): see the kernel
     if grid[1] > 65535:
         raise ValueError(f"attention: {tq} queries x {h // hkv} heads per kv head make {grid[1]} query blocks, "
                          "past CUDA's 65535 grid rows; run the prefill in chunks of fewer tokens")
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),
-           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.get_device(), SPLIT_LOOP)
+           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.get_device(), SPLIT_LOOP,
+           tile)
     _LAUNCH.launch(key, grid, (
         q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0),
-        lambda: attn_meta(q, causal, softcap, TK_FROM_PTR=key_end is not None,
-                          SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET)))
+        lambda: {**attn_meta(q, causal, softcap, block_m, TK_FROM_PTR=key_end is not None,
+                             SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET)),
+                 **({} if tile is None else dict(num_warps=tile.num_warps, num_stages=tile.num_stages))})
     return out
 

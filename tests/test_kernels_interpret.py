@@ -23,7 +23,7 @@ NAMES = [
     "clamped_tails_bf16", "unit_dims_bf16",
     "split_k_fp32", "split_k_bf16",
     "reductions_fp32", "reductions_bf16", "reductions_fp16", "cuda_impls",
-    "attention_fp32", "attention_bf16", "attention_softcap", "attention_split_loop",
+    "attention_fp32", "attention_bf16", "attention_softcap", "attention_split_loop", "attention_tiles",
     "split_attention_fp32", "split_attention_bf16", "split_attention_softcap", "split_single_chunk",
     "split_negative_controls",
     "hf_rmsnorm_fp32", "hf_rmsnorm_fp16", "hf_rmsnorm_fp16_w32", "rope_fp32", "rope_fp16",

@@ -491,6 +491,27 @@ def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int
         assert torch.equal(a, b), f"attention {dtype} case {i}: unmasked leading blocks changed bits"
 
 
+def check_attention_tiles(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
+                          tiles: Sequence[tuple[int, int, int]], seed: int = 12) -> None:
+    """Another launch shape (`AttnTile`: rows per program, warps, stages) gives the default tile's
+    bits: a prefill alone and left-padded, a chunk and a decode (rows of a tile are independent,
+    the block loop's order is the tile's own)."""
+    km = load_kernels()
+    from detllm_kernels.attention import AttnTile
+
+    g = _gen(device, seed)
+    scale = d ** -0.5
+    pad = 29
+    q, k, v = (_randn((2, n, t + pad, d), dtype, device, g) for n in (h, hkv, hkv))
+    ks = torch.tensor([0, pad], dtype=torch.int32, device=device)
+    cases = [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)]
+    ref = [km.invariant_attention(*c, ks, scale, True) for c in cases]
+    for tile in tiles:
+        for i, c in enumerate(cases):
+            out = km.invariant_attention(*c, ks, scale, True, tile=AttnTile(*tile))
+            assert torch.equal(out, ref[i]), f"attention {dtype} tile {tile} case {i}: other bits"
+
+
 # ---------------------------------------------------------------- split-KV attention
 def _decode_points(t: int, chunk: int) -> list[int]:
     """Decode positions: the last key of chunk 0, the first of chunk 1, the first of every later

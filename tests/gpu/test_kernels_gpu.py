@@ -165,6 +165,13 @@ def test_attention_unmasked_leading_blocks_same_bits(dtype, h, hkv, d, softcap) 
     kc.check_attention_split_loop(DEV, dtype, h, hkv, d, 1000, softcap)
 
 
+@pytest.mark.parametrize("dtype,h,hkv,d", [(BF16, 32, 8, 128), (torch.float16, 8, 2, 80)], ids=str)
+def test_attention_launch_shapes_same_bits(dtype: torch.dtype, h: int, hkv: int, d: int) -> None:
+    """The tiles `bench_kernels.py --only attn-probe` times give the default's bits on the card."""
+    kc.check_attention_tiles(DEV, dtype, h, hkv, d, 700, [(128, 8, 2), (128, 8, 3), (64, 4, 2), (64, 4, 4),
+                                                           (64, 8, 3), (128, 4, 2)])
+
+
 def test_registered_overrides_make_stock_calls_invariant() -> None:
     """Installed through torch.library for the CUDA key, CUDA_IMPLS take over F.linear, matmul,
     softmax, log_softmax, mean, rms_norm and layer_norm, and rows stop depending on the batch size."""
