@@ -93,7 +93,8 @@ def test_cuda_matmuls_route_on_the_split_k_flag(monkeypatch: pytest.MonkeyPatch)
     calls: list[tuple[str, dict[str, Any]]] = []
     fake = SimpleNamespace(mm=lambda *a, **kw: calls.append(("mm", kw)) or "mm",
                            addmm=lambda *a, **kw: calls.append(("addmm", kw)) or "addmm",
-                           bmm=lambda *a, **kw: calls.append(("bmm", kw)) or "bmm")
+                           bmm=lambda *a, **kw: calls.append(("bmm", kw)) or "bmm",
+                           mm_lean=lambda *a, **kw: None, addmm_lean=lambda *a, **kw: None)  # no bound launch
     monkeypatch.setattr(cuda, "_KERNELS", [fake])
     monkeypatch.setattr(cuda, "_route", lambda *a: True)
     a, b, bias = torch.zeros(2, 3), torch.zeros(3, 4), torch.zeros(4)

@@ -167,7 +167,7 @@ def _bind(table: dict[tuple, Any], key: tuple, build: Callable[[], Any]) -> None
     function keeps its allocation template (and descriptor maps) for good, and a template taken
     from a capture's private pool would pin that pool's memory after the graph is gone. The next
     call outside a capture binds the key."""
-    if torch.cuda.is_current_stream_capturing():
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # (CPU tests: no CUDA)
         return
     if len(table) >= 4096:
         table.clear()
