@@ -257,15 +257,15 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError("attention: q, k, v must share a dtype")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
-    if out.numel() == 0:
-        return out
-    ks = key_starts(key_start, q)
     block_m = tile.block_m if tile is not None else ATTN_BLOCK_M
     grid = (bsz * hkv, cdiv(tq * (h // hkv), block_m))  # (batch x kv head, query blocks): see the kernel
     if grid[1] > 65535:
         raise ValueError(f"attention: {tq} queries x {h // hkv} heads per kv head make {grid[1]} query blocks, "
                          "past CUDA's 65535 grid rows; run the prefill in chunks of fewer tokens")
+    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    ks = key_starts(key_start, q)
     te = key_end if key_end is not None else ks
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),

@@ -66,7 +66,7 @@ def with_tma_store(cfg: MatmulConfig, dtype: torch.dtype) -> MatmulConfig:
     layout conversion takes scratch of its size too (128x256 in 3 stages asked for 240 KiB on an
     H100, 24 KiB past a once-counted tile). Stages never change bits (only how far ahead the
     loads run)."""
-    es = torch.tensor([], dtype=dtype).element_size()
+    es = dtype.itemsize
     bk = cfg.block_k or BLOCK_K[dtype]
     stages = cfg.num_stages
     while stages > 2 and stages * (cfg.block_m + cfg.block_n) * bk * es + 2 * cfg.block_m * cfg.block_n * es > _SMEM_BUDGET:
@@ -429,13 +429,23 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     a_desc = b_desc = c_desc = None
     if tma is not None:
         # Descriptors hold base pointers, so they are built per call.
-        a_desc = desc(a, [m, k], [sa[1], 1], [bm, bk])
-        b_desc = desc(b, [n, k], [sb[2], 1], [bn, bk]) if tma else desc(b, [k, n], [sb[1], 1], [bk, bn])
+        va, vb, vc = _tma_views(m, n, k, sa, sb, sc, tma)
+        a_desc = desc(a, *va, [bm, bk])
+        b_desc = desc(b, *vb, [bn, bk] if tma else [bk, bn])
         if meta["TMA_STORE"]:
-            c_desc = desc(out, [m, n], [sc[1], 1], [bm, bn])
+            c_desc = desc(out, *vc, [bm, bn])
     _LAUNCH.launch(key, grid, (
         a, b, out, xt, a_desc, b_desc, c_desc, ws, cnt,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
+
+
+def _tma_views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], sc: tuple[int, int, int],
+               b_nk: bool) -> tuple[tuple[list[int], list[int]], ...]:
+    """(shape, strides) of the A, B and C descriptors of a 2-D TMA product: A (m, k); B read as its
+    (n, k) rows (b_nk: an nn.Linear weight) or as the (k, n) matrix; C (m, n). `_launch` and the
+    lean launch (`_fire`) both take them from here."""
+    b = ([n, k], [sb[2], 1]) if b_nk else ([k, n], [sb[1], 1])
+    return ([m, k], [sa[1], 1]), b, ([m, n], [sc[1], 1])
 
 
 def _key(a: torch.Tensor, b: torch.Tensor, out_ptr: int, xt_ptr: int, x_dtype: "torch.dtype | None",
@@ -662,10 +672,10 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
     if raw is None or len(raw[1]) != (3 if meta["TMA_STORE"] else 2):
         return None
     c_raw, metas = raw
-    fill_a = TmaFill(metas[0], [m, k], [sa[1], 1], cache=False)
-    fill_b = (TmaFill(metas[1], [n, k], [sb[2], 1], cache=True) if tma
-              else TmaFill(metas[1], [k, n], [sb[1], 1], cache=True))
-    fill_c = TmaFill(metas[2], [m, n], [sc[1], 1], cache=False) if meta["TMA_STORE"] else None
+    va, vb, vc = _tma_views(m, n, k, sa, sb, sc, tma)
+    fill_a = TmaFill(metas[0], *va, cache=False)
+    fill_b = TmaFill(metas[1], *vb, cache=True)
+    fill_c = TmaFill(metas[2], *vc, cache=False) if meta["TMA_STORE"] else None
     a_tail, b_tail = fill_a.tail, fill_b.tail
 
     def launch_tma(op: int, xp: int, ap: int, bp: int) -> None:

@@ -465,6 +465,17 @@ def check_attention(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t
     assert torch.equal(dec[0, 0], solo[0, t - 1]), f"attention {dtype}: padded-batch decode != prefill row"
 
 
+def _prefill_chunk_decode(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int, pad: int,
+                          seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor, float]:
+    """(q, k, v) cases for attention launches that must agree bitwise: a batch of two sequences,
+    the second behind `pad` tokens of left padding, as a prefill, a 3-query chunk and a decode;
+    with their key starts and the scale."""
+    g = _gen(device, seed)
+    q, k, v = (_randn((2, n, t + pad, d), dtype, device, g) for n in (h, hkv, hkv))
+    ks = torch.tensor([0, pad], dtype=torch.int32, device=device)
+    return [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)], ks, d ** -0.5
+
+
 def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
                                softcap: float | None = None, seed: int = 10) -> None:
     """The unmasked loop over the blocks every row of a tile sees in full (`SPLIT_LOOP`) gives the
@@ -473,12 +484,7 @@ def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int
     km = load_kernels()
     from detllm_kernels import attention
 
-    g = _gen(device, seed)
-    scale = d ** -0.5
-    pad = 37
-    q, k, v = (_randn((2, n, t + pad, d), dtype, device, g) for n in (h, hkv, hkv))
-    ks = torch.tensor([0, pad], dtype=torch.int32, device=device)
-    cases = [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)]
+    cases, ks, scale = _prefill_chunk_decode(device, dtype, h, hkv, d, t, 37, seed)
     before = attention.SPLIT_LOOP
     try:
         outs = {}
@@ -499,12 +505,7 @@ def check_attention_tiles(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     km = load_kernels()
     from detllm_kernels.attention import AttnTile
 
-    g = _gen(device, seed)
-    scale = d ** -0.5
-    pad = 29
-    q, k, v = (_randn((2, n, t + pad, d), dtype, device, g) for n in (h, hkv, hkv))
-    ks = torch.tensor([0, pad], dtype=torch.int32, device=device)
-    cases = [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)]
+    cases, ks, scale = _prefill_chunk_decode(device, dtype, h, hkv, d, t, 29, seed)
     ref = [km.invariant_attention(*c, ks, scale, True) for c in cases]
     for tile in tiles:
         for i, c in enumerate(cases):
