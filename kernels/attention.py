@@ -69,11 +69,10 @@ def _q_tile(q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, 
 
 @triton.jit
 def _scaled(s, c, ASM: tl.constexpr):
-    """s * c rounded to fp32 on its own. The masked block loop selects between this product and
-    -inf before subtracting the row max, so the product is never fused into that subtraction; the
-    unmasked loop has no select in between, and the compiler would fuse it into an FMA (other
-    bits). mul.rn is never contracted, so both loops round the product alike. The interpreter
-    (ASM False) never contracts."""
+    """s * c rounded to fp32 on its own (the row max in log2 units). mul.rn is never contracted, so
+    the compiler cannot fuse the product into a neighbouring add in one loop and not in the other
+    (the masked and unmasked block loops must round alike). The interpreter (ASM False) never
+    contracts."""
     if ASM:
         return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [s, c], dtype=tl.float32,
                                          is_pure=True, pack=1)
@@ -106,17 +105,22 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
             s = tl.dot(q, tl.trans(k))
         if HAS_SOFTCAP:
             t = s * (scale / softcap)
-            s = _scaled(softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0)), LOG2E, ASM)
+            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0))
+            c = LOG2E
         else:
-            s = _scaled(s, scale * LOG2E, ASM)
+            c = scale * LOG2E
         if MASKED:
             valid = offs_n[None, :] < hi
             if CAUSAL:
                 valid = valid & (offs_n[None, :] <= pos_q[:, None])
             s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # The row max in log2 units: max_j rn(s_j * c) == rn(max_j s_j * c) for c > 0 (rounding
+        # is monotonic), so the product is rounded once per row, and each element's exponent is
+        # one fma (s * c - m rounded once; -inf stays -inf): one op fewer per score than a
+        # rounded product and a subtraction.
+        m_new = tl.maximum(m_i, _scaled(tl.max(s, axis=1), c, ASM))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
+        p = tl.exp2(tl.fma(s, c, -m_safe[:, None]))
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if MASKED:
@@ -240,6 +244,29 @@ class AttnTile(NamedTuple):
     num_stages: int
 
 
+# Long prefill on Hopper: 128-row tiles of 8 warps (two warpgroups, each the default tile's 64-row
+# wgmma) and 3 stages. H100, B1 H32/8 d128 bf16 (bench_kernels.py --only attn-probe): 4096 keys
+# 1.27 -> 1.20x SDPA, B4 x 2048 1.42 -> 1.37x; at 1024 keys equal (0.95 / 0.96x) and at B8 x 512
+# slower (1.57 -> 1.66x), hence the key threshold. Same bits as the default tile (a tile only
+# groups independent rows; tests/gpu test_attention_launch_shapes_same_bits).
+LONG_TILE = AttnTile(128, 8, 3)
+LONG_KEYS = 2048
+_HOPPER: dict[int, bool] = {}
+
+
+def _default_tile(q: torch.Tensor, tk: int, group: int) -> AttnTile | None:
+    """LONG_TILE where it was measured faster (sm90, 2-byte dtypes, d = 128, at least LONG_KEYS keys
+    and a full 128-row tile of queries), else None (the 64-row default)."""
+    if _INTERPRET or tk < LONG_KEYS or q.shape[-1] != 128 or q.dtype not in (torch.bfloat16, torch.float16) \
+            or q.shape[2] * group < LONG_TILE.block_m:
+        return None
+    dev = q.get_device()
+    hopper = _HOPPER.get(dev)
+    if hopper is None:
+        hopper = _HOPPER[dev] = torch.cuda.get_device_capability(dev)[0] == 9
+    return LONG_TILE if hopper else None
+
+
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
                         scale: float | None = None, causal: bool = True,
                         softcap: float | None = None, key_end: torch.Tensor | None = None,
@@ -248,7 +275,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
 
     Query i sits at key position Tk - Tq + i; keys before key_start[b] are padding. key_end: a
     one-element device tensor that replaces Tk (k/v then hold at least that many columns).
-    tile: another launch shape (`AttnTile`; None: the default, 64 rows).
+    tile: another launch shape (`AttnTile`; None: the default, 64 rows, or LONG_TILE for long prefill).
     """
     bsz, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -257,6 +284,8 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError("attention: q, k, v must share a dtype")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if tile is None:
+        tile = _default_tile(q, tk, h // hkv)
     block_m = tile.block_m if tile is not None else ATTN_BLOCK_M
     grid = (bsz * hkv, cdiv(tq * (h // hkv), block_m))  # (batch x kv head, query blocks): see the kernel
     if grid[1] > 65535:

@@ -16,7 +16,7 @@ from .completion import Completion, logit_hash
 from .engine import Engine, Generation, Request
 from .errors import ConfigError, PromptError
 from .fuzz import FillerPool, StepDiff, design_trials, first_divergence
-from .invariant.flags import split_k_enabled, split_kv_enabled
+from .invariant.flags import cuda_key_suffix
 from .model import LoadedModel, load
 from .report import Divergence, Stats
 
@@ -114,10 +114,7 @@ class Runtime:
         if dev == "cpu":
             return key + "-" + cpu_code_path()
         if lm.device.type == "cuda" and self.settings.kernels == "invariant":
-            if split_kv_enabled():
-                key += "-splitkv"  # the split-KV attention gives long rows other bits: its own goldens
-            if split_k_enabled():
-                key += "-splitk"  # so does the split-K matmul, for narrow products with K > 1024
+            key += cuda_key_suffix()
         return key
 
     def pool(self, spec: str | None = None) -> FillerPool:

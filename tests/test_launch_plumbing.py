@@ -271,3 +271,32 @@ def test_matmul_lean_function_passes_the_pointers_and_hands_over_on_a_hook(monke
     finally:
         chain.remove(print)
     assert general == ["mm", "addmm 0.5 2.0"] and len(fired) == 2
+
+
+def test_hot_cuda_ops_count_their_own_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mm, addmm, mean.dim, _softmax and _log_softmax are installed without the registry's counting
+    wrapper (a Python frame per call) and count each call themselves, under the wrapper's key, on
+    the lean path too (strict mode proves an op ran by these counts)."""
+    from pytest_detllm.invariant import cuda, registry
+
+    marked = {name for name, fn in cuda.CUDA_IMPLS.items() if getattr(fn, "counts_itself", None)}
+    assert marked == {"mm", "addmm", "mean.dim", "_softmax", "_log_softmax"}
+    for name, fn in cuda.CUDA_IMPLS.items():
+        installed = registry._counted("cuda", name, fn)
+        assert (installed is fn) is (name in marked), name
+    assert registry._counted("cpu", "mm", cuda.CUDA_IMPLS["mm"]) is not cuda.CUDA_IMPLS["mm"]  # another key
+
+    a, b, x = torch.ones(2, 3), torch.ones(3, 4), torch.ones(2, 4)
+    class Bound(dict):  # every key has a bound lean function
+        def get(self, key: object, default: object = None) -> object:
+            return lambda *args: "lean"
+
+    for table in ("_MM_LEAN", "_MEAN_LEAN", "_SOFTMAX_LEAN"):
+        monkeypatch.setattr(cuda, table, Bound())
+    calls = {"mm": lambda: cuda.mm(a, b), "addmm": lambda: cuda.addmm(x, a, b),
+             "mean.dim": lambda: cuda.mean_dim(x, [-1], True), "_softmax": lambda: cuda.softmax(x, -1, False),
+             "_log_softmax": lambda: cuda.log_softmax(x, -1, False)}
+    for name, call in calls.items():
+        before = registry.call_count("cuda", name)
+        assert call() == "lean"
+        assert registry.call_count("cuda", name) == before + 1, name

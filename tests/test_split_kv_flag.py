@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_detllm.invariant.flags import SPLIT_K_ENV, SPLIT_KV_ENV, split_k_enabled, split_kv_enabled
+from pytest_detllm.invariant.flags import (CUDA_KERNELS_REV, SPLIT_K_ENV, SPLIT_KV_ENV, split_k_enabled,
+                                          split_kv_enabled)
 from pytest_detllm.runtime import Runtime, Settings
 
 
@@ -38,12 +39,22 @@ def test_flag_reads_the_environment(monkeypatch: pytest.MonkeyPatch, env: str, r
     assert read() is on
 
 
+def _triton_mm() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "none"
+    return ".".join(triton.__version__.split("+")[0].split(".")[:2])
+
+
 def test_cuda_env_key_says_which_split_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
     for env, _ in FLAGS:
         monkeypatch.delenv(env, raising=False)
     rt = _runtime(monkeypatch, "cuda")
     off = rt.env_key()
     assert off.startswith("cuda-sm90-bfloat16-invariant-") and "split" not in off
+    # the Triton version and the kernels' arithmetic revision: goldens of other bits, other keys
+    assert off.endswith(f"-triton{_triton_mm()}-rev{CUDA_KERNELS_REV}"), off
     monkeypatch.setenv(SPLIT_KV_ENV, "1")
     assert rt.env_key() == off + "-splitkv"
     monkeypatch.setenv(SPLIT_K_ENV, "1")

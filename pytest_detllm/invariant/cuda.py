@@ -77,6 +77,11 @@ def _route(key: tuple, ok: Callable[[], bool], op: str, *ts: torch.Tensor) -> bo
     return _memo(_ROUTES, key, check)
 
 
+# The decode-hot ops count their own calls (registry._counted installs them unwrapped), under the
+# keys the registry's wrapper would use: (device type, the CUDA_IMPLS name).
+_K_MM, _K_ADDMM, _K_MEAN, _K_SOFTMAX, _K_LOG_SOFTMAX = (
+    ("cuda", op) for op in ("mm", "addmm", "mean.dim", "_softmax", "_log_softmax"))
+
 # Lean paths of mm / addmm (kernels/matmul.py `mm_lean`): call key -> bound launch, or False. The
 # key holds everything the route and the launch plan depend on: shapes, strides, dtypes, each
 # pointer's alignment mod 16, the devices, the split-K switch (and addmm's beta and alpha).
@@ -86,6 +91,7 @@ _MM_LEAN: dict[tuple, Any] = {}
 
 
 def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
+    _calls[_K_MM] += 1
     ap, bp = self.data_ptr(), mat2.data_ptr()
     split = split_k_enabled()
     key = (self.shape, mat2.shape, self.stride(), mat2.stride(), self.dtype, mat2.dtype, ap & 15, bp & 15,
@@ -105,6 +111,7 @@ def mm(self: torch.Tensor, mat2: torch.Tensor) -> torch.Tensor:
 
 def addmm(self: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, *, beta: float = 1,
           alpha: float = 1) -> torch.Tensor:
+    _calls[_K_ADDMM] += 1
     xp, ap, bp = self.data_ptr(), mat1.data_ptr(), mat2.data_ptr()
     split = split_k_enabled()
     key = (self.shape, mat1.shape, mat2.shape, self.stride(), mat1.stride(), mat2.stride(), self.dtype,
@@ -176,6 +183,12 @@ def _bind(table: dict[tuple, Any], key: tuple, build: Callable[[], Any]) -> None
 
 def mean_dim(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool = False, *,
              dtype: torch.dtype | None = None) -> torch.Tensor:
+    _calls[_K_MEAN] += 1
+    return _mean(self, dim, keepdim, dtype)
+
+
+def _mean(self: torch.Tensor, dim: Sequence[int] | None, keepdim: bool, dtype: torch.dtype | None) -> torch.Tensor:
+    """mean.dim, not counted as a call of it (layer_norm's mean runs here too)."""
     xp = self.data_ptr()
     key = (self.shape, self.dtype, dim if dim is None or dim.__class__ is int else tuple(dim), keepdim, dtype,
            self.is_contiguous(), xp & 15, self.get_device())
@@ -246,6 +259,7 @@ def _softmax_slow(self: torch.Tensor, dim: int, half_to_float: bool, log: bool, 
 
 
 def softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
+    _calls[_K_SOFTMAX] += 1
     xp = self.data_ptr()
     key = (self.shape, self.dtype, dim, half_to_float, False, self.is_contiguous(), xp & 15, self.get_device())
     lean = _SOFTMAX_LEAN.get(key)
@@ -255,6 +269,7 @@ def softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
 
 
 def log_softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
+    _calls[_K_LOG_SOFTMAX] += 1
     xp = self.data_ptr()
     key = (self.shape, self.dtype, dim, half_to_float, True, self.is_contiguous(), xp & 15, self.get_device())
     lean = _SOFTMAX_LEAN.get(key)
@@ -407,7 +422,7 @@ def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weig
         return edges.empty_layer_norm(input, len(normalized_shape), stat_dtype)
     if input.dtype not in _FLOATS:
         return fixed.fixed_layer_norm(input, list(normalized_shape), weight, bias, eps)
-    out, mean, rstd = fixed.layer_norm_with(lambda y: mean_dim(y, [-1], True), input, list(normalized_shape),
+    out, mean, rstd = fixed.layer_norm_with(lambda y: _mean(y, [-1], True, None), input, list(normalized_shape),
                                             weight, bias, eps)
     # A row holding inf or NaN has rstd NaN; we report its mean as NaN too. Stock's running
     # (Welford) mean there is inf or NaN by its update order (a float32 row of two holding -inf
@@ -450,6 +465,10 @@ CUDA_IMPLS: dict[str, Callable[..., Any]] = {
     "rms_norm": rms_norm,
     "native_layer_norm": native_layer_norm,
 }
+
+for _name, _key in (("mm", _K_MM), ("addmm", _K_ADDMM), ("mean.dim", _K_MEAN), ("_softmax", _K_SOFTMAX),
+                    ("_log_softmax", _K_LOG_SOFTMAX)):
+    CUDA_IMPLS[_name].counts_itself = _key  # type: ignore[attr-defined]
 
 # Kernels for other dispatch keys, installed beside CUDA_IMPLS (dispatch key -> {op: kernel}). The
 # registry does not wrap them in its call counter: each counts the calls it serves itself.

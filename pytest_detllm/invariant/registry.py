@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from collections import Counter
+from collections import defaultdict
 from typing import Any, Callable
 
 import torch
@@ -26,7 +26,9 @@ _saved_attention: dict[str, object] = {}
 _installed: dict[str, set[str]] = {}
 # How often each override actually ran: (device type, op) -> calls. Strict mode reads it to prove
 # that an op was served by us, not merely that something was registered.
-_calls: Counter = Counter()
+# A plain defaultdict: the hot CUDA ops increment it themselves, and Counter's += costs several
+# times a dict's (~0.4 us against ~0.1 us a call, measured on a 2-core Xeon).
+_calls: defaultdict[tuple[str, str], int] = defaultdict(int)
 _local = threading.local()
 
 
@@ -75,7 +77,11 @@ def call_count(device_type: str, op: str) -> int:
 
 
 def _counted(device_type: str, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn wrapped in the call counter, or fn itself where it counts its own calls under this very
+    key (`counts_itself`: the decode-hot CUDA ops, which save the wrapper's frame, ~0.5 us)."""
     key = (device_type, op)  # built once: this wrapper runs on every covered op call
+    if getattr(fn, "counts_itself", None) == key:
+        return fn
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:

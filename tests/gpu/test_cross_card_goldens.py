@@ -73,7 +73,10 @@ def _env_key() -> str:
 
     mm = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731
     major, minor = torch.cuda.get_device_capability(0)
-    return f"cuda-sm{major}{minor}-bfloat16-invariant-torch{mm(torch.__version__)}-transformers{mm(transformers.__version__)}"
+    from pytest_detllm.invariant.flags import cuda_key_suffix
+
+    return (f"cuda-sm{major}{minor}-bfloat16-invariant-torch{mm(torch.__version__)}"
+            f"-transformers{mm(transformers.__version__)}{cuda_key_suffix()}")
 
 
 def test_goldens_recorded_on_another_card_pass_here(pytester: pytest.Pytester, tmp_path: Path,
