@@ -287,6 +287,7 @@ def test_hot_cuda_ops_count_their_own_calls(monkeypatch: pytest.MonkeyPatch) -> 
     assert registry._counted("cpu", "mm", cuda.CUDA_IMPLS["mm"]) is not cuda.CUDA_IMPLS["mm"]  # another key
 
     a, b, x = torch.ones(2, 3), torch.ones(3, 4), torch.ones(2, 4)
+
     class Bound(dict):  # every key has a bound lean function
         def get(self, key: object, default: object = None) -> object:
             return lambda *args: "lean"

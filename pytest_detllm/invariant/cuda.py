@@ -466,9 +466,8 @@ CUDA_IMPLS: dict[str, Callable[..., Any]] = {
     "native_layer_norm": native_layer_norm,
 }
 
-for _name, _key in (("mm", _K_MM), ("addmm", _K_ADDMM), ("mean.dim", _K_MEAN), ("_softmax", _K_SOFTMAX),
-                    ("_log_softmax", _K_LOG_SOFTMAX)):
-    CUDA_IMPLS[_name].counts_itself = _key  # type: ignore[attr-defined]
+for _key in (_K_MM, _K_ADDMM, _K_MEAN, _K_SOFTMAX, _K_LOG_SOFTMAX):
+    CUDA_IMPLS[_key[1]].counts_itself = _key  # type: ignore[attr-defined]
 
 # Kernels for other dispatch keys, installed beside CUDA_IMPLS (dispatch key -> {op: kernel}). The
 # registry does not wrap them in its call counter: each counts the calls it serves itself.
