@@ -84,13 +84,15 @@ def _scaled(s, c, ASM: tl.constexpr):
 def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
             CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
             BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr,
-            k_desc, v_desc, TMA: tl.constexpr):
+            BLOCK_D: tl.constexpr, TMA: tl.constexpr):
     """The online softmax's block loop over keys [lo, hi). MASKED False: every key of every block
     is visible to every row of the tile (the caller's `full` range), so the loop loads without
     masks and skips the causal select; the arithmetic, in the same order, is the masked loop's.
-    TMA: K and V come through the program's descriptors (`_kv_descs`), whose zero fill past hi
+    TMA: K and V come through descriptors of rows [0, hi) (`_kv_descs`), whose zero fill past hi
     and past D gives the masked loads' zeros: the same values, so the same bits."""
     LOG2E: tl.constexpr = 1.4426950408889634
+    if TMA:
+        k_desc, v_desc = _kv_descs(k_base, v_base, hi, D, sk_t, sv_t, BLOCK_N, BLOCK_D)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         if TMA:
@@ -146,8 +148,7 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
 def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
                    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr,
-                   k_desc, v_desc, TMA: tl.constexpr):
+                   EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr):
     """The online softmax over keys [lo, hi) in blocks of BLOCK_N from lo: (m, l, acc) of a query
     tile. `_attn_kernel` runs it over a row block's whole key range, the split-KV kernels over one
     chunk; inlined into each, so every kernel computes the same bits from the same keys. Keys at
@@ -168,17 +169,17 @@ def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t
         mid = lo + tl.maximum(see - lo, 0) // BLOCK_N * BLOCK_N
         m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, lo, mid, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                 scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, False, ASM,
-                                k_desc, v_desc, TMA)
+                                BLOCK_D, TMA)
     m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, mid, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                             scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, True, ASM,
-                            k_desc, v_desc, TMA)
+                            BLOCK_D, TMA)
     return m_i, l_i, acc
 
 
 @triton.jit
 def _kv_descs(k_base, v_base, hi, D, sk_t, sv_t, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A program's K and V as TMA descriptors built on the device: rows [0, hi) of its (batch, kv
-    head), D columns; the copy engine zero-fills rows past hi and columns past D."""
+    """K and V as TMA descriptors built on the device: rows [0, hi) of a program's (batch, kv head),
+    D columns; the copy engine zero-fills rows past hi and columns past D."""
     k_desc = tl.make_tensor_descriptor(k_base, shape=[hi, D], strides=[sk_t, 1], block_shape=[BLOCK_N, BLOCK_D])
     v_desc = tl.make_tensor_descriptor(v_base, shape=[hi, D], strides=[sv_t, 1], block_shape=[BLOCK_N, BLOCK_D])
     return k_desc, v_desc
@@ -206,13 +207,9 @@ def _attn_kernel(
     b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
         q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
         HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
-    if TMA:
-        k_desc, v_desc = _kv_descs(k_base, v_base, hi, D, sk_t, sv_t, BLOCK_N, BLOCK_D)
-    else:
-        k_desc, v_desc = None, None
     m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                    scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
-                                   EVEN_D, SPLIT_LOOP, ASM, k_desc, v_desc, TMA)
+                                   EVEN_D, SPLIT_LOOP, ASM, TMA)
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
