@@ -322,8 +322,10 @@ def split_table(tks: list[int]) -> None:
 
 
 # The sixteenth session's probe settled the pointer-load shapes (LONG_TILE; the 32-row tile gives
-# other bits); the TMA rows are K/V through device-built descriptors, not yet timed on a GPU.
-PROBE_TILES = [(64, 4, 3), (128, 8, 3), (64, 4, 3, True), (128, 8, 3, True), (128, 8, 4, True), (64, 4, 4, True)]
+# other bits); the TMA rows are K/V through device-built descriptors, the last one with Triton's
+# warp specialisation of the block loop too, neither timed on a GPU yet.
+PROBE_TILES = [(64, 4, 3), (128, 8, 3), (64, 4, 3, True), (128, 8, 3, True), (128, 8, 4, True), (64, 4, 4, True),
+               (128, 8, 3, True, True)]
 
 
 def attn_probe() -> None:
@@ -343,7 +345,7 @@ def attn_probe() -> None:
         cells = [f"default {base / sdpa:.2f}x"]
         for tile in PROBE_TILES:
             t = AttnTile(*tile)
-            name = f"{t.block_m}x{t.num_warps}w s{t.num_stages}{' tma' if t.tma else ''}"
+            name = f"{t.block_m}x{t.num_warps}w s{t.num_stages}{' tma' if t.tma else ''}{' ws' if t.warp_specialize else ''}"
             try:
                 same = torch.equal(km.invariant_attention(q, k, v, ks, d ** -0.5, True, tile=t), ref)
                 us = t_us(lambda: km.invariant_attention(q, k, v, ks, d ** -0.5, True, tile=t))

@@ -84,7 +84,7 @@ def _scaled(s, c, ASM: tl.constexpr):
 def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
             CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
             BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr,
-            BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+            BLOCK_D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr):
     """The online softmax's block loop over keys [lo, hi). MASKED False: every key of every block
     is visible to every row of the tile (the caller's `full` range), so the loop loads without
     masks and skips the causal select; the arithmetic, in the same order, is the masked loop's.
@@ -93,7 +93,8 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
     LOG2E: tl.constexpr = 1.4426950408889634
     if TMA:
         k_desc, v_desc = _kv_descs(k_base, v_base, hi, D, sk_t, sv_t, BLOCK_N, BLOCK_D)
-    for start in range(lo, hi, BLOCK_N):
+    # WS (a probe): Triton's warp specialisation of this loop (Hopper wants TMA loads for it)
+    for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         offs_n = start + tl.arange(0, BLOCK_N)
         if TMA:
             k = k_desc.load([start, 0])
@@ -148,7 +149,8 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
 def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
                    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr):
+                   EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr,
+                   WS: tl.constexpr):
     """The online softmax over keys [lo, hi) in blocks of BLOCK_N from lo: (m, l, acc) of a query
     tile. `_attn_kernel` runs it over a row block's whole key range, the split-KV kernels over one
     chunk; inlined into each, so every kernel computes the same bits from the same keys. Keys at
@@ -169,10 +171,10 @@ def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t
         mid = lo + tl.maximum(see - lo, 0) // BLOCK_N * BLOCK_N
         m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, lo, mid, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                 scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, False, ASM,
-                                BLOCK_D, TMA)
+                                BLOCK_D, TMA, WS)
     m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, mid, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                             scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, True, ASM,
-                            BLOCK_D, TMA)
+                            BLOCK_D, TMA, WS)
     return m_i, l_i, acc
 
 
@@ -193,7 +195,7 @@ def _attn_kernel(
     HKV, GROUP, Tq, Tk, D, scale, softcap,
     CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
-    EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr,
+    EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
 ):
     if TK_FROM_PTR:
         # The static engine's KV cache: the number of filled columns lives on the device, so one
@@ -209,7 +211,7 @@ def _attn_kernel(
         HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
     m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                    scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
-                                   EVEN_D, SPLIT_LOOP, ASM, TMA)
+                                   EVEN_D, SPLIT_LOOP, ASM, TMA, WS)
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
@@ -260,11 +262,13 @@ class AttnTile(NamedTuple):
     order is the same, so any tile gives the same bits (benchmarks/bench_kernels.py
     --only attn-probe checks it per case). tma: K and V through TMA descriptors built on the
     device (a probe: bf16/fp16, the last dim contiguous, 16-byte aligned rows; it sets Triton's
-    scratch allocator), the same values as the pointer loads."""
+    scratch allocator), the same values as the pointer loads. warp_specialize: the block loop as
+    `tl.range(..., warp_specialize=True)` (a probe; schedules, moves no value)."""
     block_m: int
     num_warps: int
     num_stages: int
     tma: bool = False
+    warp_specialize: bool = False
 
 
 def _check_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -350,7 +354,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0),
         lambda: {**attn_meta(q, causal, softcap, block_m, TK_FROM_PTR=key_end is not None,
                              SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET),
-                             TMA=tile is not None and tile.tma),
+                             TMA=tile is not None and tile.tma, WS=tile is not None and tile.warp_specialize),
                  **({} if tile is None else dict(num_warps=tile.num_warps, num_stages=tile.num_stages))})
     return out
 
