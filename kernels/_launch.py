@@ -19,6 +19,7 @@ Any surprise (a Triton version whose launcher takes other arguments) -> the norm
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -34,6 +35,12 @@ _MAX_PLANS = 8192  # prefill shapes vary; keep the table bounded
 # Triton's interpreter (CPU tests): triton reads the variable at import, so it is fixed from here on.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: 0)
+
+@functools.lru_cache(maxsize=None)
+def cc_major(device_index: int) -> int:
+    """The CUDA device's compute capability major (9: Hopper), asked of the driver once."""
+    return torch.cuda.get_device_capability(device_index)[0]
+
 
 try:
     _raw_stream = torch._C._cuda_getCurrentRawStream  # no Python Stream object per call

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
-from ._launch import Launcher
+from ._launch import Launcher, cc_major
 from ._rows import cdiv, key_starts, next_pow2
 
 __all__ = ["invariant_attention", "AttnTile", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
@@ -297,7 +297,6 @@ def _check_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 # groups independent rows; tests/gpu test_attention_launch_shapes_same_bits).
 LONG_TILE = AttnTile(128, 8, 3)
 LONG_KEYS = 2048
-_HOPPER: dict[int, bool] = {}
 
 
 def _default_tile(q: torch.Tensor, tk: int, group: int) -> AttnTile | None:
@@ -306,11 +305,7 @@ def _default_tile(q: torch.Tensor, tk: int, group: int) -> AttnTile | None:
     if _INTERPRET or tk < LONG_KEYS or q.shape[-1] != 128 or q.dtype not in (torch.bfloat16, torch.float16) \
             or q.shape[2] * group < LONG_TILE.block_m:
         return None
-    dev = q.get_device()
-    hopper = _HOPPER.get(dev)
-    if hopper is None:
-        hopper = _HOPPER[dev] = torch.cuda.get_device_capability(dev)[0] == 9
-    return LONG_TILE if hopper else None
+    return LONG_TILE if cc_major(q.get_device()) == 9 else None
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

@@ -21,7 +21,8 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
-from ._launch import _RUNTIME, Launcher, TmaFill, _current_device, _raw_stream, arrival_counters, ready, template
+from ._launch import (_RUNTIME, Launcher, TmaFill, _current_device, _raw_stream, arrival_counters, cc_major,
+                      ready, template)
 from ._launch import unwrap_tensordesc
 from ._rows import cdiv
 
@@ -83,9 +84,8 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=None)
 def _has_tma(device_index: int) -> bool:
-    return TensorDescriptor is not None and torch.cuda.get_device_capability(device_index)[0] >= 9
+    return TensorDescriptor is not None and cc_major(device_index) >= 9
 
 
 # Output widths at or below which decode takes the narrow tiles: too few 32-64-column programs

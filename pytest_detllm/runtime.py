@@ -16,7 +16,7 @@ from .completion import Completion, logit_hash
 from .engine import Engine, Generation, Request
 from .errors import ConfigError, PromptError
 from .fuzz import FillerPool, StepDiff, design_trials, first_divergence
-from .invariant.flags import cuda_key_suffix
+from .invariant.flags import cuda_key_suffix, major_minor
 from .model import LoadedModel, load
 from .report import Divergence, Stats
 
@@ -109,8 +109,8 @@ class Runtime:
         if dev == "cuda":
             major, minor = torch.cuda.get_device_capability(lm.device)
             dev = f"cuda-sm{major}{minor}"
-        mm = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731
-        key = f"{dev}-{lm.dtype}-{self.settings.kernels}-torch{mm(torch.__version__)}-transformers{mm(transformers.__version__)}"
+        key = (f"{dev}-{lm.dtype}-{self.settings.kernels}-torch{major_minor(torch.__version__)}"
+               f"-transformers{major_minor(transformers.__version__)}")
         if dev == "cpu":
             return key + "-" + cpu_code_path()
         if lm.device.type == "cuda" and self.settings.kernels == "invariant":

@@ -26,6 +26,11 @@ def split_k_enabled() -> bool:
     return os.environ.get(SPLIT_K_ENV, "0") == "1"
 
 
+def major_minor(version: str) -> str:
+    """'2.11.0+cu130' -> '2.11': how golden keys name a library's version."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
 # The CUDA kernels' arithmetic revision: bumped whenever a change gives some rows other bits, so
 # goldens recorded under the old arithmetic sit under another environment key (and are compared
 # as another environment's) instead of failing as if the model had changed. 2: attention's
@@ -40,7 +45,7 @@ def cuda_key_suffix() -> str:
     try:  # called once a model is on a CUDA device, where the kernels import triton anyway
         import triton
 
-        ver = ".".join(triton.__version__.split("+")[0].split(".")[:2])
+        ver = major_minor(triton.__version__)
     except ImportError:  # no triton: the mode refuses CUDA ops; the key still reads
         ver = "none"
     key = f"-triton{ver}-rev{CUDA_KERNELS_REV}"

@@ -71,12 +71,11 @@ def _weights_hash(folder: Path) -> str:
 def _env_key() -> str:
     import transformers
 
-    mm = lambda v: ".".join(v.split("+")[0].split(".")[:2])  # noqa: E731
-    major, minor = torch.cuda.get_device_capability(0)
-    from pytest_detllm.invariant.flags import cuda_key_suffix
+    from pytest_detllm.invariant.flags import cuda_key_suffix, major_minor
 
-    return (f"cuda-sm{major}{minor}-bfloat16-invariant-torch{mm(torch.__version__)}"
-            f"-transformers{mm(transformers.__version__)}{cuda_key_suffix()}")
+    major, minor = torch.cuda.get_device_capability(0)
+    return (f"cuda-sm{major}{minor}-bfloat16-invariant-torch{major_minor(torch.__version__)}"
+            f"-transformers{major_minor(transformers.__version__)}{cuda_key_suffix()}")
 
 
 def test_goldens_recorded_on_another_card_pass_here(pytester: pytest.Pytester, tmp_path: Path,
