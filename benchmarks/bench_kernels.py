@@ -150,9 +150,10 @@ def host_table(rounds: int = 7) -> None:
                 inv.append(host_us(inv_fn, 200))
             with _hot_ops_wrapped(), batch_invariant("cuda"), torch.inference_mode():
                 wr.append(host_us(inv_fn, 200))
-        a, b, c, w = (statistics.median(x) for x in (st, sti, inv, wr))
+        # not `w`: the cases' lambdas close over the weight `w` of this scope
+        a, b, c, cw = (statistics.median(r) for r in (st, sti, inv, wr))
         note = "  (SDPA vs ours)" if name.startswith("attention") else ""
-        print(f"  {name:<36} {a:8.1f} {b:9.1f} {c:10.1f} {c / a:6.2f} {c / b:9.2f} {w:8.1f}{note}", flush=True)
+        print(f"  {name:<36} {a:8.1f} {b:9.1f} {c:10.1f} {c / a:6.2f} {c / b:9.2f} {cw:8.1f}{note}", flush=True)
     print("  wrapped: invariant with the hot ops under the registry's counting wrapper again (the frame cut by "
           "docs/kernels.md's Launch overhead item 11, measured in the same rounds)")
 
@@ -344,10 +345,10 @@ def split_table(tks: list[int]) -> None:
 
 
 # The sixteenth session's probe settled the pointer-load shapes (LONG_TILE; the 32-row tile gives
-# other bits); the TMA rows are K/V through device-built descriptors, the last one with Triton's
-# warp specialisation of the block loop too, neither timed on a GPU yet.
-PROBE_TILES = [(64, 4, 3), (128, 8, 3), (64, 4, 3, True), (128, 8, 3, True), (128, 8, 4, True), (64, 4, 4, True),
-               (128, 8, 3, True, True)]
+# other bits). The seventeenth removed its TMA and warp-specialised rows: K/V through device-built
+# descriptors ran 1.13-3.15x SDPA where pointer loads ran 0.97-1.54x, same bits
+# (docs/results/attn_probe_h100_session17.log).
+PROBE_TILES = [(64, 4, 3), (128, 8, 3), (64, 4, 2), (128, 8, 2)]
 
 
 def attn_probe() -> None:
@@ -367,7 +368,7 @@ def attn_probe() -> None:
         cells = [f"default {base / sdpa:.2f}x"]
         for tile in PROBE_TILES:
             t = AttnTile(*tile)
-            name = f"{t.block_m}x{t.num_warps}w s{t.num_stages}{' tma' if t.tma else ''}{' ws' if t.warp_specialize else ''}"
+            name = f"{t.block_m}x{t.num_warps}w s{t.num_stages}"
             try:
                 same = torch.equal(km.invariant_attention(q, k, v, ks, d ** -0.5, True, tile=t), ref)
                 us = t_us(lambda: km.invariant_attention(q, k, v, ks, d ** -0.5, True, tile=t))

@@ -84,21 +84,14 @@ def _scaled(s, c, ASM: tl.constexpr):
 def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
             CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
             BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr,
-            BLOCK_D: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr):
+            BLOCK_D: tl.constexpr):
     """The online softmax's block loop over keys [lo, hi). MASKED False: every key of every block
     is visible to every row of the tile (the caller's `full` range), so the loop loads without
-    masks and skips the causal select; the arithmetic, in the same order, is the masked loop's.
-    TMA: K and V come through descriptors of rows [0, hi) (`_kv_descs`), whose zero fill past hi
-    and past D gives the masked loads' zeros: the same values, so the same bits."""
+    masks and skips the causal select; the arithmetic, in the same order, is the masked loop's."""
     LOG2E: tl.constexpr = 1.4426950408889634
-    if TMA:
-        k_desc, v_desc = _kv_descs(k_base, v_base, hi, D, sk_t, sv_t, BLOCK_N, BLOCK_D)
-    # WS (a probe): Triton's warp specialisation of this loop (Hopper wants TMA loads for it)
-    for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+    for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        if TMA:
-            k = k_desc.load([start, 0])
-        elif MASKED:
+        if MASKED:
             kv_mask = (offs_n[:, None] < hi) & (offs_d[None, :] < D)
             k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
         elif EVEN_D:
@@ -131,9 +124,7 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
         p = tl.exp2(tl.fma(s, c, -m_safe[:, None]))
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if TMA:
-            v = v_desc.load([start, 0])
-        elif MASKED:
+        if MASKED:
             v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
         elif EVEN_D:
             v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d)
@@ -149,8 +140,7 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
 def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
                    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr,
-                   WS: tl.constexpr):
+                   EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr):
     """The online softmax over keys [lo, hi) in blocks of BLOCK_N from lo: (m, l, acc) of a query
     tile. `_attn_kernel` runs it over a row block's whole key range, the split-KV kernels over one
     chunk; inlined into each, so every kernel computes the same bits from the same keys. Keys at
@@ -171,20 +161,11 @@ def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t
         mid = lo + tl.maximum(see - lo, 0) // BLOCK_N * BLOCK_N
         m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, lo, mid, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                 scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, False, ASM,
-                                BLOCK_D, TMA, WS)
+                                BLOCK_D)
     m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, mid, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                             scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, True, ASM,
-                            BLOCK_D, TMA, WS)
+                            BLOCK_D)
     return m_i, l_i, acc
-
-
-@triton.jit
-def _kv_descs(k_base, v_base, hi, D, sk_t, sv_t, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """K and V as TMA descriptors built on the device: rows [0, hi) of a program's (batch, kv head),
-    D columns; the copy engine zero-fills rows past hi and columns past D."""
-    k_desc = tl.make_tensor_descriptor(k_base, shape=[hi, D], strides=[sk_t, 1], block_shape=[BLOCK_N, BLOCK_D])
-    v_desc = tl.make_tensor_descriptor(v_base, shape=[hi, D], strides=[sv_t, 1], block_shape=[BLOCK_N, BLOCK_D])
-    return k_desc, v_desc
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
@@ -195,7 +176,7 @@ def _attn_kernel(
     HKV, GROUP, Tq, Tk, D, scale, softcap,
     CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
-    EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
+    EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr,
 ):
     if TK_FROM_PTR:
         # The static engine's KV cache: the number of filled columns lives on the device, so one
@@ -211,7 +192,7 @@ def _attn_kernel(
         HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
     m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                    scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
-                                   EVEN_D, SPLIT_LOOP, ASM, TMA, WS)
+                                   EVEN_D, SPLIT_LOOP, ASM)
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
@@ -260,34 +241,10 @@ class AttnTile(NamedTuple):
     """A launch shape for `invariant_attention` other than the default (benchmarks and tests: query
     rows per program, warps, K/V stages). Rows of a tile are independent and the block loop's
     order is the same, so any tile gives the same bits (benchmarks/bench_kernels.py
-    --only attn-probe checks it per case). tma: K and V through TMA descriptors built on the
-    device (a probe: bf16/fp16, the last dim contiguous, 16-byte aligned rows; it sets Triton's
-    scratch allocator), the same values as the pointer loads. warp_specialize: the block loop as
-    `tl.range(..., warp_specialize=True)` (a probe; schedules, moves no value)."""
+    --only attn-probe checks it per case)."""
     block_m: int
     num_warps: int
     num_stages: int
-    tma: bool = False
-    warp_specialize: bool = False
-
-
-def _check_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """What device-built descriptors need of K and V, or one clear error; sets Triton's scratch
-    allocator (the descriptors live in a per-launch global scratch) where none is set yet."""
-    es = k.element_size()
-    ok = (k.dtype in (torch.bfloat16, torch.float16) and k.stride(-1) == 1 and v.stride(-1) == 1
-          and all((st * es) % 16 == 0 for t in (k, v) for st in t.stride()[:-1])
-          and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0 and q.shape[-1] * es >= 16)
-    if not ok:
-        raise ValueError("attention: AttnTile(tma=True) needs bf16/fp16 K and V with a contiguous last dim, "
-                         "16-byte aligned pointers and strides; use tma=False for these tensors")
-    if not _INTERPRET:
-        from triton.runtime import _allocation
-
-        slot = getattr(_allocation, "_allocator", None)  # a user's own allocator is kept
-        if slot is None or type(slot.get()).__name__ == "NullAllocator":
-            # on the current device, where Triton launches
-            triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 # Long prefill on Hopper: 128-row tiles of 8 warps (two warpgroups, each the default tile's 64-row
@@ -327,8 +284,6 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if tile is None:
         tile = _default_tile(q, tk, h // hkv)
-    elif tile.tma:
-        _check_tma(q, k, v)
     block_m = tile.block_m if tile is not None else ATTN_BLOCK_M
     grid = (bsz * hkv, cdiv(tq * (h // hkv), block_m))  # (batch x kv head, query blocks): see the kernel
     if grid[1] > 65535:
@@ -348,8 +303,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0),
         lambda: {**attn_meta(q, causal, softcap, block_m, TK_FROM_PTR=key_end is not None,
-                             SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET),
-                             TMA=tile is not None and tile.tma, WS=tile is not None and tile.warp_specialize),
+                             SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET)),
                  **({} if tile is None else dict(num_warps=tile.num_warps, num_stages=tile.num_stages))})
     return out
 

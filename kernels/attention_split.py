@@ -96,7 +96,7 @@ def _split_kernel(
     # _attn_kernel's block loop, restricted to this chunk
     m_i, l_i, acc = _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                    scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
-                                   EVEN_D, False, ASM, False, False)
+                                   EVEN_D, False, ASM)
     # Workspace [B*Hkv, NC, Tq*GROUP, D] (m and l without D); an empty chunk stores (-inf, 0, 0).
     rows = Tq * GROUP
     base = (pid_bh.to(tl.int64) * NC + pid_c) * rows
@@ -223,7 +223,7 @@ def _onepass_kernel(
         c_hi = tl.minimum(hi, lo + CHUNK)
         m_c, l_c, acc_c = _chunk_partial(q, k_base, v_base, lo, c_hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                          scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N,
-                                         BLOCK_D, EVEN_D, False, ASM, False, False)
+                                         BLOCK_D, EVEN_D, False, ASM)
         M, L, ACC = _fold(M, L, ACC, m_c, l_c, acc_c)
     out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,

@@ -301,21 +301,3 @@ def test_hot_cuda_ops_count_their_own_calls(monkeypatch: pytest.MonkeyPatch) -> 
         before = registry.call_count("cuda", name)
         assert call() == "lean"
         assert registry.call_count("cuda", name) == before + 1, name
-
-
-def test_attention_tma_probe_refuses_what_descriptors_cannot_read() -> None:
-    """AttnTile(tma=True): K/V whose last dim is not contiguous, or whose rows are not 16-byte
-    aligned, get one clear error before any launch (the pointer path serves them)."""
-    from detllm_kernels.attention import AttnTile, _check_tma, invariant_attention
-
-    q = torch.zeros(1, 4, 8, 16, dtype=torch.bfloat16)
-    k = torch.zeros(1, 2, 8, 16, dtype=torch.bfloat16)
-    _check_tma(q, k, k)  # contiguous, aligned: accepted
-    ks = torch.zeros(1, dtype=torch.int32)
-    cases = {"last dim strided": torch.zeros(1, 2, 16, 8, dtype=torch.bfloat16).transpose(-1, -2),
-             "rows of 14 bytes": torch.zeros(1, 2, 8, 7, dtype=torch.bfloat16)[..., :7],
-             "float32": torch.zeros(1, 2, 8, 16)}
-    for what, bad in cases.items():
-        qq = q[..., : bad.shape[-1]].to(bad.dtype)
-        with pytest.raises(ValueError, match="tma=True"):
-            invariant_attention(qq, bad, bad, ks, tile=AttnTile(64, 4, 3, tma=True))
