@@ -122,7 +122,11 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
         # 64-row tile reads the weight once, where 16-row tiles read it four times and ran at
         # 0.39-0.70 of cuBLAS at M = 64. `sweep_decode_mm.py --deep`, H200, fourteenth session,
         # against the 16x64 s3 tile before: M = 1/16 0.86-0.96 -> 0.89-1.14, M = 64 0.74-0.83 -> 0.98-1.11.
-        if m <= 16:
+        # Up to 32 rows of a long-K weight (`x @ W` 4096 x 4096), two 16-row tiles per column block
+        # keep twice the programs in flight: 18.0 -> 15.3 us against cuBLAS's 14.2 (`--deep`
+        # sweep at M = 32, H100, fifteenth session). Short K (GPT-2 c_attn, K = 768) keeps the
+        # 64-row tile, the best there (3.9 us, cuBLAS 3.6). Same config as M <= 16: same bits.
+        if m <= 16 or (m <= 32 and k >= NARROW_MIN_K):
             return MatmulConfig(16, 32, 8, 4, 4, persistent=False, block_k=256, tma=True)
         return MatmulConfig(64, 32, 8, 4, 4, persistent=False, block_k=256, tma=True)
     if 16 < m <= 32 and n > 32768:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-GPU_MS = (1, 2, 3, 7, 16, 33, 64, 127, 256, 1000, 2048, 4096)
+GPU_MS = (1, 2, 3, 7, 16, 24, 33, 64, 127, 256, 1000, 2048, 4096)
 INTERP_MS = (1, 2, 3, 7, 16, 33)
 # relative Frobenius error vs an fp64 reference
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
