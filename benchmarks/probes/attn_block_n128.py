@@ -6,21 +6,13 @@ probe checks that BLOCK_N=128 is still batch-invariant (a batch's last sequence 
 to SDPA, and times prefill and split-KV decode."""
 import torch
 import torch.nn.functional as F
-import triton.testing
 import detllm_kernels as km
 from detllm_kernels import attention as A
 from detllm_kernels import attention_split as S
 from detllm_kernels._launch import Launcher
 from detllm_kernels.attention import AttnTile
 
-
-def t_us(fn):
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-
-
-def g_us(fn):
-    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
-
+from _common import g_us, t_us
 
 
 def clear():

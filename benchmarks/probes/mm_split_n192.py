@@ -7,9 +7,8 @@ bits must equal detllm_kernels.mm's; printed per case."""
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 from triton.tools.tensor_descriptor import TensorDescriptor
-import detllm_kernels as km
+from _common import mm_table
 
 
 @triton.jit
@@ -72,35 +71,6 @@ def run_probe(a, b, cfg):
     return go
 
 
-def t(fn):
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-
-
-def g(fn):
-    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
-
-
 CFGS = [(128, 128, 64, 8, 4, True), (128, 128, 64, 8, 3, True), (128, 128, 64, 8, 5, True),
         (128, 128, 64, 8, 4, False), (128, 64, 128, 8, 4, True), (64, 128, 64, 4, 4, False)]
-print(torch.cuda.get_device_name(), triton.__version__, flush=True)
-for (k, n, name) in ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 3072, "gpt2 c_fc"),
-                     (4096, 4096, "x@W 4096")):
-    for m in (1024, 4096, 8192):
-        torch.manual_seed(0)
-        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16) / 30
-        ref = km.mm(a, b)
-        cub = t(lambda: torch.mm(a, b))
-        gcub = g(lambda: torch.mm(a, b))
-        prod = t(lambda: km.mm(a, b))
-        gprod = g(lambda: km.mm(a, b))
-        cells = [f"prod {cub / prod:.2f} (g {gcub / gprod:.2f})"]
-        for cfg in CFGS:
-            try:
-                fn = run_probe(a, b, cfg)
-                same = torch.equal(fn(), ref)
-                cells.append(f"{cfg[0]}x{cfg[1]}+{cfg[2]} w{cfg[3]} s{cfg[4]}{' p' if cfg[5] else ''} "
-                             f"{cub / t(fn):.2f} (g {gcub / g(fn):.2f}){'' if same else ' OTHER BITS'}")
-            except Exception as e:
-                cells.append(f"{cfg} failed {type(e).__name__}: {str(e)[:60]}")
-        print(f"{name} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
+mm_table(run_probe, CFGS, lambda c: f"{c[0]}x{c[1]}+{c[2]} w{c[3]} s{c[4]}{' p' if c[5] else ''}")

@@ -9,9 +9,8 @@ the previous program began (waiting on its flag). Bits are compared with detllm_
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 from triton.tools.tensor_descriptor import TensorDescriptor
-import detllm_kernels as km
+from _common import mm_table
 
 
 @triton.jit
@@ -110,34 +109,5 @@ def run_probe(a, b, cfg):
     return go
 
 
-def t(fn):
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-
-
-def g(fn):
-    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
-
-
 CFGS = [(128, 256, 8, 4, 0), (128, 256, 8, 3, 0), (128, 128, 8, 4, 0), (128, 128, 4, 4, 0)]
-print(torch.cuda.get_device_name(), triton.__version__, flush=True)
-for (k, n, name) in ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 3072, "gpt2 c_fc"),
-                     (4096, 4096, "x@W 4096")):
-    for m in (1024, 4096, 8192):
-        torch.manual_seed(0)
-        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16) / 30
-        ref = km.mm(a, b)
-        cub = t(lambda: torch.mm(a, b))
-        gcub = g(lambda: torch.mm(a, b))
-        prod = t(lambda: km.mm(a, b))
-        gprod = g(lambda: km.mm(a, b))
-        cells = [f"prod {cub / prod:.2f} (g {gcub / gprod:.2f})"]
-        for cfg in CFGS:
-            try:
-                fn = run_probe(a, b, cfg)
-                same = all(torch.equal(fn(), ref) for _ in range(3))
-                cells.append(f"{cfg[0]}x{cfg[1]} w{cfg[2]} s{cfg[3]} p{cfg[4] or NSM} "
-                             f"{cub / t(fn):.2f} (g {gcub / g(fn):.2f}){'' if same else ' OTHER BITS'}")
-            except Exception as e:
-                cells.append(f"{cfg} failed {type(e).__name__}: {str(e)[:60]}")
-        print(f"{name} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
+mm_table(run_probe, CFGS, lambda c: f"{c[0]}x{c[1]} w{c[2]} s{c[3]} p{c[4] or NSM}", repeats=3)

@@ -1,0 +1,49 @@
+"""What the probes share: do_bench and CUDA-graph timing (µs), and the short-K prefill matmul
+table (a probe kernel's candidates next to cuBLAS and detllm_kernels.mm, bits checked)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import triton
+import triton.testing
+
+# (K, N, label): the (K, N) weights whose prefill quantises badly in 128x256 tiles, and a balanced one
+MM_SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 3072, "gpt2 c_fc"),
+             (4096, 4096, "x@W 4096"))
+
+
+def t_us(fn: Callable[[], Any]) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+
+
+def g_us(fn: Callable[[], Any]) -> float:
+    return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
+
+
+def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], Callable[[], torch.Tensor]],
+             cfgs: Sequence[Any], name: Callable[[Any], str], repeats: int = 1) -> None:
+    """Per shape and M: cuBLAS, the production kernel, then each candidate as ratio to cuBLAS
+    (do_bench, and over CUDA graphs in brackets); a candidate whose output (over `repeats` runs)
+    is not the production kernel's bits is marked."""
+    import detllm_kernels as km
+
+    print(torch.cuda.get_device_name(), triton.__version__, flush=True)
+    for k, n, label in MM_SHAPES:
+        for m in (1024, 4096, 8192):
+            torch.manual_seed(0)
+            a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16) / 30
+            ref = km.mm(a, b)
+            cub, gcub = t_us(lambda: torch.mm(a, b)), g_us(lambda: torch.mm(a, b))
+            prod, gprod = t_us(lambda: km.mm(a, b)), g_us(lambda: km.mm(a, b))
+            cells = [f"prod {cub / prod:.2f} (g {gcub / gprod:.2f})"]
+            for cfg in cfgs:
+                try:
+                    fn = run_probe(a, b, cfg)
+                    same = all(torch.equal(fn(), ref) for _ in range(repeats))
+                    cells.append(f"{name(cfg)} {cub / t_us(fn):.2f} (g {gcub / g_us(fn):.2f})"
+                                 f"{'' if same else ' OTHER BITS'}")
+                except Exception as e:  # a candidate may not fit in shared memory
+                    cells.append(f"{cfg} failed {type(e).__name__}: {str(e)[:60]}")
+            print(f"{label} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
