@@ -21,6 +21,18 @@ def g_us(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
 
 
+def clear_attention_plans() -> None:
+    """Drop the attention kernels' launch plans: a probe that flips a module constant the plan
+    keys do not hold (BLOCK_N) must compile afresh."""
+    from detllm_kernels import attention, attention_split
+    from detllm_kernels._launch import Launcher
+
+    for mod in (attention, attention_split):
+        for v in vars(mod).values():
+            if isinstance(v, Launcher):
+                v.plans.clear()
+
+
 def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], Callable[[], torch.Tensor]],
              cfgs: Sequence[Any], name: Callable[[Any], str], repeats: int = 1) -> None:
     """Per shape and M: cuBLAS, the production kernel, then each candidate as ratio to cuBLAS

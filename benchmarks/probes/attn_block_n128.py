@@ -8,19 +8,9 @@ import torch
 import torch.nn.functional as F
 import detllm_kernels as km
 from detllm_kernels import attention as A
-from detllm_kernels import attention_split as S
-from detllm_kernels._launch import Launcher
 from detllm_kernels.attention import AttnTile
 
-from _common import g_us, t_us
-
-
-def clear():
-    """Drop the launch plans: their keys do not hold BLOCK_N, which this probe changes."""
-    for mod in (A, S):
-        for v in vars(mod).values():
-            if isinstance(v, Launcher):
-                v.plans.clear()
+from _common import clear_attention_plans, g_us, t_us
 
 
 bf, d = torch.bfloat16, 128
@@ -38,7 +28,7 @@ for bsz, tq in ((1, 1024), (1, 4096), (8, 512), (4, 2048)):
     cells = []
     for bn in (64, 128):
         A.ATTN_BLOCK_N = bn
-        clear()
+        clear_attention_plans()
         for tile in TILES:
             name = f"bn{bn} " + ("default" if tile is None else f"{tile.block_m}x{tile.num_warps}w s{tile.num_stages}")
             try:
@@ -52,7 +42,7 @@ for bsz, tq in ((1, 1024), (1, 4096), (8, 512), (4, 2048)):
                 cells.append(f"{name} failed ({type(e).__name__}: {str(e)[:60]})")
     print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us | " + " | ".join(cells), flush=True)
     A.ATTN_BLOCK_N = 64
-    clear()
+    clear_attention_plans()
 
 for tk in (1024, 4096, 8192):
     q = torch.randn(1, 32, 1, d, device="cuda", dtype=bf)
@@ -64,11 +54,11 @@ for tk in (1024, 4096, 8192):
     cells = []
     for bn in (64, 128):
         A.ATTN_BLOCK_N = bn
-        clear()
+        clear_attention_plans()
         s = t_us(lambda: km.split_kv_attention(q, k, v, ks, sc, True))
         g = g_us(lambda: km.split_kv_attention(q, k, v, ks, sc, True))
         one = t_us(lambda: km.invariant_attention(q, k, v, ks, sc, True))
         cells.append(f"bn{bn} split {s / sdpa:.2f}x graph {g / gsdpa:.2f}x one-program {one / sdpa:.2f}x")
     print(f"decode Tk{tk}: SDPA {sdpa:.1f} us graph {gsdpa:.1f} | " + " | ".join(cells), flush=True)
     A.ATTN_BLOCK_N = 64
-    clear()
+    clear_attention_plans()
