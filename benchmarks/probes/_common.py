@@ -21,6 +21,25 @@ def g_us(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median") * 1e3
 
 
+def causal_prefill(bsz: int, tq: int, d: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The attention probes' case: q (bsz, 32, tq, d), k and v (bsz, 8, tq, d) in bf16 (seed 0),
+    key starts of zero, and SDPA's causal time on them in µs."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    q = torch.randn(bsz, 32, tq, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(bsz, 8, tq, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    ks = torch.zeros(bsz, dtype=torch.int32, device="cuda")
+    sdpa = t_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    return q, k, v, ks, sdpa
+
+
+def tile_name(tile: Any) -> str:
+    """An AttnTile as the probes print it ('default' for None)."""
+    return "default" if tile is None else f"{tile.block_m}x{tile.num_warps}w s{tile.num_stages}"
+
+
 def clear_attention_plans() -> None:
     """Drop the attention kernels' launch plans: a probe that flips a module constant the plan
     keys do not hold (BLOCK_N) must compile afresh."""

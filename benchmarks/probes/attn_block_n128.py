@@ -10,7 +10,7 @@ import detllm_kernels as km
 from detllm_kernels import attention as A
 from detllm_kernels.attention import AttnTile
 
-from _common import clear_attention_plans, g_us, t_us
+from _common import causal_prefill, clear_attention_plans, g_us, t_us, tile_name
 
 
 bf, d = torch.bfloat16, 128
@@ -18,19 +18,14 @@ sc = d ** -0.5
 print(torch.cuda.get_device_name(), flush=True)
 TILES = [None, AttnTile(64, 4, 3), AttnTile(64, 4, 2), AttnTile(128, 8, 2), AttnTile(128, 8, 3), AttnTile(64, 8, 2)]
 for bsz, tq in ((1, 1024), (1, 4096), (8, 512), (4, 2048)):
-    torch.manual_seed(0)
-    q = torch.randn(bsz, 32, tq, d, device="cuda", dtype=bf)
-    k = torch.randn(bsz, 8, tq, d, device="cuda", dtype=bf)
-    v = torch.randn_like(k)
-    ks = torch.zeros(bsz, dtype=torch.int32, device="cuda")
-    sdpa = t_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True).transpose(1, 2)
     cells = []
     for bn in (64, 128):
         A.ATTN_BLOCK_N = bn
         clear_attention_plans()
         for tile in TILES:
-            name = f"bn{bn} " + ("default" if tile is None else f"{tile.block_m}x{tile.num_warps}w s{tile.num_stages}")
+            name = f"bn{bn} {tile_name(tile)}"
             try:
                 out = km.invariant_attention(q, k, v, ks, sc, True, tile=tile)
                 err = (out.float() - ref).abs().max().item()

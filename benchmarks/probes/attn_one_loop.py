@@ -6,33 +6,25 @@ rest), for short batched prefill, where a program walks only a few blocks and ea
 own load pipeline (B8 x 512: ~4.5 blocks per program). The docs say the bits are the same either
 way; the probe checks it per case, next to SDPA in the same run."""
 import torch
-import torch.nn.functional as F
 
 import detllm_kernels as km
 from detllm_kernels import attention as A
 from detllm_kernels.attention import AttnTile
 
-from _common import clear_attention_plans, t_us
+from _common import causal_prefill, t_us, tile_name
 
-bf, d = torch.bfloat16, 128
+d = 128
 sc = d ** -0.5
 print(torch.cuda.get_device_name(), flush=True)
 TILES = [None, AttnTile(64, 4, 2), AttnTile(128, 8, 3), AttnTile(128, 8, 2)]
 for bsz, tq in ((8, 512), (16, 256), (4, 1024), (1, 1024), (1, 4096)):
-    torch.manual_seed(0)
-    q = torch.randn(bsz, 32, tq, d, device="cuda", dtype=bf)
-    k = torch.randn(bsz, 8, tq, d, device="cuda", dtype=bf)
-    v = torch.randn_like(k)
-    ks = torch.zeros(bsz, dtype=torch.int32, device="cuda")
-    sdpa = t_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
     ref = km.invariant_attention(q, k, v, ks, sc, True)
     cells = []
     for split in (True, False):
-        A.SPLIT_LOOP = split
-        clear_attention_plans()
+        A.SPLIT_LOOP = split  # read at each launch; the plan key holds it
         for tile in TILES:
-            name = ("two loops " if split else "one loop ") + (
-                "default" if tile is None else f"{tile.block_m}x{tile.num_warps}w s{tile.num_stages}")
+            name = ("two loops " if split else "one loop ") + tile_name(tile)
             try:
                 same = torch.equal(km.invariant_attention(q, k, v, ks, sc, True, tile=tile), ref)
                 us = t_us(lambda: km.invariant_attention(q, k, v, ks, sc, True, tile=tile))
@@ -40,5 +32,4 @@ for bsz, tq in ((8, 512), (16, 256), (4, 1024), (1, 1024), (1, 4096)):
             except Exception as e:  # a tile may not fit in shared memory
                 cells.append(f"{name} failed ({type(e).__name__}: {str(e)[:60]})")
     A.SPLIT_LOOP = True
-    clear_attention_plans()
     print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us | " + " | ".join(cells), flush=True)
