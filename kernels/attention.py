@@ -33,7 +33,15 @@ _LOG2E = 1.4426950408889634
 # float32 either: its FMA dot already spills registers, and a second loop made it 4x slower (H100:
 # decode at 1k keys 1.07 -> 4.3 ms, prefill of 1024 tokens 3.7 -> 14.0 ms); the interpreter keeps
 # it, so the CPU checks compare both loops. The bits are the same either way (checked on an H100).
+# False: one masked loop everywhere (the tests' reference arm).
 SPLIT_LOOP = True
+# Nor for short prefill (more than one query block, fewer keys than this): a program walks only a
+# few blocks there, and the second loop's pipeline prologue cost more than its masks save. H100,
+# B H32/8 d128 bf16 (benchmarks/probes/attn_one_loop.py), two loops -> one, ratio to SDPA: B16 x 256
+# 1.70 -> 1.49x, B8 x 512 1.52 -> 1.45x, B4 x 1024 1.39 -> 1.36x, B1 x 1024 0.96 -> 0.95x; at 4096 keys
+# the second loop wins (1.23 vs 1.44x); the bound is LONG_KEYS'. Decode and few-query chunks
+# (one query block) keep two loops: their rows see nearly every block in full.
+ONE_LOOP_BELOW_KEYS = 2048
 
 
 @triton.jit
@@ -237,6 +245,19 @@ def attn_stages(elem_bytes: int, block_d: int) -> int:
     return 3 if elem_bytes * block_d <= 256 else 2
 
 
+def split_loop(q: torch.Tensor, tk: int, rows: int, block_m: int) -> bool:
+    """Whether `_attn_kernel` runs its block loop as two (unmasked leading blocks, then masked) or
+    as one masked loop: SPLIT_LOOP's and ONE_LOOP_BELOW_KEYS' rules. Same bits either way; the
+    interpreter always splits, so the CPU checks compare both loops."""
+    if not SPLIT_LOOP:
+        return False
+    if _INTERPRET:
+        return True
+    if q.dtype == torch.float32:
+        return False
+    return not (rows > block_m and tk < ONE_LOOP_BELOW_KEYS)
+
+
 class AttnTile(NamedTuple):
     """A launch shape for `invariant_attention` other than the default (benchmarks and tests: query
     rows per program, warps, K/V stages). Rows of a tile are independent and the block loop's
@@ -294,16 +315,16 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
         return out
     ks = key_starts(key_start, q)
     te = key_end if key_end is not None else ks
+    two_loops = split_loop(q, tk, tq * (h // hkv), block_m)
     # Tq and Tk are not specialised (do_not_specialize): one plan serves every decode step.
     key = (q.dtype, q.stride(), k.stride(), v.stride(), out.stride(), hkv, h // hkv, d, causal, bool(softcap),
-           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.get_device(), SPLIT_LOOP,
+           key_end is not None, q.data_ptr() & 15, k.data_ptr() & 15, v.data_ptr() & 15, q.get_device(), two_loops,
            tile)
     _LAUNCH.launch(key, grid, (
         q, k, v, out, ks, te,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         hkv, h // hkv, tq, tk, d, scale, float(softcap) if softcap else 1.0),
-        lambda: {**attn_meta(q, causal, softcap, block_m, TK_FROM_PTR=key_end is not None,
-                             SPLIT_LOOP=SPLIT_LOOP and (q.dtype != torch.float32 or _INTERPRET)),
+        lambda: {**attn_meta(q, causal, softcap, block_m, TK_FROM_PTR=key_end is not None, SPLIT_LOOP=two_loops),
                  **({} if tile is None else dict(num_warps=tile.num_warps, num_stages=tile.num_stages))})
     return out
 

@@ -301,3 +301,23 @@ def test_hot_cuda_ops_count_their_own_calls(monkeypatch: pytest.MonkeyPatch) -> 
         before = registry.call_count("cuda", name)
         assert call() == "lean"
         assert registry.call_count("cuda", name) == before + 1, name
+
+
+def test_attention_loop_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, short prefill (more than one query block, fewer than ONE_LOOP_BELOW_KEYS keys) and
+    float32 run one masked loop; decode, few-query chunks and long prefill split off the unmasked
+    blocks; SPLIT_LOOP False turns the split off everywhere; the interpreter always splits."""
+    from detllm_kernels import attention
+
+    monkeypatch.setattr(attention, "_INTERPRET", False)
+    bf, f32 = torch.empty(1, dtype=torch.bfloat16), torch.empty(1, dtype=torch.float32)
+    rule = attention.split_loop
+    assert not rule(bf, 512, 512 * 4, 64) and not rule(bf, 2047, 65, 64)  # short prefill
+    assert rule(bf, 2048, 2048 * 4, 64) and rule(bf, 4096, 4096 * 4, 128)  # long prefill
+    assert rule(bf, 1024, 4, 64) and rule(bf, 100, 12, 64) and rule(bf, 100, 64, 64)  # decode, chunks
+    assert not rule(f32, 4096, 4, 64)
+    monkeypatch.setattr(attention, "SPLIT_LOOP", False)
+    assert not rule(bf, 4096, 4, 64)
+    monkeypatch.setattr(attention, "SPLIT_LOOP", True)
+    monkeypatch.setattr(attention, "_INTERPRET", True)
+    assert rule(bf, 512, 512 * 4, 64) and rule(f32, 512, 512 * 4, 64)

@@ -485,14 +485,16 @@ def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int
     from detllm_kernels import attention
 
     cases, ks, scale = _prefill_chunk_decode(device, dtype, h, hkv, d, t, 37, seed)
-    before = attention.SPLIT_LOOP
+    before = attention.SPLIT_LOOP, attention.ONE_LOOP_BELOW_KEYS
     try:
+        # two loops for every case, the short prefill included (production runs it as one loop)
+        attention.ONE_LOOP_BELOW_KEYS = 0
         outs = {}
         for flag in (True, False):
             attention.SPLIT_LOOP = flag
             outs[flag] = [km.invariant_attention(*c, ks, scale, True, softcap) for c in cases]
     finally:
-        attention.SPLIT_LOOP = before
+        attention.SPLIT_LOOP, attention.ONE_LOOP_BELOW_KEYS = before
     for i, (a, b) in enumerate(zip(outs[True], outs[False])):
         assert torch.equal(a, b), f"attention {dtype} case {i}: unmasked leading blocks changed bits"
 
