@@ -1,0 +1,90 @@
+"""python benchmarks/probes/attn_pair.py  (one CUDA GPU; eighteenth session)
+
+Probe: causal prefill where one program runs two query blocks of a (batch, kv head), the k-th
+heaviest and the k-th lightest, so every program walks about the same number of key blocks and
+there are half as many programs. Each block's arithmetic is the production kernel's (the same
+`_q_tile` and `_chunk_partial`, inlined), so the bits must be the default's; the probe checks
+it per case, next to SDPA and the production kernel in the same run (do_bench, and CUDA graphs
+in brackets)."""
+import torch
+import triton
+import triton.language as tl
+
+import detllm_kernels as km
+from detllm_kernels.attention import _chunk_partial, _q_tile, attn_meta, split_loop
+
+from _common import causal_prefill, g_us, t_us
+
+
+@triton.jit
+def _tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, pid_m, pid_bh,
+          sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
+          HKV, GROUP, Tq, Tk, D, scale, softcap,
+          CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+          SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr):
+    """`_attn_kernel`'s body for one query block."""
+    b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
+        q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
+    m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
+                                   scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   EVEN_D, SPLIT_LOOP, ASM)
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
+             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit(do_not_specialize=["Tq", "Tk"])
+def _pair_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, tk_ptr,
+                 sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
+                 HKV, GROUP, Tq, Tk, D, scale, softcap, NQB,
+                 CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr,
+                 EVEN_D: tl.constexpr, SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr):
+    pid_bh = tl.program_id(0)
+    p = tl.program_id(1)
+    heavy = NQB - 1 - p
+    _tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, heavy, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
+          sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d, HKV, GROUP, Tq, Tk, D, scale, softcap,
+          CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D, EVEN_D, SPLIT_LOOP, ASM)
+    if p < heavy:
+        _tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, p, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
+              sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d, HKV, GROUP, Tq, Tk, D, scale, softcap,
+              CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D, EVEN_D, SPLIT_LOOP, ASM)
+
+
+def paired(q, k, v, ks, scale, stages=None):  # type: ignore[no-untyped-def]
+    bsz, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    group = h // hkv
+    nqb = triton.cdiv(tq * group, 64)
+    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
+    meta = attn_meta(q, True, None, 64, TK_FROM_PTR=False, SPLIT_LOOP=split_loop(q, tk, tq * group, 64))
+    if stages:
+        meta["num_stages"] = stages
+    _pair_kernel[(bsz * hkv, triton.cdiv(nqb, 2))](
+        q, k, v, out, ks, ks, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        hkv, group, tq, tk, d, scale, 1.0, nqb, **meta)
+    return out
+
+
+d = 128
+sc = d ** -0.5
+print(torch.cuda.get_device_name(), triton.__version__, flush=True)
+for bsz, tq in ((8, 512), (16, 256), (4, 1024), (1, 1024), (4, 2048), (1, 4096)):
+    q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
+    import torch.nn.functional as F
+    gs = g_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    ref = km.invariant_attention(q, k, v, ks, sc, True)
+    prod, gprod = t_us(lambda: km.invariant_attention(q, k, v, ks, sc, True)), \
+        g_us(lambda: km.invariant_attention(q, k, v, ks, sc, True))
+    cells = [f"production {prod / sdpa:.2f}x (g {gprod / gs:.2f})"]
+    for st in (None, 2):
+        try:
+            same = torch.equal(paired(q, k, v, ks, sc, st), ref)
+            cells.append(f"paired s{st or 'def'} {t_us(lambda: paired(q, k, v, ks, sc, st)) / sdpa:.2f}x "
+                         f"(g {g_us(lambda: paired(q, k, v, ks, sc, st)) / gs:.2f}){'' if same else ' OTHER BITS'}")
+        except Exception as e:  # may not fit in shared memory
+            cells.append(f"paired s{st} failed ({type(e).__name__}: {str(e)[:60]})")
+    print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us (g {gs:.1f}) | " + " | ".join(cells), flush=True)
