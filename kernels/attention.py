@@ -195,6 +195,21 @@ def _attn_kernel(
     # programs, not the longest. Which program runs a tile never changes its arithmetic.
     pid_bh = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    _attn_tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, pid_m, pid_bh,
+               sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
+               HKV, GROUP, Tq, Tk, D, scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
+               EVEN_D, SPLIT_LOOP, ASM)
+
+
+@triton.jit
+def _attn_tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, pid_m, pid_bh,
+               sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
+               HKV, GROUP, Tq, Tk, D, scale, softcap,
+               CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+               SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr):
+    """One query block's attention, start to store: `_attn_kernel`'s body (probes that schedule
+    blocks differently call it too, so they compute the production bits)."""
     b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
         q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
         HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)

@@ -2,8 +2,8 @@
 
 Probe: causal prefill where one program runs two query blocks of a (batch, kv head), the k-th
 heaviest and the k-th lightest, so every program walks about the same number of key blocks and
-there are half as many programs. Each block's arithmetic is the production kernel's (the same
-`_q_tile` and `_chunk_partial`, inlined), so the bits must be the default's; the probe checks
+there are half as many programs. Each block's arithmetic is the production kernel's (its
+`_attn_tile`, inlined), so the bits must be the default's; the probe checks
 it per case, next to SDPA and the production kernel in the same run (do_bench, and CUDA graphs
 in brackets)."""
 import torch
@@ -11,28 +11,9 @@ import triton
 import triton.language as tl
 
 import detllm_kernels as km
-from detllm_kernels.attention import _chunk_partial, _q_tile, attn_meta, split_loop
+from detllm_kernels.attention import _attn_tile, attn_meta, split_loop
 
 from _common import causal_prefill, g_us, t_us
-
-
-@triton.jit
-def _tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, pid_m, pid_bh,
-          sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d, sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d,
-          HKV, GROUP, Tq, Tk, D, scale, softcap,
-          CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
-          SPLIT_LOOP: tl.constexpr, ASM: tl.constexpr):
-    """`_attn_kernel`'s body for one query block."""
-    b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
-        q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
-        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
-    m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
-                                   scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
-                                   EVEN_D, SPLIT_LOOP, ASM)
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
-             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
@@ -45,11 +26,11 @@ def _pair_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, tk_ptr,
     pid_bh = tl.program_id(0)
     p = tl.program_id(1)
     heavy = NQB - 1 - p
-    _tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, heavy, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
+    _attn_tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, heavy, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
           sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d, HKV, GROUP, Tq, Tk, D, scale, softcap,
           CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D, EVEN_D, SPLIT_LOOP, ASM)
     if p < heavy:
-        _tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, p, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
+        _attn_tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, p, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_t, sk_d,
               sv_b, sv_h, sv_t, sv_d, so_b, so_t, so_h, so_d, HKV, GROUP, Tq, Tk, D, scale, softcap,
               CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D, EVEN_D, SPLIT_LOOP, ASM)
 
