@@ -45,9 +45,21 @@ ONE_LOOP_BELOW_KEYS = 2048
 
 
 @triton.jit
+def _tile_mask(rows, offs_d, D, EVEN_D: tl.constexpr):
+    """The mask of a (rows, BLOCK_D) tile's loads and stores. EVEN_D (BLOCK_D == D): constant along
+    d, so they stay 16-byte vectors and the block loop's K/V loads can be pipelined as async
+    copies; a per-element d mask made them 2-byte loads, which the pipeliner cannot issue
+    asynchronously (the masked loop then waited on every K and V load). Same values either way."""
+    if EVEN_D:
+        return rows[:, None]
+    else:
+        return rows[:, None] & (offs_d[None, :] < D)
+
+
+@triton.jit
 def _q_tile(q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
             HKV, GROUP, Tq, Tk, D, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_D: tl.constexpr):
+            BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
     """A program's query tile: GQA packing (the GROUP query heads sharing kv head hk are rows of one
     tile, query-major, so K/V are read once per group; rows stay independent), the row's first
     key ks, each row's absolute key position, and the block's causal end hi."""
@@ -62,7 +74,7 @@ def _q_tile(q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, 
     pos_q = Tk - Tq + qi  # absolute key position of each query row
     b64 = b.to(tl.int64)
     q = tl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :] * sq_d,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+                mask=_tile_mask(row_ok, offs_d, D, EVEN_D), other=0.0)
     if UPCAST:  # interpreter only: its bf16 dot is broken; bf16 products are exact in fp32
         q = q.to(tl.float32)
     k_base = k_ptr + b64 * sk_b + hk * sk_h
@@ -100,7 +112,7 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         if MASKED:
-            kv_mask = (offs_n[:, None] < hi) & (offs_d[None, :] < D)
+            kv_mask = _tile_mask(offs_n < hi, offs_d, D, EVEN_D)
             k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
         elif EVEN_D:
             k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d)
@@ -212,14 +224,14 @@ def _attn_tile(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, pid_m, pid_bh,
     blocks differently call it too, so they compute the production bits)."""
     b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
         q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
-        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D, EVEN_D)
     m_i, l_i, acc = _chunk_partial(q, k_base, v_base, ks, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                    scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_M, BLOCK_N, BLOCK_D,
                                    EVEN_D, SPLIT_LOOP, ASM)
     # rows with no visible key (queries inside the left padding) output zeros
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
-             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
+             out.to(o_ptr.dtype.element_ty), mask=_tile_mask(row_ok, offs_d, D, EVEN_D))
 
 
 _LAUNCH = Launcher(_attn_kernel)

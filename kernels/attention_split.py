@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ._launch import Launcher, arrival_counters
 from ._rows import cdiv, key_starts, next_pow2
-from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, attn_block_m, attn_meta
+from .attention import ATTN_BLOCK_M, ATTN_BLOCK_N, _chunk_partial, _q_tile, _tile_mask, attn_block_m, attn_meta
 
 __all__ = ["split_kv_attention", "SPLIT_KV_CHUNK"]
 
@@ -84,7 +84,7 @@ def _split_kernel(
     pid_c = tl.program_id(2)
     b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
         q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
-        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D, EVEN_D)
     if ANCHOR_ZERO:
         # Negative control for the tests only: chunks (and blocks) at absolute multiples of CHUNK,
         # so left padding moves them relative to the sequence.
@@ -102,8 +102,7 @@ def _split_kernel(
     base = (pid_bh.to(tl.int64) * NC + pid_c) * rows
     tl.store(m_ptr + base + offs_r, m_i, mask=row_ok)
     tl.store(l_ptr + base + offs_r, l_i, mask=row_ok)
-    tl.store(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], acc,
-             mask=row_ok[:, None] & (offs_d[None, :] < D))
+    tl.store(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], acc, mask=_tile_mask(row_ok, offs_d, D, EVEN_D))
     if FUSED:
         # The row block's last chunk program to finish folds every chunk's partial (the combine's
         # code, chunk 0 first) instead of a second launch. Every thread's stores precede the
@@ -116,11 +115,12 @@ def _split_kernel(
             n_live = _live_chunks(NC, Tk, ks, CHUNK, ANCHOR_ZERO)
             # FOLD_M is BLOCK_M, or the whole step's rows when they fit one smaller tile
             _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b64, pid_bh % HKV, pid_m * BLOCK_M + tl.arange(0, FOLD_M),
-                       GROUP, Tq, NC, n_live, D, so_b, so_t, so_h, so_d, FOLD_M, BLOCK_D, True)
+                       GROUP, Tq, NC, n_live, D, so_b, so_t, so_h, so_d, FOLD_M, BLOCK_D, EVEN_D, True)
 
 
 @triton.jit
-def _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c, n_live, offs_r, offs_d, D, CG: tl.constexpr):
+def _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c, n_live, offs_r, offs_d, D, EVEN_D: tl.constexpr,
+                  CG: tl.constexpr):
     """Chunk c's partial of a row tile; a chunk at or past n_live reads as empty (-inf, 0, 0),
     which the fold skips, exactly as if the loop had stopped before it. CG: read through L2 only
     (the fused tail reads partials other programs wrote during this launch)."""
@@ -130,14 +130,15 @@ def _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c, n_live, offs_r, of
     mod: tl.constexpr = ".cg" if CG else ""
     m_c = tl.load(m_ptr + base + offs_r, mask=r_ok, other=float("-inf"), cache_modifier=mod)
     l_c = tl.load(l_ptr + base + offs_r, mask=r_ok, other=0.0, cache_modifier=mod)
-    acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=r_ok[:, None] & (offs_d[None, :] < D),
+    acc_c = tl.load(acc_ptr + (base + offs_r[:, None]) * D + offs_d[None, :], mask=_tile_mask(r_ok, offs_d, D, EVEN_D),
                     other=0.0, cache_modifier=mod)
     return m_c, l_c, acc_c
 
 
 @triton.jit
 def _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b, hk, offs_r, GROUP, Tq, NC, n_live, D,
-               so_b, so_t, so_h, so_d, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CG: tl.constexpr):
+               so_b, so_t, so_h, so_d, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+               CG: tl.constexpr):
     """Fold the partials of the rows offs_r, chunk 0 first, and store their output: the combine
     kernel's body, also the split kernel's fused tail, so both give the same bits. Four chunks'
     loads are issued before their four folds: the fold is a serial chain, and one load at a time
@@ -151,10 +152,10 @@ def _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b, hk, offs_r, GROUP, Tq, N
     L = tl.zeros([BLOCK_M], dtype=tl.float32)
     ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for c0 in range(0, n_live, 4):
-        m0, l0, a0 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0, n_live, offs_r, offs_d, D, CG)
-        m1, l1, a1 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 1, n_live, offs_r, offs_d, D, CG)
-        m2, l2, a2 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 2, n_live, offs_r, offs_d, D, CG)
-        m3, l3, a3 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 3, n_live, offs_r, offs_d, D, CG)
+        m0, l0, a0 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0, n_live, offs_r, offs_d, D, EVEN_D, CG)
+        m1, l1, a1 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 1, n_live, offs_r, offs_d, D, EVEN_D, CG)
+        m2, l2, a2 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 2, n_live, offs_r, offs_d, D, EVEN_D, CG)
+        m3, l3, a3 = _load_partial(m_ptr, l_ptr, acc_ptr, pid_bh, NC, rows, c0 + 3, n_live, offs_r, offs_d, D, EVEN_D, CG)
         M, L, ACC = _fold(M, L, ACC, m0, l0, a0)
         M, L, ACC = _fold(M, L, ACC, m1, l1, a1)
         M, L, ACC = _fold(M, L, ACC, m2, l2, a2)
@@ -162,7 +163,7 @@ def _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b, hk, offs_r, GROUP, Tq, N
     # rows with no visible key (queries inside the left padding) output zeros
     out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
     tl.store(o_ptr + b.to(tl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
-             out.to(o_ptr.dtype.element_ty), mask=(qi < Tq)[:, None] & (offs_d[None, :] < D))
+             out.to(o_ptr.dtype.element_ty), mask=_tile_mask(qi < Tq, offs_d, D, EVEN_D))
 
 
 @triton.jit
@@ -181,7 +182,7 @@ def _combine_kernel(
     so_b, so_t, so_h, so_d,
     HKV, GROUP, Tq, Tk, NC, D,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TK_FROM_PTR: tl.constexpr, CHUNK: tl.constexpr,
-    ANCHOR_ZERO: tl.constexpr,
+    ANCHOR_ZERO: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     if TK_FROM_PTR:
         Tk = tl.load(tk_ptr).to(tl.int32)
@@ -191,7 +192,7 @@ def _combine_kernel(
     ks = tl.load(ks_ptr + b).to(tl.int32)
     offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     _fold_rows(m_ptr, l_ptr, acc_ptr, o_ptr, pid_bh, b, pid_bh % HKV, offs_r, GROUP, Tq, NC,
-               _live_chunks(NC, Tk, ks, CHUNK, ANCHOR_ZERO), D, so_b, so_t, so_h, so_d, BLOCK_M, BLOCK_D, False)
+               _live_chunks(NC, Tk, ks, CHUNK, ANCHOR_ZERO), D, so_b, so_t, so_h, so_d, BLOCK_M, BLOCK_D, EVEN_D, False)
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
@@ -212,7 +213,7 @@ def _onepass_kernel(
     pid_bh = tl.program_id(1)
     b64, ks, offs_r, qi, h, row_ok, offs_d, pos_q, q, k_base, v_base, hi = _q_tile(
         q_ptr, k_ptr, v_ptr, ks_ptr, pid_m, pid_bh, sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sv_b, sv_h,
-        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D)
+        HKV, GROUP, Tq, Tk, D, CAUSAL, UPCAST, BLOCK_M, BLOCK_D, EVEN_D)
     M = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     L = tl.zeros([BLOCK_M], dtype=tl.float32)
     ACC = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -227,7 +228,7 @@ def _onepass_kernel(
         M, L, ACC = _fold(M, L, ACC, m_c, l_c, acc_c)
     out = ACC / tl.where(L > 0.0, L, 1.0)[:, None]
     tl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :] * so_d,
-             out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < D))
+             out.to(o_ptr.dtype.element_ty), mask=_tile_mask(row_ok, offs_d, D, EVEN_D))
 
 
 _LAUNCH = Launcher(_split_kernel)
@@ -326,7 +327,7 @@ def _launch_pair(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Te
     _LAUNCH_COMBINE.launch(ckey, (cdiv(rows, fold_m), bsz * hkv), (
         m_ws, l_ws, acc_ws, out, ks, te, *out.stride(), hkv, group, tq, tk, nc, d), lambda: dict(
         BLOCK_M=fold_m, BLOCK_D=block_d, TK_FROM_PTR=key_end is not None, CHUNK=chunk,
-        ANCHOR_ZERO=anchor_zero, num_warps=2 if fold_m <= 8 else 4,
+        ANCHOR_ZERO=anchor_zero, EVEN_D=block_d == d, num_warps=2 if fold_m <= 8 else 4,
     ))
 
 
