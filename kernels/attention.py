@@ -46,10 +46,11 @@ ONE_LOOP_BELOW_KEYS = 2048
 
 @triton.jit
 def _tile_mask(rows, offs_d, D, EVEN_D: tl.constexpr):
-    """The mask of a (rows, BLOCK_D) tile's loads and stores. EVEN_D (BLOCK_D == D): constant along
-    d, so they stay 16-byte vectors and the block loop's K/V loads can be pipelined as async
-    copies; a per-element d mask made them 2-byte loads, which the pipeliner cannot issue
-    asynchronously (the masked loop then waited on every K and V load). Same values either way."""
+    """The mask of a (rows, BLOCK_D) tile's loads and stores. EVEN_D (BLOCK_D == D): the row term
+    only. The d term is then always true, but the kernel computed it for every 16-byte vector;
+    without it the split-KV decode kernel, which is latency-bound, got shorter (H100 over CUDA
+    graphs, 1k keys: 8.5 -> 7.6 us). Same values either way. (Were D not known to be a multiple of
+    16, the d term would also split every load into 2-byte loads, which cannot be async copies.)"""
     if EVEN_D:
         return rows[:, None]
     else:
