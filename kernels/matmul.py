@@ -171,6 +171,52 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
     return MatmulConfig(128, 256, 8, 8, 4)
 
 
+# Row split for a short last wave (eighteenth session). 128x256 tiles of a short-K prefill can
+# leave the last wave nearly empty: GPT-2 c_attn at M = 4096 is 288 tiles on 132 SMs, two full
+# waves and 24 tiles; its mlp c_proj at M = 8192 is 192, one wave and 60. Then the rows whose tiles
+# fill whole waves run as usual and the rest run in a second launch in smaller tiles, spread over
+# the card. A tile's shape never changes a row's bits (every config here runs the same k16 MMA
+# chain), so neither does the split. H100 (benchmarks/probes/mm_row_split.py), ratio to cuBLAS,
+# do_bench (CUDA graphs): c_attn M = 4096 0.79 (0.82) -> 0.84 (0.93); c_proj M = 8192 0.76 (0.86)
+# -> 0.91 (0.93). With more full waves the tail weighs less and the split did not pay (c_attn at
+# M = 8192, four waves and 48 tiles: 0.85 -> 0.86), nor with a fuller last wave (c_fc at M = 4096).
+ROW_SPLIT_MAX_WAVES = 2
+# The rest's tiles: 64x128 where they fit one wave (c_attn's 384 rows: 108 tiles), else 128x128
+# (c_proj's 2560 rows: 120 tiles; 64x128 would be 240).
+ROW_SPLIT_REST = (MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128),
+                  MatmulConfig(128, 128, 8, 8, 4, persistent=False))
+
+
+# The interpreter (CPU tests) has no SMs; the rule sees this many, so that products of a few
+# thousand rows with K = 32 split there and the CPU checks run both launches.
+ROW_SPLIT_INTERPRET_SMS = 32
+
+
+def split_sms(a: torch.Tensor) -> int:
+    """The SM count `row_split` plans for: the card's, or ROW_SPLIT_INTERPRET_SMS in the interpreter."""
+    return ROW_SPLIT_INTERPRET_SMS if _INTERPRET or not a.is_cuda else _num_sms(a.get_device())
+
+
+def row_split(m: int, n: int, k: int, dtype: torch.dtype, kn: bool, sms: int) -> "tuple[int, MatmulConfig] | None":
+    """(rows of the first launch, config of the rest) for a product whose default 128x256 tiles
+    make one or two full waves on `sms` SMs plus a last wave at most half full; None otherwise."""
+    if dtype == torch.float32 or m <= 256 or n < 256:
+        return None
+    cfg = matmul_config(m, n, dtype, kn, k)
+    if (cfg.block_m, cfg.block_n) != (128, 256):
+        return None
+    cols = cdiv(n, 256)
+    waves, tail = divmod(cdiv(m, 128) * cols, sms)
+    if not 1 <= waves <= ROW_SPLIT_MAX_WAVES or tail == 0 or 2 * tail > sms:
+        return None
+    first = 128 * (waves * sms // cols)
+    if not 0 < first < m:
+        return None
+    small, mid = ROW_SPLIT_REST
+    rest = small if cdiv(m - first, small.block_m) * cdiv(n, small.block_n) <= sms else mid
+    return first, rest
+
+
 # Split-K (opt-in: DETLLM_SPLIT_K=1 through the invariant mode, split_k=True here). A narrow
 # product (Llama's k/v, N = 1024; GPT-2's mlp c_proj, N = 768) has too few output tiles to fill
 # the card at decode sizes as one chain (0.73-0.80 of cuBLAS). Under split-K a narrow mm/addmm
@@ -407,6 +453,15 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     split: split-K chunk (split_k_chunk), 0 for one chain."""
     if m == 0 or n == 0 or batch == 0:
         return
+    if config is None and use_tma is None and programs is None and not split and batch == 1 and a.dim() == 2 \
+            and out.dim() == 2:
+        cut = row_split(m, n, k, a.dtype, sb[2] == 1 and sb[1] != 1, split_sms(a))
+        if cut is not None:
+            first, rest = cut
+            _launch(a, b, out, x, 1, first, n, k, sa, sb, sc, sx, alpha, beta, None, None)
+            xr = x[first:] if x is not None and sx[1] else x  # a bias with a row stride has rows too
+            _launch(a[first:], b, out[first:], xr, 1, m - first, n, k, sa, sb, sc, sx, alpha, beta, rest, None)
+            return
     has_x = x is not None and beta != 0
     xt = x if x is not None else out
     if m == 1 or n == 1:

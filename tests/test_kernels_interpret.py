@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).resolve().parent / "interpret" / "run_checks.py"
 NAMES = [
     "mm_fp32", "mm_fp16", "mm_bf16", "bmm_fp32", "bmm_bf16", "mm_configs_fp16", "mm_configs_fp32", "programs_fp32",
     "clamped_tails_bf16", "unit_dims_bf16",
-    "split_k_fp32", "split_k_bf16",
+    "split_k_fp32", "split_k_bf16", "row_split_bf16",
     "reductions_fp32", "reductions_bf16", "reductions_fp16", "cuda_impls",
     "attention_fp32", "attention_bf16", "attention_softcap", "attention_split_loop", "attention_tiles",
     "split_attention_fp32", "split_attention_bf16", "split_attention_softcap", "split_single_chunk",

@@ -321,3 +321,25 @@ def test_attention_loop_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(attention, "SPLIT_LOOP", True)
     monkeypatch.setattr(attention, "_INTERPRET", True)
     assert rule(bf, 512, 512 * 4, 64) and rule(f32, 512, 512 * 4, 64)
+
+
+def test_row_split_rule() -> None:
+    """The row split (matmul.row_split) on 132 SMs: GPT-2 c_attn at M = 4096 (two full waves of
+    128x256 tiles and 24 tiles) and mlp c_proj at M = 8192 (one wave and 60) split where the
+    whole waves end, the rest in tiles that fit one wave; more waves, a fuller last wave, fewer
+    tiles than a wave, float32 and decode sizes do not split."""
+    from detllm_kernels import matmul
+
+    bf = torch.bfloat16
+    small, mid = matmul.ROW_SPLIT_REST
+    assert matmul.row_split(4096, 2304, 768, bf, True, 132) == (3712, small)  # rest: 108 tiles of 64x128
+    assert matmul.row_split(8192, 768, 3072, bf, True, 132) == (5632, mid)  # rest: 120 tiles of 128x128
+    for m, n, k in ((8192, 2304, 768), (4096, 3072, 768), (1024, 2304, 768), (4096, 4096, 4096), (64, 2304, 768)):
+        assert matmul.row_split(m, n, k, bf, True, 132) is None, (m, n, k)
+    assert matmul.row_split(4096, 2304, 768, torch.float32, True, 132) is None
+    for sms in (78, 114, 132):  # the cut ends whole waves of 128x256 tiles, short of a row of 9 tiles
+        for m in range(1024, 16384, 128):
+            cut = matmul.row_split(m, 2304, 768, bf, True, sms)
+            if cut:
+                first, waves = cut[0], -(-m // 128) * 9 // sms
+                assert first % 128 == 0 and 0 < first < m and waves * sms - 9 < first // 128 * 9 <= waves * sms

@@ -731,3 +731,28 @@ def check_rope_model(device: str, dtype: torch.dtype) -> None:
         with fuse.fused(ropes):
             got = model(ids).logits
     assert torch.equal(got, ref), "logits differ with the rotary kernel"
+
+
+def check_row_split(device: str, dtype: torch.dtype, k: int, n: int, seed: int = 31) -> None:
+    """A product whose 128x256 tiles leave a short last wave runs in two launches (`row_split`):
+    its rows equal the one-launch product's (an explicit 128x256 config never splits), rows on
+    both sides of the cut computed alone, and addmm's with a row bias and a full (M, N) bias.
+    The M is the first one that splits here (the rule depends on the SM count; the interpreter's
+    is matmul.ROW_SPLIT_INTERPRET_SMS)."""
+    km = load_kernels()
+    from detllm_kernels import matmul
+
+    g = _gen(device, seed)
+    b = _randn((k, n), dtype, device, g) / 30
+    sms = matmul.split_sms(b)
+    m = next(m for m in range(256, 32768, 128) if matmul.row_split(m, n, k, dtype, True, sms))
+    first, _rest = matmul.row_split(m, n, k, dtype, True, sms)
+    a = _randn((m, k), dtype, device, g)
+    whole = km.mm(a, b, config=matmul.MatmulConfig(128, 256, 8, 8, 4))
+    split = km.mm(a, b)
+    assert torch.equal(split, whole), f"row split at {first} of {m} rows changed bits"
+    for r in (0, first - 1, first, m - 1):
+        assert torch.equal(km.mm(a[r:r + 1], b)[0], split[r]), f"row {r} alone differs (cut at {first} of {m})"
+    for bias in (_randn((n,), dtype, device, g), _randn((m, n), dtype, device, g)):
+        ref = km.addmm(bias, a, b, config=matmul.MatmulConfig(128, 256, 8, 8, 4))
+        assert torch.equal(km.addmm(bias, a, b), ref), f"addmm with a {tuple(bias.shape)} bias: the row split changed bits"

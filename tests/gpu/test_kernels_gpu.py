@@ -49,6 +49,12 @@ def test_mm_every_config_same_bits(dtype: torch.dtype, m: int) -> None:
     kc.check_mm_configs(DEV, dtype, 4096, 1536, m)
 
 
+@pytest.mark.parametrize("k,n", [(768, 2304), (3072, 768)], ids=["gpt2-c_attn", "gpt2-c_proj"])
+def test_mm_row_split_same_bits(k: int, n: int) -> None:
+    """A short last wave's rows in smaller tiles (matmul.row_split): the one-launch bits."""
+    kc.check_row_split(DEV, BF16, k, n)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_mm_clamped_tails_pointer_loads(dtype: torch.dtype) -> None:
     """N = 1000 and M = 100 end mid-tile for every table config; B's rows 1024 elements apart (A^T's

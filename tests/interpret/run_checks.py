@@ -56,6 +56,9 @@ CHECKS: dict[str, Callable[[], object]] = {
     # bf16 decode 256); K ends mid-chunk; M = 33 takes both folds (the explicit config)
     "split_k_fp32": lambda: kc.check_split_k(DEV, F32, 150, 24, MS, 64, [_cta(F32)]),
     "split_k_bf16": lambda: kc.check_split_k(DEV, BF16, 600, 40, MS, 256, [_cta(BF16)]),
+    # the row split's two launches (matmul.row_split, with the interpreter's 32 "SMs"): 3072 rows
+    # of N = 512 are 48 tiles of 128x256, one wave and 16; the last 1024 rows run in 128x128
+    "row_split_bf16": lambda: kc.check_row_split(DEV, BF16, 32, 512),
     "reductions_fp32": lambda: kc.check_reductions(DEV, F32, 50, MS),
     "reductions_bf16": lambda: kc.check_reductions(DEV, BF16, 1100, MS),
     "reductions_fp16": lambda: kc.check_reductions(DEV, F16, 64, MS),
