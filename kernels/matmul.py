@@ -80,6 +80,7 @@ def _interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -181,6 +182,9 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
 # -> 0.91 (0.93). With more full waves the tail weighs less and the split did not pay (c_attn at
 # M = 8192, four waves and 48 tiles: 0.85 -> 0.86), nor with a fuller last wave (c_fc at M = 4096).
 ROW_SPLIT_MAX_WAVES = 2
+# Products of at most this many rows (decode, short prefill) never split; `_launch` tests it
+# before it asks for the SM count, so the decode path pays one comparison.
+ROW_SPLIT_MAX_UNSPLIT_M = 256
 # The rest's tiles: 64x128 where they fit one wave (c_attn's 384 rows: 108 tiles), else 128x128
 # (c_proj's 2560 rows: 120 tiles; 64x128 would be 240).
 ROW_SPLIT_REST = (MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128),
@@ -200,7 +204,7 @@ def split_sms(a: torch.Tensor) -> int:
 def row_split(m: int, n: int, k: int, dtype: torch.dtype, kn: bool, sms: int) -> "tuple[int, MatmulConfig] | None":
     """(rows of the first launch, config of the rest) for a product whose default 128x256 tiles
     make one or two full waves on `sms` SMs plus a last wave at most half full; None otherwise."""
-    if dtype == torch.float32 or m <= 256 or n < 256:
+    if dtype == torch.float32 or m <= ROW_SPLIT_MAX_UNSPLIT_M or n < 256:
         return None
     cfg = matmul_config(m, n, dtype, kn, k)
     if (cfg.block_m, cfg.block_n) != (128, 256):
@@ -453,8 +457,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     split: split-K chunk (split_k_chunk), 0 for one chain."""
     if m == 0 or n == 0 or batch == 0:
         return
-    if config is None and use_tma is None and programs is None and not split and batch == 1 and a.dim() == 2 \
-            and out.dim() == 2:
+    if m > ROW_SPLIT_MAX_UNSPLIT_M and config is None and use_tma is None and programs is None and not split \
+            and batch == 1 and a.dim() == 2 and out.dim() == 2:
         cut = row_split(m, n, k, a.dtype, sb[2] == 1 and sb[1] != 1, split_sms(a))
         if cut is not None:
             first, rest = cut

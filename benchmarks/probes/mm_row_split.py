@@ -12,7 +12,7 @@ the cut is `row_split`'s and the table compares its rest config with the others;
 where the rule does (session 13's `bench_matmul.py --rowsplit` times every whole-wave cut)."""
 import torch
 
-from detllm_kernels.matmul import MatmulConfig, _launch, _num_sms, row_split
+from detllm_kernels.matmul import MatmulConfig, _launch, row_split, split_sms
 
 from _common import mm_table
 
@@ -26,7 +26,7 @@ SMALL = {
 
 def run(a, b, name):  # type: ignore[no-untyped-def]
     (m, k), n = a.shape, b.shape[1]
-    cut = row_split(m, n, k, a.dtype, True, _num_sms(a.get_device()))
+    cut = row_split(m, n, k, a.dtype, True, split_sms(a))
     if cut is None:
         raise ValueError("no row split here")
     ra = cut[0]
