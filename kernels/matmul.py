@@ -663,12 +663,12 @@ def addmm_lean(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: fl
     return _lean(_fire(a, b, bias, float(beta), float(alpha), split_k), beta, alpha, split_k)
 
 
-def _lean(fire: "tuple[Callable[[int, int, int, int], None], torch.Tensor, int] | None", beta: float,
+def _lean(fire: "tuple[Callable[[int, int, int, int], None], torch.Tensor, int, int] | None", beta: float,
           alpha: float, split_k: bool) -> "Callable[..., torch.Tensor] | None":
     """The lean function around `_fire`'s bound launch (bias None: mm, else addmm)."""
     if fire is None:
         return None
-    launch, like, dev = fire
+    launch, like, dev, launches = fire
     launcher, rt, cur, empty_like = _LAUNCH, _RUNTIME, _current_device, torch.empty_like
 
     def lean(bias: "torch.Tensor | None", a: torch.Tensor, b: torch.Tensor, xp: int, ap: int, bp: int) -> torch.Tensor:
@@ -682,7 +682,7 @@ def _lean(fire: "tuple[Callable[[int, int, int, int], None], torch.Tensor, int] 
             return addmm(bias, a, b, beta=beta, alpha=alpha, split_k=split_k)
         out = empty_like(like)
         op = out.data_ptr()
-        launcher.hits += 1
+        launcher.hits += launches
         launch(op, xp or op, ap, bp)  # mm: the bias slot holds out, as _launch passes it
         return out
 
@@ -690,12 +690,15 @@ def _lean(fire: "tuple[Callable[[int, int, int, int], None], torch.Tensor, int] 
 
 
 def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: float, alpha: float,
-          split_k: bool) -> "tuple[Callable[[int, int, int, int], None], torch.Tensor, int] | None":
-    """(launch(out, bias, a, b pointers), allocation template, device) for the 2-D product whose
-    general call just ran: its plan's compiled launch with every other argument bound, exactly as
-    `_launch` passes them. None if that call launched nothing (an empty product), split K over
-    programs (a workspace per call), has no bound plan (fast path off, another Triton), or reads
-    TMA descriptors through a launcher this Triton wraps otherwise (`unwrap_tensordesc`)."""
+          split_k: bool) -> "tuple[Callable[[int, int, int, int], None], torch.Tensor, int, int] | None":
+    """(launch(out, bias, a, b pointers), allocation template, device, kernel launches) for the
+    2-D product whose general call just ran: its plan's compiled launch with every other argument
+    bound, exactly as `_launch` passes them; a row-split product (`row_split`) binds both of its
+    launches, so it keeps the lean path (eighteenth session: two general launches cost ~50 us of
+    host time against ~30 us of GPU work at GPT-2 c_attn, M = 4096, H100). None if
+    that call launched nothing (an empty product), split K over programs (a workspace per call),
+    has no bound plan (fast path off, another Triton), or reads TMA descriptors through a launcher
+    this Triton wraps otherwise (`unwrap_tensordesc`)."""
     if a.dim() != 2 or b.dim() != 2 or not a.is_cuda:
         return None
     (m, k), n = a.shape, b.shape[1]
@@ -710,10 +713,39 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
     like = template((m, n), a.dtype, a.device)
     if like is None:
         return None
-    out_ptr = torch.empty_like(like).data_ptr()  # the allocator's alignment, as the general call's
-    key = _key(a, b, out_ptr, bias.data_ptr() if bias is not None else out_ptr,
-               None if bias is None else bias.dtype, 1, m, n, k, sa, sb, sc, sx, bias is not None, alpha,
-               None, None, None, split)
+    out = torch.empty_like(like)  # the allocator's alignment, as the general call's
+    x = bias if bias is not None else out  # mm: the bias slot holds out, as _launch passes it
+    dev = a.get_device()
+    cut = row_split(m, n, k, a.dtype, sb[2] == 1 and sb[1] != 1, split_sms(a)) \
+        if m > ROW_SPLIT_MAX_UNSPLIT_M and not split else None
+    if cut is None:
+        whole = _bound_part(a, b, out, x, bias, m, n, k, sa, sb, sc, sx, alpha, beta, None, split)
+        return None if whole is None else (whole, like, dev, 1)
+    # The two launches `_launch` makes (same keys, so the same plans and compiled kernels): the
+    # first `first` rows with the default config, the rest from row `first` with `rest`'s.
+    first, rest = cut
+    xr = out[first:] if bias is None else (bias[first:] if sx[1] else bias)  # _launch's bias slot of the rest
+    head = _bound_part(a, b, out, x, bias, first, n, k, sa, sb, sc, sx, alpha, beta, None, 0)
+    tail = _bound_part(a[first:], b, out[first:], xr, bias, m - first, n, k, sa, sb, sc, sx, alpha, beta, rest, 0)
+    if head is None or tail is None:
+        return None
+    da, dc, dx = ((t.data_ptr() - u.data_ptr()) for t, u in ((a[first:], a), (out[first:], out), (xr, x)))
+
+    def launch_split(op: int, xp: int, ap: int, bp: int) -> None:
+        head(op, xp, ap, bp)
+        tail(op + dc, xp + dx, ap + da, bp)
+
+    return launch_split, like, dev, 2
+
+
+def _bound_part(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, xt: torch.Tensor,
+                bias: "torch.Tensor | None", m: int, n: int, k: int, sa: tuple[int, int, int],
+                sb: tuple[int, int, int], sc: tuple[int, int, int], sx: tuple[int, int, int], alpha: float,
+                beta: float, config: MatmulConfig | None, split: int) -> "Callable[[int, int, int, int], None] | None":
+    """launch(out, bias slot, a, b pointers) of one `_launch` call over a's first m rows, as that
+    call passes its arguments (`xt`: the bias slot's tensor); None if it has no bound plan."""
+    key = _key(a, b, out.data_ptr(), xt.data_ptr(), None if bias is None else bias.dtype, 1, m, n, k, sa, sb,
+               sc, sx, bias is not None, alpha, config, None, None, split)
     plan, bound = _PLANS.get(key), _LAUNCH.bound(key)
     if plan is None or bound is None:
         return None
@@ -730,7 +762,7 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
             c(g0, 1, 1, stream_of(dev), function, coop, pdl, None, None, packed, None, None, None,
               ap, bp, op, xp, None, None, None, op, op, *ints, *tail)
 
-        return launch, like, dev
+        return launch
     raw = unwrap_tensordesc(c)
     if raw is None or len(raw[1]) != (3 if meta["TMA_STORE"] else 2):
         return None
@@ -747,7 +779,7 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
         c_raw(g0, 1, 1, stream_of(dev), function, coop, pdl, None, None, packed, None, None, None,
               ap, bp, op, xp, fill_a(ap), *a_tail, fill_b(bp), *b_tail, *cd, op, op, *ints, *tail)
 
-    return launch_tma, like, dev
+    return launch_tma
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None) -> torch.Tensor:

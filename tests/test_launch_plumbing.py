@@ -252,7 +252,7 @@ def test_matmul_lean_function_passes_the_pointers_and_hands_over_on_a_hook(monke
         f"addmm {beta} {alpha}") or "addmm out")
     like = _launch.template((4, 3), torch.float32, torch.device("cpu"))
     assert matmul._lean(None, 1.0, 1.0, False) is None
-    lean = matmul._lean((lambda *p: fired.append(p), like, 0), 0.5, 2.0, False)
+    lean = matmul._lean((lambda *p: fired.append(p), like, 0, 1), 0.5, 2.0, False)
     assert lean is not None
     hits = matmul._LAUNCH.hits
     out = lean(None, "a", "b", 0, 111, 222)
@@ -261,6 +261,11 @@ def test_matmul_lean_function_passes_the_pointers_and_hands_over_on_a_hook(monke
     assert out2.data_ptr() != out.data_ptr()
     assert fired == [(out.data_ptr(), out.data_ptr(), 111, 222), (out2.data_ptr(), 333, 111, 222)]
     assert matmul._LAUNCH.hits == hits + 2
+    # a row-split product's bound launch makes two kernel launches: both are counted
+    split = matmul._lean((lambda *p: fired.append(p), like, 0, 2), 0.5, 2.0, False)
+    split(None, "a", "b", 0, 111, 222)
+    assert matmul._LAUNCH.hits == hits + 4 and len(fired) == 3
+    del fired[2:]
     chain = _launch._RUNTIME.launch_enter_hook
     if not hasattr(chain, "add"):
         pytest.skip("this Triton has no HookChain")

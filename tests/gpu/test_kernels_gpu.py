@@ -315,6 +315,11 @@ def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any,
     def pair(shape_x: tuple[int, int], shape_w: tuple[int, int]) -> Any:
         return lambda g: (kc._randn(shape_x, BF16, DEV, g), kc._randn(shape_w, BF16, DEV, g))
 
+    # A product that row-splits on this card (matmul.row_split): its lean path binds both launches.
+    sms = km.matmul.split_sms(wc)
+    ms = next(m for m in [4096, *range(300, 40000, 100)] if km.matmul.row_split(m, 2304, 768, BF16, True, sms))
+    rows = kc._randn((ms, 2304), BF16, DEV, g)
+
     return [
         ("mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
          lambda x: cuda.mm(x, w), lambda x: km.mm(x, w)),
@@ -334,6 +339,12 @@ def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any,
          lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0), lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0)),
         ("addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16),
          lambda x: cuda.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16)),
+        (f"mm bf16 row split (K,N) [{ms},768]@W", new((ms, 768), BF16),
+         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc)),
+        (f"addmm bf16 row split Conv1D beta alpha misaligned [{ms},768]", mis((ms, 768), BF16),
+         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0), lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0)),
+        (f"addmm bf16 row split full bias [{ms},768]", new((ms, 768), BF16),
+         lambda x: cuda.addmm(rows, x, wc), lambda x: km.addmm(rows, x, wc)),
     ]
 
 
@@ -343,7 +354,8 @@ def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
     call; `Launcher.hits` counts it). Each gives the bits of the kernel wrapper on the general
     launch path, for new inputs of the key, misaligned pointers (another key), several chunks per
     row, and with a Triton launch hook installed (the lean path then hands over to
-    Launcher.launch, which calls the hook)."""
+    Launcher.launch, which calls the hook). A row-split product's lean call makes both of its
+    launches (two hits, two hook calls)."""
     from detllm_kernels import _launch, matmul, mean, rmsnorm, softmax
     from triton import knobs
 
@@ -358,6 +370,7 @@ def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
     seen: list[Any] = []
     for name, make, ours, ref in _lean_cases():
         op = name.split()[0]
+        per = 2 if "row split" in name else 1  # kernel launches per call
         table, launcher = tables[op], launchers[op]
         table.clear()  # a cache: this case's key is then its only entry
         first = make(g)
@@ -377,7 +390,7 @@ def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
             hits = launcher.hits
             got, want = ours(x), ref(x)
             assert len(calls) == trial + 1, f"{name}: the call did not take the lean path"
-            assert launcher.hits == hits + 2, f"{name}: the lean call or the reference missed a plan"
+            assert launcher.hits == hits + 2 * per, f"{name}: the lean call or the reference missed a plan"
             got_t = got if isinstance(got, tuple) else (got,)
             want_t = want if isinstance(want, tuple) else (want,)
             for a, b in zip(got_t, want_t):
@@ -397,7 +410,7 @@ def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
             n, k = len(seen), len(calls)
             x = make(g)
             got = ours(x)
-            assert len(calls) == k + 1 and len(seen) == n + 1, f"{name}: the installed hook did not see the launch"
+            assert len(calls) == k + 1 and len(seen) == n + per, f"{name}: the installed hook did not see the launch"
         finally:
             if hasattr(chain, "add"):
                 chain.remove(hook)
