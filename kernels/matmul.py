@@ -300,12 +300,15 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _k_chain(acc, k0, k1, pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_TMA: tl.constexpr,
-             B_NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+             B_NK: tl.constexpr, A_KM: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """acc + the K steps [k0, k1) of one tile, in order: the one chain every config issues."""
     if USE_TMA:
         # Out-of-range rows/cols/K come back as zeros from the copy engine.
         for ki in range(k0, k1):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
+            if A_KM:  # A stored M-contiguous (x.t() of a (K, M) tensor): read its (K, M) tile
+                a = a_desc.load([ki * BLOCK_K, pid_m * BLOCK_M]).T
+            else:
+                a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
             if B_NK:
                 b = b_desc.load([pid_n * BLOCK_N, ki * BLOCK_K]).T
             else:
@@ -349,7 +352,7 @@ def _matmul_kernel(
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
     alpha, beta,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_PROGS: tl.constexpr, USE_TMA: tl.constexpr, B_NK: tl.constexpr,
+    NUM_PROGS: tl.constexpr, USE_TMA: tl.constexpr, B_NK: tl.constexpr, A_KM: tl.constexpr,
     HAS_X: tl.constexpr, SCALE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr, TMA_STORE: tl.constexpr,
 ):
@@ -382,22 +385,22 @@ def _matmul_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if KSPLIT == 0:
             acc = _k_chain(acc, 0, k_tiles, pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
-                           BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+                           BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, A_KM, IEEE, UPCAST)
             _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
                       s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
         elif SPLIT_CTA:
             acc = _k_chain(acc, 0, tl.minimum(KC, k_tiles), pid_m, pid_n, a_desc, b_desc, a_base, b_base,
-                           s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+                           s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, A_KM, IEEE, UPCAST)
             for c0 in range(KC, k_tiles, KC):
                 part = _k_chain(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), c0, tl.minimum(c0 + KC, k_tiles),
                                 pid_m, pid_n, a_desc, b_desc, a_base, b_base, s_ak, s_bk, K,
-                                BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+                                BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, A_KM, IEEE, UPCAST)
                 acc = acc + part
             _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
                       s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
         else:
             acc = _k_chain(acc, chunk * KC, tl.minimum((chunk + 1) * KC, k_tiles), pid_m, pid_n, a_desc, b_desc,
-                           a_base, b_base, s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, IEEE, UPCAST)
+                           a_base, b_base, s_ak, s_bk, K, BLOCK_M, BLOCK_N, BLOCK_K, USE_TMA, B_NK, A_KM, IEEE, UPCAST)
             # Workspace: one BLOCK_M x BLOCK_N fp32 partial per (tile, chunk), chunks of a tile adjacent.
             tile_off = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
             tile_ws = ws_ptr + tile_id.to(tl.int64) * n_chunks * (BLOCK_M * BLOCK_N)
@@ -415,21 +418,34 @@ def _matmul_kernel(
                           s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
 
 
+TMA_B_NK = 1  # `_tma_layout` flags: B read as its (N, K) rows (an nn.Linear weight through W.t())
+TMA_A_KM = 2  # A read as its (K, M) rows (x.t() of a (K, M) tensor)
+
+
 def _tma_layout(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int],
-                sb: tuple[int, int, int]) -> bool | None:
-    """None if TMA cannot read these 2-D operands (strides as _launch normalised them), else
-    whether b is read as an (N, K) matrix."""
+                sb: tuple[int, int, int]) -> int | None:
+    """None if TMA cannot read these 2-D operands (strides as _launch normalised them), else the
+    TMA_B_NK / TMA_A_KM flags of how it reads them. A transposed A went by pointer loads until the
+    nineteenth session (0.87-0.89 of cuBLAS at M >= 1024 on an H100, where row-major A ran 0.96-1.07);
+    the copy engine reads it in (K, M) tiles and the MMA takes the tile transposed, as it takes an
+    nn.Linear weight's: the same k16 chain, so the same bits."""
     if _interpreting() or not a.is_cuda or a.dtype not in (torch.bfloat16, torch.float16):
         return None
     if not _has_tma(a.device.index or 0):
         return None
     es = a.element_size()
-    if sa[2] != 1 or (sa[1] * es) % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
+    if a.data_ptr() % 16 or b.data_ptr() % 16:
+        return None
+    if sa[2] == 1 and (sa[1] * es) % 16 == 0:
+        flags = 0
+    elif sa[1] == 1 and (sa[2] * es) % 16 == 0:
+        flags = TMA_A_KM
+    else:
         return None
     if sb[2] == 1 and (sb[1] * es) % 16 == 0:
-        return False
+        return flags
     if sb[1] == 1 and (sb[2] * es) % 16 == 0:
-        return True  # weight arriving as W.t() through linear: read W rows directly
+        return flags | TMA_B_NK  # weight arriving as W.t() through linear: read W rows directly
     return None
 
 
@@ -493,8 +509,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     if tma is not None:
         # Descriptors hold base pointers, so they are built per call.
         va, vb, vc = _tma_views(m, n, k, sa, sb, sc, tma)
-        a_desc = desc(a, *va, [bm, bk])
-        b_desc = desc(b, *vb, [bn, bk] if tma else [bk, bn])
+        a_desc = desc(a, *va, [bk, bm] if tma & TMA_A_KM else [bm, bk])
+        b_desc = desc(b, *vb, [bn, bk] if tma & TMA_B_NK else [bk, bn])
         if meta["TMA_STORE"]:
             c_desc = desc(out, *vc, [bm, bn])
     _LAUNCH.launch(key, grid, (
@@ -503,12 +519,14 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
 
 
 def _tma_views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], sc: tuple[int, int, int],
-               b_nk: bool) -> tuple[tuple[list[int], list[int]], ...]:
-    """(shape, strides) of the A, B and C descriptors of a 2-D TMA product: A (m, k); B read as its
-    (n, k) rows (b_nk: an nn.Linear weight) or as the (k, n) matrix; C (m, n). `_launch` and the
-    lean launch (`_fire`) both take them from here."""
-    b = ([n, k], [sb[2], 1]) if b_nk else ([k, n], [sb[1], 1])
-    return ([m, k], [sa[1], 1]), b, ([m, n], [sc[1], 1])
+               flags: int) -> tuple[tuple[list[int], list[int]], ...]:
+    """(shape, strides) of the A, B and C descriptors of a 2-D TMA product (`_tma_layout`'s flags):
+    A as the (m, k) matrix or its (k, m) rows (TMA_A_KM); B as its (n, k) rows (TMA_B_NK: an
+    nn.Linear weight) or as the (k, n) matrix; C (m, n). `_launch` and the lean launch
+    (`_bound_part`) both take them from here."""
+    a = ([k, m], [sa[2], 1]) if flags & TMA_A_KM else ([m, k], [sa[1], 1])
+    b = ([n, k], [sb[2], 1]) if flags & TMA_B_NK else ([k, n], [sb[1], 1])
+    return a, b, ([m, n], [sc[1], 1])
 
 
 def _key(a: torch.Tensor, b: torch.Tensor, out_ptr: int, xt_ptr: int, x_dtype: "torch.dtype | None",
@@ -561,7 +579,8 @@ def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[
     tma_store = cfg.tma_store and tma is not None and (n * a.element_size()) % 16 == 0
     meta = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
-        NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma),
+        NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma and tma & TMA_B_NK),
+        A_KM=bool(tma and tma & TMA_A_KM),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
         UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,

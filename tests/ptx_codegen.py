@@ -15,7 +15,8 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
     """PTX of `_matmul_kernel` (bf16, one chain, no bias) for sm_<arch>, with the specialisations
     Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16, unit strides
     folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for a transposed A,
-    `a_t`, else K). Pointer loads unless `tma` (A and B through host TMA descriptors, sm_90);
+    `a_t`, else K). Pointer loads unless `tma` (A and B through host TMA descriptors, sm_90; with
+    `a_t` A's descriptor holds its (K, M) rows);
     tma_store: C too. persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -25,7 +26,7 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
     const: dict[str, object] = {}
     attrs: dict[tuple[int, ...], list] = {}
     div16 = [["tt.divisibility", 16]]
-    descs = {"a_desc": [bm, bk], "b_desc": [bk, bn] if kn else [bn, bk], "c_desc": [bm, bn]}
+    descs = {"a_desc": [bk, bm] if a_t else [bm, bk], "b_desc": [bk, bn] if kn else [bn, bk], "c_desc": [bm, bn]}
     for i, name in enumerate(fn.arg_names):
         if name in ("a_ptr", "b_ptr", "c_ptr", "x_ptr"):
             sig[name], attrs[(i,)] = "*bf16", div16
@@ -50,7 +51,7 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
             else:
                 sig[name], attrs[(i,)] = "i32", div16
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, NUM_PROGS=persistent or 1 << 30, USE_TMA=tma,
-                B_NK=tma and not kn, HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
+                B_NK=tma and not kn, A_KM=tma and a_t, HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
     if "TMA_STORE" in fn.arg_names:
         meta["TMA_STORE"] = tma_store
     for k, v in meta.items():

@@ -38,8 +38,8 @@ def test_kn_weight_pointer_loads_are_16_byte_copies(arch: int) -> None:
 @pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
 @pytest.mark.parametrize("arch", [90, 80])
 def test_transposed_a_pointer_loads_are_16_byte_copies(arch: int) -> None:
-    """A = x.t() (rows contiguous along M) takes the pointer path (TMA needs K contiguous); its
-    M index is clamped like N's, so it needs the same hint."""
+    """A = x.t() (rows contiguous along M) on the pointer path (pre-Hopper cards, or a base that is
+    not 16-byte aligned): its M index is clamped like N's, so it needs the same hint."""
     from detllm_kernels import matmul
 
     at = load_ops(matmul_ptx(matmul._matmul_kernel, arch, False, 64, 64, 64, 3, 4, a_t=True))
@@ -61,3 +61,20 @@ def test_tma_store_epilogue_compiles_to_a_bulk_copy() -> None:
     assert "cp.async.bulk.tensor.2d.shared::cta.global" in plain, "A/B not read through TMA: the PTX format changed?"
     assert bulk_store not in plain and "st.global" in plain
     assert bulk_store in store, "tma_store=True did not compile to a TMA store"
+
+
+@pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
+def test_transposed_a_reads_through_tma_into_the_tensor_cores() -> None:
+    """A = x.t() through TMA (`_tma_layout`'s TMA_A_KM): the prefill tile reads A's (K, M) tiles
+    with bulk tensor copies, no global loads, and feeds them to wgmma as the row-major A's tiles
+    (same k16 chain: the GPU check compares the bits of both layouts)."""
+    from detllm_kernels import matmul
+
+    cfg = dict(kn=False, bm=128, bn=256, bk=64, stages=4, warps=8, tma=True, persistent=132)
+    rows = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, **cfg)))
+    cols = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, a_t=True, **cfg)))
+    copy = "cp.async.bulk.tensor.2d.shared::cta.global"
+    assert copy in rows and "wgmma.mma_async" in rows, "the row-major TMA path changed: update this test"
+    assert cols.count(copy) == rows.count(copy), "A^T is not read by TMA like A"
+    assert "wgmma.mma_async" in cols and not load_ops(cols), f"A^T: {dict(load_ops(cols))}"
+    assert cols != rows, "A_KM compiled to the row-major kernel"

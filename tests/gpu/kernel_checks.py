@@ -86,9 +86,12 @@ def check_mm(device: str, dtype: torch.dtype, k: int, n: int, ms: Sequence[int],
     for name, b in (("w.t()", w.t()), ("contiguous", w.t().contiguous())):
         check_rows(lambda x: km.mm(x, b), a, ms, f"mm {dtype} K={k} N={n} b={name}")
     # A stored column-major (a transposed view), as autograd's and some models' matmuls pass it
+    # (through TMA on Hopper for 2-byte types: `_tma_layout`'s TMA_A_KM), against both weight layouts
     a_cm = a.t().contiguous().t()
     check_rows(lambda x: km.mm(x, w.t()), a_cm, ms, f"mm {dtype} K={k} N={n} a=column-major")
-    assert torch.equal(km.mm(a_cm, w.t()), km.mm(a, w.t())), f"mm {dtype}: A layout changed bits"
+    for name, b in (("w.t()", w.t()), ("contiguous", w.t().contiguous())):
+        for m in (ms[0], max(ms)):
+            assert torch.equal(km.mm(a_cm[:m], b), km.mm(a[:m], b)), f"mm {dtype} M={m} b={name}: A layout changed bits"
     check_rows(lambda x: km.addmm(bias, x, w.t()), a, ms, f"addmm {dtype} K={k} N={n}")
     m = max(ms)
     assert_close(km.mm(a, w.t()), a.double() @ w.double().t(), dtype, f"mm {dtype} vs fp64")
