@@ -713,7 +713,7 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
     """(launch(out, bias, a, b pointers), allocation template, device, kernel launches) for the
     2-D product whose general call just ran: its plan's compiled launch with every other argument
     bound, exactly as `_launch` passes them; a row-split product (`row_split`) binds both of its
-    launches, so it keeps the lean path (eighteenth session: two general launches cost ~50 us of
+    launches, so it keeps the lean path (nineteenth session: two general launches cost 50-100 us of
     host time against ~30 us of GPU work at GPT-2 c_attn, M = 4096, H100). None if
     that call launched nothing (an empty product), split K over programs (a workspace per call),
     has no bound plan (fast path off, another Triton), or reads TMA descriptors through a launcher
