@@ -102,58 +102,77 @@ def _scaled(s, c, ASM: tl.constexpr):
 
 
 @triton.jit
+def _scores(q, k_base, offs_n, hi, offs_d, D, sk_t, sk_d, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+            EVEN_D: tl.constexpr, MASKED: tl.constexpr):
+    """q . k^T for the key block at offs_n, fp32 (keys at or past hi load as zeros where MASKED)."""
+    if MASKED:
+        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d,
+                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d)
+    else:
+        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=offs_d[None, :] < D, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return s
+
+
+@triton.jit
+def _softmax_step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale, softcap,
+                  CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                  EVEN_D: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr):
+    """One key block of the online softmax, given its scores s: (m, l, acc) after the block."""
+    LOG2E: tl.constexpr = 1.4426950408889634
+    if HAS_SOFTCAP:
+        t = s * (scale / softcap)
+        s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0))
+        c = LOG2E
+    else:
+        c = scale * LOG2E
+    if MASKED:
+        valid = offs_n[None, :] < hi
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= pos_q[:, None])
+        s = tl.where(valid, s, float("-inf"))
+    # The row max in log2 units: max_j rn(s_j * c) == rn(max_j s_j * c) for c > 0 (rounding
+    # is monotonic), so the product is rounded once per row, and each element's exponent is
+    # one fma (s * c - m rounded once; -inf stays -inf): one op fewer per score than a
+    # rounded product and a subtraction.
+    m_new = tl.maximum(m_i, _scaled(tl.max(s, axis=1), c, ASM))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(tl.fma(s, c, -m_safe[:, None]))
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if MASKED:
+        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d,
+                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
+    elif EVEN_D:
+        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d)
+    else:
+        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=offs_d[None, :] < D, other=0.0)
+    acc = acc * alpha[:, None]
+    acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
             CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
             BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr,
             BLOCK_D: tl.constexpr):
     """The online softmax's block loop over keys [lo, hi). MASKED False: every key of every block
     is visible to every row of the tile (the caller's `full` range), so the loop loads without
-    masks and skips the causal select; the arithmetic, in the same order, is the masked loop's."""
-    LOG2E: tl.constexpr = 1.4426950408889634
+    masks and skips the causal select; the arithmetic, in the same order, is the masked loop's.
+    A block is `_scores` then `_softmax_step` (probes that schedule the two otherwise call them)."""
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        if MASKED:
-            kv_mask = _tile_mask(offs_n < hi, offs_d, D, EVEN_D)
-            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
-        elif EVEN_D:
-            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d)
-        else:
-            k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=offs_d[None, :] < D, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        if HAS_SOFTCAP:
-            t = s * (scale / softcap)
-            s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0))
-            c = LOG2E
-        else:
-            c = scale * LOG2E
-        if MASKED:
-            valid = offs_n[None, :] < hi
-            if CAUSAL:
-                valid = valid & (offs_n[None, :] <= pos_q[:, None])
-            s = tl.where(valid, s, float("-inf"))
-        # The row max in log2 units: max_j rn(s_j * c) == rn(max_j s_j * c) for c > 0 (rounding
-        # is monotonic), so the product is rounded once per row, and each element's exponent is
-        # one fma (s * c - m rounded once; -inf stays -inf): one op fewer per score than a
-        # rounded product and a subtraction.
-        m_new = tl.maximum(m_i, _scaled(tl.max(s, axis=1), c, ASM))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(tl.fma(s, c, -m_safe[:, None]))
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if MASKED:
-            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
-        elif EVEN_D:
-            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d)
-        else:
-            v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=offs_d[None, :] < D, other=0.0)
-        acc = acc * alpha[:, None]
-        acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
-        m_i = m_new
+        s = _scores(q, k_base, offs_n, hi, offs_d, D, sk_t, sk_d, IEEE, UPCAST, EVEN_D, MASKED)
+        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale,
+                                      softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, EVEN_D, MASKED, ASM)
     return m_i, l_i, acc
 
 

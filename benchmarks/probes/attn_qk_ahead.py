@@ -5,8 +5,8 @@ intra-warpgroup overlap, written in the source): an iteration starts the tensor 
 S_{j+1} = Q K_{j+1}^T, then runs block j's softmax and P_j V_j, so the MMA of the next scores can
 run under the exponentials of the current ones. Triton makes a dot whose result only leaves the
 iteration (a loop-carried value) asynchronous and waits for it at its first use, one iteration
-later. Every block's arithmetic and the block order are the production loop's
-(`attention._blocks`): the same bits; the probe checks it per case, next to SDPA and the
+later. Every block's arithmetic and the block order are the production loop's (its
+`attention._scores` and `_softmax_step`, inlined): the same bits; the probe checks it per case, next to SDPA and the
 production kernel in the same run (do_bench, and CUDA graphs in brackets)."""
 import torch
 import torch.nn.functional as F
@@ -14,63 +14,9 @@ import triton
 import triton.language as tl
 
 import detllm_kernels as km
-from detllm_kernels._dot import dot_acc
-from detllm_kernels.attention import _default_tile, _q_tile, _scaled, _tile_mask, attn_meta, split_loop
+from detllm_kernels.attention import _default_tile, _q_tile, _scores, _softmax_step, _tile_mask, attn_meta, split_loop
 
 from _common import causal_prefill, g_us, t_us
-
-
-@triton.jit
-def _qk(q, k_base, offs_n, hi, offs_d, D, sk_t, sk_d, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-        EVEN_D: tl.constexpr, MASKED: tl.constexpr):
-    if MASKED:
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d,
-                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
-    elif EVEN_D:
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d)
-    else:
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=offs_d[None, :] < D, other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    return s
-
-
-@triton.jit
-def _step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale, softcap,
-          CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-          EVEN_D: tl.constexpr, MASKED: tl.constexpr, ASM: tl.constexpr):
-    """`attention._blocks`' body after the scores, verbatim."""
-    LOG2E: tl.constexpr = 1.4426950408889634
-    if HAS_SOFTCAP:
-        t = s * (scale / softcap)
-        s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * t) + 1.0))
-        c = LOG2E
-    else:
-        c = scale * LOG2E
-    if MASKED:
-        valid = offs_n[None, :] < hi
-        if CAUSAL:
-            valid = valid & (offs_n[None, :] <= pos_q[:, None])
-        s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, _scaled(tl.max(s, axis=1), c, ASM))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(tl.fma(s, c, -m_safe[:, None]))
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if MASKED:
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d,
-                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
-    elif EVEN_D:
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d)
-    else:
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=offs_d[None, :] < D, other=0.0)
-    acc = acc * alpha[:, None]
-    acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -81,16 +27,16 @@ def _blocks_ahead(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk
     n_blocks = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N)
     offs = tl.arange(0, BLOCK_N)
     # the first block's scores; a masked load, so an empty range reads nothing
-    s = _qk(q, k_base, lo + offs, hi, offs_d, D, sk_t, sk_d, IEEE, UPCAST, EVEN_D, True)
+    s = _scores(q, k_base, lo + offs, hi, offs_d, D, sk_t, sk_d, IEEE, UPCAST, EVEN_D, True)
     for i in range(0, n_blocks - 1):
         offs_n = lo + i * BLOCK_N + offs
-        s_next = _qk(q, k_base, offs_n + BLOCK_N, hi, offs_d, D, sk_t, sk_d, IEEE, UPCAST, EVEN_D, MASKED)
-        m_i, l_i, acc = _step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale, softcap,
+        s_next = _scores(q, k_base, offs_n + BLOCK_N, hi, offs_d, D, sk_t, sk_d, IEEE, UPCAST, EVEN_D, MASKED)
+        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale, softcap,
                               CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, EVEN_D, MASKED, ASM)
         s = s_next
     if n_blocks > 0:
         offs_n = lo + (n_blocks - 1) * BLOCK_N + offs
-        m_i, l_i, acc = _step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale, softcap,
+        m_i, l_i, acc = _softmax_step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, sv_d, scale, softcap,
                               CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, EVEN_D, MASKED, ASM)
     return m_i, l_i, acc
 
