@@ -35,6 +35,36 @@ def causal_prefill(bsz: int, tq: int, d: int = 128) -> tuple[torch.Tensor, torch
     return q, k, v, ks, sdpa
 
 
+# (batch, tokens) of the causal prefill probes: short batched prefill first, then long
+PREFILL_CASES = ((8, 512), (16, 256), (4, 1024), (1, 1024), (4, 2048), (1, 4096))
+
+
+def prefill_table(variants: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+                                     Sequence[tuple[str, Callable[[], torch.Tensor]]]], d: int = 128) -> None:
+    """Per PREFILL_CASES case: SDPA, the production kernel, then each (name, run) that `variants`
+    gives for (q, k, v, key starts, scale), as ratios to SDPA under do_bench (CUDA graphs in
+    brackets); a variant whose output is not the production kernel's bits is marked."""
+    import torch.nn.functional as F
+
+    import detllm_kernels as km
+
+    sc = d ** -0.5
+    print(torch.cuda.get_device_name(), triton.__version__, flush=True)
+    for bsz, tq in PREFILL_CASES:
+        q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
+        gs = g_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        ref = km.invariant_attention(q, k, v, ks, sc, True)
+        prod = lambda: km.invariant_attention(q, k, v, ks, sc, True)  # noqa: E731
+        cells = [f"production {t_us(prod) / sdpa:.2f}x (g {g_us(prod) / gs:.2f})"]
+        for name, fn in variants(q, k, v, ks, sc):
+            try:
+                same = torch.equal(fn(), ref)
+                cells.append(f"{name} {t_us(fn) / sdpa:.2f}x (g {g_us(fn) / gs:.2f}){'' if same else ' OTHER BITS'}")
+            except Exception as e:  # a tile may not fit in shared memory
+                cells.append(f"{name} failed ({type(e).__name__}: {str(e)[:60]})")
+        print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us (g {gs:.1f}) | " + " | ".join(cells), flush=True)
+
+
 def tile_name(tile: Any) -> str:
     """An AttnTile as the probes print it ('default' for None)."""
     return "default" if tile is None else f"{tile.block_m}x{tile.num_warps}w s{tile.num_stages}"

@@ -10,10 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-import detllm_kernels as km
 from detllm_kernels.attention import _attn_tile, attn_meta, split_loop
 
-from _common import causal_prefill, g_us, t_us
+from _common import prefill_table
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
@@ -50,22 +49,5 @@ def paired(q, k, v, ks, scale, stages=None):  # type: ignore[no-untyped-def]
     return out
 
 
-d = 128
-sc = d ** -0.5
-print(torch.cuda.get_device_name(), triton.__version__, flush=True)
-for bsz, tq in ((8, 512), (16, 256), (4, 1024), (1, 1024), (4, 2048), (1, 4096)):
-    q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
-    import torch.nn.functional as F
-    gs = g_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-    ref = km.invariant_attention(q, k, v, ks, sc, True)
-    prod, gprod = t_us(lambda: km.invariant_attention(q, k, v, ks, sc, True)), \
-        g_us(lambda: km.invariant_attention(q, k, v, ks, sc, True))
-    cells = [f"production {prod / sdpa:.2f}x (g {gprod / gs:.2f})"]
-    for st in (None, 2):
-        try:
-            same = torch.equal(paired(q, k, v, ks, sc, st), ref)
-            cells.append(f"paired s{st or 'def'} {t_us(lambda: paired(q, k, v, ks, sc, st)) / sdpa:.2f}x "
-                         f"(g {g_us(lambda: paired(q, k, v, ks, sc, st)) / gs:.2f}){'' if same else ' OTHER BITS'}")
-        except Exception as e:  # may not fit in shared memory
-            cells.append(f"paired s{st} failed ({type(e).__name__}: {str(e)[:60]})")
-    print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us (g {gs:.1f}) | " + " | ".join(cells), flush=True)
+prefill_table(lambda q, k, v, ks, sc: [
+    (f"paired s{st or 'def'}", lambda st=st: paired(q, k, v, ks, sc, st)) for st in (None, 2)])

@@ -9,14 +9,12 @@ later. Every block's arithmetic and the block order are the production loop's (i
 `attention._scores` and `_softmax_step`, inlined): the same bits; the probe checks it per case, next to SDPA and the
 production kernel in the same run (do_bench, and CUDA graphs in brackets)."""
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-import detllm_kernels as km
 from detllm_kernels.attention import _default_tile, _q_tile, _scores, _softmax_step, _tile_mask, attn_meta, split_loop
 
-from _common import causal_prefill, g_us, t_us
+from _common import prefill_table
 
 
 @triton.jit
@@ -94,23 +92,7 @@ def ahead(q, k, v, ks, scale, rows=None, warps=None, stages=None):  # type: igno
     return out
 
 
-d = 128
-sc = d ** -0.5
-print(torch.cuda.get_device_name(), triton.__version__, flush=True)
 SHAPES = [(None, None, None), (64, 4, 2), (64, 4, 4), (128, 8, 2)]
-for bsz, tq in ((8, 512), (16, 256), (4, 1024), (1, 1024), (4, 2048), (1, 4096)):
-    q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
-    gs = g_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-    ref = km.invariant_attention(q, k, v, ks, sc, True)
-    prod, gprod = t_us(lambda: km.invariant_attention(q, k, v, ks, sc, True)), \
-        g_us(lambda: km.invariant_attention(q, k, v, ks, sc, True))
-    cells = [f"production {prod / sdpa:.2f}x (g {gprod / gs:.2f})"]
-    for rows, warps, stages in SHAPES:
-        name = "default tile" if rows is None else f"{rows}x{warps}w s{stages}"
-        try:
-            same = torch.equal(ahead(q, k, v, ks, sc, rows, warps, stages), ref)
-            fn = lambda: ahead(q, k, v, ks, sc, rows, warps, stages)  # noqa: E731
-            cells.append(f"ahead {name} {t_us(fn) / sdpa:.2f}x (g {g_us(fn) / gs:.2f}){'' if same else ' OTHER BITS'}")
-        except Exception as e:  # a tile may not fit in shared memory
-            cells.append(f"ahead {name} failed ({type(e).__name__}: {str(e)[:60]})")
-    print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us (g {gs:.1f}) | " + " | ".join(cells), flush=True)
+prefill_table(lambda q, k, v, ks, sc: [
+    (f"ahead {'default tile' if r is None else f'{r}x{w}w s{st}'}",
+     lambda r=r, w=w, st=st: ahead(q, k, v, ks, sc, r, w, st)) for r, w, st in SHAPES])
