@@ -556,6 +556,11 @@ def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[
     bk = cfg.block_k or BLOCK_K[a.dtype]
     want = cfg.tma if use_tma is None else use_tma
     tma = _tma_layout(a, b, sa, sb) if (want and batch == 1 and a.dim() == 2 and b.dim() == 2) else None
+    if tma is not None and tma & TMA_A_KM and m <= 64 and not use_tma:
+        # A transposed A through TMA was measured and checked on the GPU past decode sizes only
+        # (M > 64); decode keeps the pointer path it always took for such an A (the (K, N) weights'
+        # TMA decode tiles included).
+        tma = None
     if use_tma and tma is None:
         raise ValueError("TMA path requested but operands do not allow it")
     tiles = batch * cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n)
