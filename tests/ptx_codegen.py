@@ -54,6 +54,7 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
                 B_NK=tma and not kn, A_KM=tma and a_t, HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
     if "TMA_STORE" in fn.arg_names:
         meta["TMA_STORE"] = tma_store
+    meta = {k: v for k, v in meta.items() if k in fn.arg_names}  # an older kernel lacks newer flags
     for k, v in meta.items():
         sig[k], const[k] = "constexpr", v
     kernel = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32),
