@@ -35,6 +35,7 @@ SHAPES = [(4096, 4096, "NK", "8b q/o"), (4096, 1024, "NK", "8b k/v"), (4096, 143
           (4096, 6144, "NK", "8b qkv fused"), (4096, 28672, "NK", "8b gate_up fused"),
           (576, 960, "NK", "smollm2 qkv fused"), (576, 3072, "NK", "smollm2 gate_up fused"),
           (768, 2304, "KN", "gpt2 c_attn"), (768, 3072, "KN", "gpt2 c_fc"), (3072, 768, "KN", "gpt2 c_proj"),
+          (768, 768, "KN", "gpt2 attn c_proj"),
           (4096, 4096, "KN", "x@W 4096")]
 
 
