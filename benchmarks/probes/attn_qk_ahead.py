@@ -93,6 +93,7 @@ def ahead(q, k, v, ks, scale, rows=None, warps=None, stages=None):  # type: igno
 
 
 SHAPES = [(None, None, None), (64, 4, 2), (64, 4, 4), (128, 8, 2)]
-prefill_table(lambda q, k, v, ks, sc: [
-    (f"ahead {'default tile' if r is None else f'{r}x{w}w s{st}'}",
-     lambda r=r, w=w, st=st: ahead(q, k, v, ks, sc, r, w, st)) for r, w, st in SHAPES])
+if __name__ == "__main__":  # attn_ptxas.py imports the kernel
+    prefill_table(lambda q, k, v, ks, sc: [
+        (f"ahead {'default tile' if r is None else f'{r}x{w}w s{st}'}",
+         lambda r=r, w=w, st=st: ahead(q, k, v, ks, sc, r, w, st)) for r, w, st in SHAPES])
