@@ -80,7 +80,6 @@ def _interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -199,6 +198,18 @@ ROW_SPLIT_INTERPRET_SMS = 32
 def split_sms(a: torch.Tensor) -> int:
     """The SM count `row_split` plans for: the card's, or ROW_SPLIT_INTERPRET_SMS in the interpreter."""
     return ROW_SPLIT_INTERPRET_SMS if _INTERPRET or not a.is_cuda else _num_sms(a.get_device())
+
+
+def _row_cut(a: torch.Tensor, m: int, n: int, k: int, sb: tuple[int, int, int]) -> "tuple[int, MatmulConfig] | None":
+    """`row_split` for a 2-D default-config product of a's first m rows (callers test
+    m > ROW_SPLIT_MAX_UNSPLIT_M first); `_launch` splits by it and `_fire` binds the same two
+    launches, so both must ask here."""
+    return row_split(m, n, k, a.dtype, sb[2] == 1 and sb[1] != 1, split_sms(a))
+
+
+def _rest_bias(x: "torch.Tensor | None", sx: tuple[int, int, int], first: int) -> "torch.Tensor | None":
+    """The bias of a row split's second launch: a bias with a row stride has rows too."""
+    return x[first:] if x is not None and sx[1] else x
 
 
 def row_split(m: int, n: int, k: int, dtype: torch.dtype, kn: bool, sms: int) -> "tuple[int, MatmulConfig] | None":
@@ -475,12 +486,12 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
         return
     if m > ROW_SPLIT_MAX_UNSPLIT_M and config is None and use_tma is None and programs is None and not split \
             and batch == 1 and a.dim() == 2 and out.dim() == 2:
-        cut = row_split(m, n, k, a.dtype, sb[2] == 1 and sb[1] != 1, split_sms(a))
+        cut = _row_cut(a, m, n, k, sb)
         if cut is not None:
             first, rest = cut
             _launch(a, b, out, x, 1, first, n, k, sa, sb, sc, sx, alpha, beta, None, None)
-            xr = x[first:] if x is not None and sx[1] else x  # a bias with a row stride has rows too
-            _launch(a[first:], b, out[first:], xr, 1, m - first, n, k, sa, sb, sc, sx, alpha, beta, rest, None)
+            _launch(a[first:], b, out[first:], _rest_bias(x, sx, first), 1, m - first, n, k, sa, sb, sc, sx,
+                    alpha, beta, rest, None)
             return
     has_x = x is not None and beta != 0
     xt = x if x is not None else out
@@ -740,15 +751,14 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
     out = torch.empty_like(like)  # the allocator's alignment, as the general call's
     x = bias if bias is not None else out  # mm: the bias slot holds out, as _launch passes it
     dev = a.get_device()
-    cut = row_split(m, n, k, a.dtype, sb[2] == 1 and sb[1] != 1, split_sms(a)) \
-        if m > ROW_SPLIT_MAX_UNSPLIT_M and not split else None
+    cut = _row_cut(a, m, n, k, sb) if m > ROW_SPLIT_MAX_UNSPLIT_M and not split else None
     if cut is None:
         whole = _bound_part(a, b, out, x, bias, m, n, k, sa, sb, sc, sx, alpha, beta, None, split)
         return None if whole is None else (whole, like, dev, 1)
     # The two launches `_launch` makes (same keys, so the same plans and compiled kernels): the
     # first `first` rows with the default config, the rest from row `first` with `rest`'s.
     first, rest = cut
-    xr = out[first:] if bias is None else (bias[first:] if sx[1] else bias)  # _launch's bias slot of the rest
+    xr = out[first:] if bias is None else _rest_bias(bias, sx, first)  # the rest's bias slot, as _launch fills it
     head = _bound_part(a, b, out, x, bias, first, n, k, sa, sb, sc, sx, alpha, beta, None, 0)
     tail = _bound_part(a[first:], b, out[first:], xr, bias, m - first, n, k, sa, sb, sc, sx, alpha, beta, rest, 0)
     if head is None or tail is None:
