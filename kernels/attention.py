@@ -102,16 +102,24 @@ def _scaled(s, c, ASM: tl.constexpr):
 
 
 @triton.jit
+def _kv_block(base, offs_n, hi, offs_d, D, s_t, s_d, EVEN_D: tl.constexpr, MASKED: tl.constexpr):
+    """The K or V block of keys offs_n: keys at or past hi load as zeros where MASKED; unmasked
+    blocks lie below hi, so only a head size short of BLOCK_D needs a mask there."""
+    if MASKED:
+        x = tl.load(base + offs_n[:, None] * s_t + offs_d[None, :] * s_d,
+                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
+    elif EVEN_D:
+        x = tl.load(base + offs_n[:, None] * s_t + offs_d[None, :] * s_d)
+    else:
+        x = tl.load(base + offs_n[:, None] * s_t + offs_d[None, :] * s_d, mask=offs_d[None, :] < D, other=0.0)
+    return x
+
+
+@triton.jit
 def _scores(q, k_base, offs_n, hi, offs_d, D, sk_t, sk_d, IEEE: tl.constexpr, UPCAST: tl.constexpr,
             EVEN_D: tl.constexpr, MASKED: tl.constexpr):
     """q . k^T for the key block at offs_n, fp32 (keys at or past hi load as zeros where MASKED)."""
-    if MASKED:
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d,
-                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
-    elif EVEN_D:
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d)
-    else:
-        k = tl.load(k_base + offs_n[:, None] * sk_t + offs_d[None, :] * sk_d, mask=offs_d[None, :] < D, other=0.0)
+    k = _kv_block(k_base, offs_n, hi, offs_d, D, sk_t, sk_d, EVEN_D, MASKED)
     if UPCAST:
         k = k.to(tl.float32)
     if IEEE:
@@ -147,13 +155,7 @@ def _softmax_step(m_i, l_i, acc, s, v_base, offs_n, hi, pos_q, offs_d, D, sv_t, 
     p = tl.exp2(tl.fma(s, c, -m_safe[:, None]))
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    if MASKED:
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d,
-                    mask=_tile_mask(offs_n < hi, offs_d, D, EVEN_D), other=0.0)
-    elif EVEN_D:
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d)
-    else:
-        v = tl.load(v_base + offs_n[:, None] * sv_t + offs_d[None, :] * sv_d, mask=offs_d[None, :] < D, other=0.0)
+    v = _kv_block(v_base, offs_n, hi, offs_d, D, sv_t, sv_d, EVEN_D, MASKED)
     acc = acc * alpha[:, None]
     acc = dot_acc(p.to(v.dtype), v, acc, IEEE, UPCAST)
     return m_new, l_i, acc
@@ -177,6 +179,17 @@ def _blocks(m_i, l_i, acc, q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk
 
 
 @triton.jit
+def _unmasked_end(lo, hi, pos_q, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The end of the leading blocks from lo that every row of the tile sees in full (below the
+    first row's own position and below hi): where SPLIT_LOOP's unmasked loop stops."""
+    if CAUSAL:
+        see = tl.minimum(hi, tl.min(pos_q, axis=0) + 1)  # keys below this: visible to every row
+    else:
+        see = hi
+    return lo + tl.maximum(see - lo, 0) // BLOCK_N * BLOCK_N
+
+
+@triton.jit
 def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d, scale, softcap,
                    CAUSAL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -194,11 +207,7 @@ def _chunk_partial(q, k_base, v_base, lo, hi, pos_q, offs_d, D, sk_t, sk_d, sv_t
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     mid = lo
     if SPLIT_LOOP:
-        if CAUSAL:
-            see = tl.minimum(hi, tl.min(pos_q, axis=0) + 1)  # keys below this: visible to every row
-        else:
-            see = hi
-        mid = lo + tl.maximum(see - lo, 0) // BLOCK_N * BLOCK_N
+        mid = _unmasked_end(lo, hi, pos_q, CAUSAL, BLOCK_N)
         m_i, l_i, acc = _blocks(m_i, l_i, acc, q, k_base, v_base, lo, mid, pos_q, offs_d, D, sk_t, sk_d, sv_t, sv_d,
                                 scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N, EVEN_D, False, ASM,
                                 BLOCK_D)

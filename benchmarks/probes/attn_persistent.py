@@ -12,10 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-import detllm_kernels as km
 from detllm_kernels.attention import _attn_tile, attn_meta
 
-from _common import causal_prefill, g_us, t_us
+from _common import prefill_table
 
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
@@ -50,24 +49,9 @@ def persistent(q, k, v, ks, scale, programs, flatten=True, stages=None):  # type
 
 
 if __name__ == "__main__":
-    d = 128
-    sc = d ** -0.5
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(torch.cuda.get_device_name(), triton.__version__, f"{sms} SMs", flush=True)
-    import torch.nn.functional as F
-    for bsz, tq in ((8, 512), (16, 256), (4, 1024), (1, 1024), (4, 2048), (1, 4096)):
-        q, k, v, ks, sdpa = causal_prefill(bsz, tq, d)
-        gs = g_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-        ref = km.invariant_attention(q, k, v, ks, sc, True)
-        prod = t_us(lambda: km.invariant_attention(q, k, v, ks, sc, True))
-        gprod = g_us(lambda: km.invariant_attention(q, k, v, ks, sc, True))
-        cells = [f"production {prod / sdpa:.2f}x (g {gprod / gs:.2f})"]
-        for per_sm, flat, st in ((2, True, None), (2, False, None), (1, True, None), (2, True, 2), (3, True, 2)):
-            name = f"{per_sm}/SM{' flat' if flat else ''} s{st or 3}"
-            fn = lambda: persistent(q, k, v, ks, sc, per_sm * sms, flat, st)  # noqa: E731
-            try:
-                same = torch.equal(fn(), ref)
-                cells.append(f"{name} {t_us(fn) / sdpa:.2f}x (g {g_us(fn) / gs:.2f}){'' if same else ' OTHER BITS'}")
-            except Exception as e:  # may not fit, or not compile
-                cells.append(f"{name} failed ({type(e).__name__}: {str(e)[:80]})")
-        print(f"prefill B{bsz} Tq{tq}: SDPA {sdpa:.1f} us (g {gs:.1f}) | " + " | ".join(cells), flush=True)
+    print(f"{sms} SMs", flush=True)
+    prefill_table(lambda q, k, v, ks, sc: [
+        (f"{per_sm}/SM{' flat' if flat else ''} s{st or 3}",
+         lambda per_sm=per_sm, flat=flat, st=st: persistent(q, k, v, ks, sc, per_sm * sms, flat, st))
+        for per_sm, flat, st in ((2, True, None), (2, False, None), (1, True, None), (2, True, 2), (3, True, 2))])

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from detllm_kernels.attention import _default_tile, _q_tile, _scores, _softmax_step, _tile_mask, attn_meta, split_loop
+from detllm_kernels.attention import (_default_tile, _q_tile, _scores, _softmax_step, _tile_mask, _unmasked_end,
+                                      attn_meta, split_loop)
 
 from _common import prefill_table
 
@@ -56,11 +57,7 @@ def _ahead_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ks_ptr, tk_ptr,
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     mid = ks
     if SPLIT_LOOP:  # as attention._chunk_partial
-        if CAUSAL:
-            see = tl.minimum(hi, tl.min(pos_q, axis=0) + 1)
-        else:
-            see = hi
-        mid = ks + tl.maximum(see - ks, 0) // BLOCK_N * BLOCK_N
+        mid = _unmasked_end(ks, hi, pos_q, CAUSAL, BLOCK_N)
         m_i, l_i, acc = _blocks_ahead(m_i, l_i, acc, q, k_base, v_base, ks, mid, pos_q, offs_d, D, sk_t, sk_d,
                                       sv_t, sv_d, scale, softcap, CAUSAL, HAS_SOFTCAP, IEEE, UPCAST, BLOCK_N,
                                       EVEN_D, False, ASM)
