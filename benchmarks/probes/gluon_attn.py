@@ -1,0 +1,426 @@
+"""python benchmarks/probes/gluon_attn.py [--ptxas]  (twentieth session)
+
+Causal prefill attention written in Gluon (`triton.experimental.gluon`, Triton's lower-level
+language) for Hopper, with the production kernel's arithmetic in the production order, so it must
+give `invariant_attention`'s bits. What it changes is only the schedule:
+
+- K and V blocks arrive by TMA into a ring of STAGES slots, one mbarrier per slot and operand, so
+  the warps compute no addresses and hold no pointer tensors (the production kernel's cp.async
+  loads do both);
+- AHEAD: FlashAttention-3's intra-warpgroup overlap. Block j's scores are issued, then block j-1's
+  P.V, and block j's softmax runs while that P.V is on the tensor cores. The accumulator still
+  sees `acc * alpha_j + P_j V_j` block after block, as in production: the P.V of block j-1 lands
+  before block j's rescale.
+
+The query tile, the GQA row packing, the block boundaries anchored at each row's first key, the
+masks and every float op (`mul.rn` row max, fma exponent, exp2, the l and acc updates, the final
+divide) are the production kernel's (kernels/attention.py, one masked loop or masked blocks only).
+
+--ptxas (no GPU): compile for sm_90a with Triton's bundled ptxas and print registers, spills and
+shared memory, as attn_ptxas.py does for the production kernel. Without it (GPU): the prefill
+table of the other attention probes, bits checked against the production kernel."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
+
+
+@gluon.jit
+def _mul_rn(x, c):
+    """x * c rounded alone (`kernels/attention._scaled`): never contracted into an fma."""
+    return gl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [x, c], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, start, slot, pred):
+    """TMA of the K and V blocks at key `start` into ring slot `slot` (keys past Tk arrive as zeros;
+    keys in [hi, Tk) arrive as data, which the mask turns into p = 0 as the production's zeros)."""
+    mbarrier.expect(k_bar.index(slot), k_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(k_desc, [b, hk, start, 0], k_bar.index(slot), k_smem.index(slot), pred=pred)
+    mbarrier.expect(v_bar.index(slot), v_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(v_desc, [b, hk, start, 0], v_bar.index(slot), v_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def _softmax(s, m_i, l_i, start, hi, pos_q, c, see, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+    """One block's online-softmax state from its scores s: the production `_softmax_step` up to the
+    P.V (masking only a block that some row does not see in full: same values either way)."""
+    if start + BLOCK_N > see:
+        offs_n = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        valid = (offs_n[None, :] < hi) & (offs_n[None, :] <= pos_q[:, None])
+        s = gl.where(valid, s, float("-inf"))
+    m_new = gl.maximum(m_i, _mul_rn(gl.max(s, axis=1), c))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(gl.fma(s, c, -m_safe[:, None]))
+    alpha = gl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return m_new, l_i, p, alpha
+
+
+@gluon.jit(do_not_specialize=["Tq", "Tk"])
+def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b, so_t, so_h,
+                    HKV, GROUP, Tq, Tk, scale,
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr,
+                    AHEAD: gl.constexpr):
+    gl.static_assert(gl.num_warps() == 4, "one warpgroup: the production tile's wgmma")
+    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q_shared: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+
+    # heaviest query blocks first, as `_attn_kernel`
+    pid_bh = gl.program_id(0)
+    pid_m = gl.num_programs(1) - 1 - gl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    ks = gl.load(ks_ptr + b).to(gl.int32)
+
+    # the query tile: GQA rows (query-major), pointer loads into shared memory
+    offs_r = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
+    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
+    b64 = b.to(gl.int64)
+    q = gl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    q_smem = gl.allocate_shared_memory(q.dtype, [BLOCK_M, BLOCK_D], q_shared, value=q)
+
+    pos_q = Tk - Tq + (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
+    last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
+    hi = gl.minimum(Tk, Tk - Tq + last_q + 1)
+    see = gl.minimum(hi, Tk - Tq + (pid_m * BLOCK_M) // GROUP + 1)  # keys below: seen by every row
+    c = scale * 1.4426950408889634
+    n = gl.cdiv(hi - ks, BLOCK_N)
+
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bar.index(i), count=1)
+        mbarrier.init(v_bar.index(i), count=1)
+    fence_async_shared()
+    # AHEAD refills a slot one block later than the in-order loop (after the held P.V): it starts
+    # with every slot in flight, the in-order loop with all but the one its first iteration fills
+    PRE: gl.constexpr = STAGES if AHEAD else STAGES - 1
+    for i in gl.static_range(PRE):
+        _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + i * BLOCK_N, i, i < n)
+
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+    acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    if AHEAD and n > 0:  # (no block: the production loop does not run either)
+        # block 0: scores and softmax; its P.V is issued with block 1's scores
+        mbarrier.wait(k_bar.index(0), 0)
+        s = warpgroup_mma(q_smem, k_smem.index(0).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
+        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, BLOCK_N, s_layout)
+        acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+        p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        for j in range(1, n):
+            slot = j % STAGES
+            prev = (j - 1) % STAGES
+            # the slot block j + STAGES - 1 goes to held block j - 1, whose P.V is below: issue after it
+            mbarrier.wait(k_bar.index(slot), (j // STAGES) & 1)
+            s_tok = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
+                                  is_async=True)
+            mbarrier.wait(v_bar.index(prev), ((j - 1) // STAGES) & 1)
+            acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, BLOCK_N, s_layout)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+            nxt = j - 1 + STAGES
+            _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + nxt * BLOCK_N, prev, nxt < n)
+            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+            p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        last = (n - 1) % STAGES
+        mbarrier.wait(v_bar.index(last), ((n - 1) // STAGES) & 1)
+        acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+    elif not AHEAD:
+        # the production schedule: scores, softmax, P.V per block, the P.V waited with the next scores
+        for j in range(0, n):
+            slot = j % STAGES
+            mbarrier.wait(k_bar.index(slot), (j // STAGES) & 1)
+            s = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, BLOCK_N, s_layout)
+            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+            mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
+            acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout),
+                                v_smem.index(slot).reshape([BLOCK_N, BLOCK_D]), acc)
+            nxt = j + STAGES - 1
+            # slot of block j - 1 is free (its P.V was waited in the previous iteration)
+            _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + nxt * BLOCK_N, nxt % STAGES, nxt < n)
+
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bar.index(i))
+        mbarrier.invalidate(v_bar.index(i))
+    # rows with no visible key (queries inside the left padding) output zeros
+    out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
+    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
+    gl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out, mask=row_ok[:, None])
+
+
+@gluon.jit
+def _ws_producer(k_desc, v_desc, k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, BLOCK_N: gl.constexpr,
+                 STAGES: gl.constexpr):
+    """One warp: every K/V block of the CTA's key range by TMA into the ring, a slot refilled once
+    both consumers have released it."""
+    for j in range(0, n):
+        slot = j % STAGES
+        mbarrier.wait(kv_empty.index(slot), ((j // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+        _issue(k_desc, v_desc, k_smem, v_smem, k_full, v_full, b, hk, ks + j * BLOCK_N, slot, True)
+
+
+@gluon.jit
+def _ws_consumer(q_ptr, o_ptr, q_smem, k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi, row0,
+                 sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale,
+                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
+    """One warpgroup: 64 query rows from row0, the AHEAD schedule of `_gl_attn_kernel` on the shared
+    ring. Both consumers walk the CTA's blocks; past its own rows' causal end a block is fully masked
+    for this one, which leaves its state unchanged bit for bit (the 128-row production tile does the
+    same)."""
+    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+
+    offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    row_ok = qi < Tq
+    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
+    b64 = b.to(gl.int64)
+    q = gl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    q_smem.store(q)
+    fence_async_shared()
+
+    pos_q = Tk - Tq + (row0 + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
+    see = gl.minimum(hi, Tk - Tq + row0 // GROUP + 1)
+    c = scale * 1.4426950408889634
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+    acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    if n > 0:
+        mbarrier.wait(k_full.index(0), 0)
+        s = warpgroup_mma(q_smem, k_smem.index(0).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
+        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, BLOCK_N, s_layout)
+        acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+        p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        for j in range(1, n):
+            slot = j % STAGES
+            prev = (j - 1) % STAGES
+            mbarrier.wait(k_full.index(slot), (j // STAGES) & 1)
+            s_tok = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
+                                  is_async=True)
+            mbarrier.wait(v_full.index(prev), ((j - 1) // STAGES) & 1)
+            acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, BLOCK_N, s_layout)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+            mbarrier.arrive(kv_empty.index(prev))
+            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+            p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        last = (n - 1) % STAGES
+        mbarrier.wait(v_full.index(last), ((n - 1) // STAGES) & 1)
+        acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+        mbarrier.arrive(kv_empty.index(last))
+    out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
+    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
+    gl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out, mask=row_ok[:, None])
+
+
+@gluon.jit(do_not_specialize=["Tq", "Tk"])
+def _gl_attn_ws_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b, so_t, so_h,
+                       HKV, GROUP, Tq, Tk, scale,
+                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr,
+                       CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    """FlashAttention-3's CTA: two consumer warpgroups (64 query rows each, the production tile)
+    share one K/V ring that a producer warp fills by TMA (`gl.warp_specialize`)."""
+    gl.static_assert(gl.num_warps() == 4, "the default partition is one consumer warpgroup")
+    q_shared: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    pid_bh = gl.program_id(0)
+    pid_m = gl.num_programs(1) - 1 - gl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    ks = gl.load(ks_ptr + b).to(gl.int32)
+    last_q = ((pid_m + 1) * 2 * BLOCK_M - 1) // GROUP
+    hi = gl.minimum(Tk, Tk - Tq + last_q + 1)
+    n = gl.cdiv(hi - ks, BLOCK_N)
+
+    q_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_M, BLOCK_D], q_shared)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_full.index(i), count=1)
+        mbarrier.init(v_full.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)
+    fence_async_shared()
+    row0 = pid_m * 2 * BLOCK_M
+    gl.warp_specialize([
+        (_ws_consumer, (q_ptr, o_ptr, q_smem.index(0), k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi,
+                        row0, sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale,
+                        BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
+        (_ws_consumer, (q_ptr, o_ptr, q_smem.index(1), k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi,
+                        row0 + BLOCK_M, sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale,
+                        BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
+        (_ws_producer, (k_desc, v_desc, k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, BLOCK_N, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+def _kv_desc(x: torch.Tensor) -> TensorDescriptor:
+    """A (B, Hkv, Tk, d) operand's descriptor: one (BLOCK_N, d) block of one (b, kv head) a copy;
+    rows past Tk read as zeros."""
+    block = [1, 1, BLOCK_N, x.shape[-1]]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), block, layout)
+
+
+def gluon_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor, scale: float,
+                    stages: int = 3, ahead: bool = True) -> torch.Tensor:
+    """Causal attention, q (B,H,Tq,d), k/v (B,Hkv,Tk,d) bf16 with unit d strides -> (B,Tq,H,d): the
+    production kernel's contract (`invariant_attention`), d = 128 only."""
+    bsz, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    assert d == 128 and q.dtype == torch.bfloat16 and q.stride(-1) == 1, "probe: bf16, d = 128, unit d stride"
+    group = h // hkv
+    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
+    grid = (bsz * hkv, triton.cdiv(tq * group, BLOCK_M))
+    _gl_attn_kernel[grid](q, _kv_desc(k), _kv_desc(v), out, key_start.to(torch.int32), q.stride(0), q.stride(1),
+                          q.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, group, tq, tk, scale,
+                          BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=stages, AHEAD=ahead, num_warps=4)
+    return out
+
+
+def gluon_attention_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor, scale: float,
+                       stages: int = 3, regs: tuple[int, int] = (232, 40)) -> torch.Tensor:
+    """`gluon_attention` by `_gl_attn_ws_kernel`: 128 query rows per CTA in two consumer warpgroups."""
+    bsz, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    assert d == 128 and q.dtype == torch.bfloat16 and q.stride(-1) == 1, "probe: bf16, d = 128, unit d stride"
+    group = h // hkv
+    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
+    grid = (bsz * hkv, triton.cdiv(tq * group, 2 * BLOCK_M))
+    _gl_attn_ws_kernel[grid](q, _kv_desc(k), _kv_desc(v), out, key_start.to(torch.int32), q.stride(0), q.stride(1),
+                             q.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, group, tq, tk, scale,
+                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=stages, CONSUMER_REGS=regs[0],
+                             PRODUCER_REGS=regs[1], num_warps=4)
+    return out
+
+
+def _ptxas() -> None:
+    """Registers, spills and shared memory of each variant, compiled for sm_90a here (no GPU)."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    kv = torch.empty(1, 8, 1024, 128, dtype=torch.bfloat16)
+    desc = mangle_type(_kv_desc(kv))
+    print(f"triton {triton.__version__}, sm_90a, bf16 d128 causal prefill (Gluon)", flush=True)
+    for ahead in (False, True):
+        for stages in (2, 3, 4):
+            sig: dict[str, Any] = {"q_ptr": "*bf16", "k_desc": desc, "v_desc": desc, "o_ptr": "*bf16", "ks_ptr": "*i32"}
+            for name in ("sq_b", "sq_h", "sq_t", "so_b", "so_t", "so_h"):
+                sig[name] = "i32"
+            for name in ("HKV", "GROUP", "Tq", "Tk"):
+                sig[name] = "i32"
+            sig["scale"] = "fp32"
+            const = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=128, STAGES=stages, AHEAD=ahead)
+            sig.update({k: "constexpr" for k in const})
+            attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(_gl_attn_kernel.arg_names)
+                     if nm in ("q_ptr", "o_ptr", "ks_ptr") or nm.startswith("s") and nm != "scale"}
+            kern = triton.compile(GluonASTSource(_gl_attn_kernel, sig, const, attrs),
+                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+            with tempfile.TemporaryDirectory() as tmp:
+                src, out = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+                src.write_text(kern.asm["ptx"])
+                log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(out)],
+                                     capture_output=True, text=True, check=True).stderr
+            regs = int(re.search(r"Used (\d+) registers", log).group(1))
+            spill = re.search(r"(\d+) bytes spill stores", log)
+            smem = kern.metadata.shared
+            fit = min(228 * 1024 // max(smem, 1), 65536 // (regs * 128))
+            print(f"{'ahead' if ahead else 'in order'} s{stages}: shared {smem} B, {regs} registers, "
+                  f"spill stores {spill.group(1) if spill else 0} B -> {fit} program(s) per SM", flush=True)
+
+
+def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor,
+              sc: float) -> list[tuple[str, Any]]:
+    """(name, run) of each probe variant on one case."""
+    out: list[tuple[str, Any]] = [
+        (f"{'ahead' if ahead else 'in order'} s{st}", lambda ahead=ahead, st=st: gluon_attention(q, k, v, ks, sc, st, ahead))
+        for ahead in (False, True) for st in (2, 3)]
+    out += [(f"ws2 s{st}", lambda st=st: gluon_attention_ws(q, k, v, ks, sc, st)) for st in (2, 3, 4)]
+    return out
+
+
+def _bits() -> None:
+    """Bitwise (not only ==: signed zeros too) against the production kernel where the prefill table
+    does not go: left padding (key starts past 0), lengths off the 64 grid, other GQA groups,
+    a (B, T, H, d) view as HF's projections give, and a few query rows under many keys."""
+    import detllm_kernels as km
+
+    torch.manual_seed(1)
+    for bsz, h, hkv, tq, tk in ((3, 32, 8, 300, 300), (2, 16, 16, 129, 129), (4, 32, 4, 77, 77),
+                                (2, 32, 8, 1, 1000), (2, 32, 8, 17, 531), (1, 8, 8, 2048, 2048)):
+        q = torch.randn(bsz, tq, h, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k = torch.randn(bsz, tk, hkv, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        v = torch.randn(bsz, hkv, tk, 128, device="cuda", dtype=torch.bfloat16)
+        ks = torch.randint(0, max(1, tk // 2), (bsz,), device="cuda", dtype=torch.int32)
+        ks[0] = 0
+        ref = km.invariant_attention(q, k, v, ks, 128 ** -0.5, True).view(torch.int16)
+        cells = []
+        for name, run in _variants(q, k, v, ks, 128 ** -0.5):
+            bad = (run().view(torch.int16) != ref).sum().item()
+            cells.append(f"{name}: {'same bits' if bad == 0 else f'{bad} elements differ'}")
+        print(f"bits B{bsz} H{h}/{hkv} Tq{tq} Tk{tk} key starts {ks.tolist()}: " + ", ".join(cells), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
+    args = ap.parse_args()
+    if args.ptxas:
+        _ptxas()
+        return
+    from _common import prefill_table
+
+    _bits()
+    prefill_table(_variants)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
