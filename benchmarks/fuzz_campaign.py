@@ -62,6 +62,10 @@ ARCHS = {
     "llama": dict(cls="LlamaConfig", vocab_size=128256, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                   num_attention_heads=8, num_key_value_heads=2, rope_theta=500000.0, max_position_embeddings=4096,
                   tie_word_embeddings=True),
+    # head_dim 128 and a GQA group of 4: the shape whose CUDA prefill takes the Hopper Gluon attention
+    "llama_d128": dict(cls="LlamaConfig", vocab_size=128256, hidden_size=1024, intermediate_size=2048,
+                       num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, rope_theta=500000.0,
+                       max_position_embeddings=4096, tie_word_embeddings=True),
     "qwen3": dict(cls="Qwen3Config", vocab_size=151936, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=4096,
                   tie_word_embeddings=True),

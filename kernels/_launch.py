@@ -42,6 +42,12 @@ def cc_major(device_index: int) -> int:
     return torch.cuda.get_device_capability(device_index)[0]
 
 
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int) -> int:
+    """The CUDA device's SM count (persistent kernels' grid), asked of the driver once."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 try:
     _raw_stream = torch._C._cuda_getCurrentRawStream  # no Python Stream object per call
 except AttributeError:  # pragma: no cover

@@ -21,6 +21,11 @@ from ._launch import INTERPRET as _INTERPRET
 from ._launch import Launcher, cc_major
 from ._rows import cdiv, key_starts, next_pow2
 
+try:  # Hopper prefill in Gluon, same bits (attention_gluon's docstring); absent from Triton builds without it
+    from . import attention_gluon as _gluon
+except Exception:  # noqa: BLE001 - ImportError, or a Gluon whose API differs at import
+    _gluon = None  # type: ignore[assignment]
+
 __all__ = ["invariant_attention", "AttnTile", "ATTN_BLOCK_M", "ATTN_BLOCK_N"]
 
 # Fixed for every shape: BLOCK_N is the KV split size that anchors the reduction order.
@@ -351,6 +356,8 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     Query i sits at key position Tk - Tq + i; keys before key_start[b] are padding. key_end: a
     one-element device tensor that replaces Tk (k/v then hold at least that many columns).
     tile: another launch shape (`AttnTile`; None: the default, 64 rows, or LONG_TILE for long prefill).
+    Prefill on Hopper runs `attention_gluon`'s kernel where it applies (`attention_gluon.usable`;
+    not with a tile), with this kernel's bits.
     """
     bsz, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -359,6 +366,7 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError("attention: q, k, v must share a dtype")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    asked = tile  # a caller's tile: the Triton kernel in that shape (benchmarks, tests)
     if tile is None:
         tile = _default_tile(q, tk, h // hkv)
     block_m = tile.block_m if tile is not None else ATTN_BLOCK_M
@@ -366,6 +374,10 @@ def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_s
     if grid[1] > 65535:
         raise ValueError(f"attention: {tq} queries x {h // hkv} heads per kv head make {grid[1]} query blocks, "
                          "past CUDA's 65535 grid rows; run the prefill in chunks of fewer tokens")
+    if _gluon is not None and _gluon.usable(q, k, v, softcap, key_end, asked):
+        done = _gluon.gluon_attention(q, k, v, key_starts(key_start, q), scale, causal)
+        if done is not None:
+            return done
     out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out

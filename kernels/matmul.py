@@ -23,6 +23,7 @@ from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import (_RUNTIME, Launcher, TmaFill, _current_device, _raw_stream, arrival_counters, cc_major,
                       ready, template)
+from ._launch import num_sms as _num_sms
 from ._launch import unwrap_tensordesc
 from ._rows import cdiv
 
@@ -77,11 +78,6 @@ def with_tma_store(cfg: MatmulConfig, dtype: torch.dtype) -> MatmulConfig:
 
 def _interpreting() -> bool:
     return _INTERPRET
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _has_tma(device_index: int) -> bool:

@@ -1,24 +1,19 @@
 """python benchmarks/probes/gluon_attn.py [--ptxas]  (twentieth session)
 
-Causal prefill attention written in Gluon (`triton.experimental.gluon`, Triton's lower-level
-language) for Hopper, with the production kernel's arithmetic in the production order, so it must
-give `invariant_attention`'s bits. What it changes is only the schedule:
+How the Hopper prefill attention in Gluon (kernels/attention_gluon.py, production since this
+session) was reached: the same arithmetic as the Triton kernel, so the same bits, in other
+schedules. The production kernel's helpers (`_issue`, `_softmax`) serve these variants too:
 
-- K and V blocks arrive by TMA into a ring of STAGES slots, one mbarrier per slot and operand, so
-  the warps compute no addresses and hold no pointer tensors (the production kernel's cp.async
-  loads do both);
-- AHEAD: FlashAttention-3's intra-warpgroup overlap. Block j's scores are issued, then block j-1's
-  P.V, and block j's softmax runs while that P.V is on the tensor cores. The accumulator still
-  sees `acc * alpha_j + P_j V_j` block after block, as in production: the P.V of block j-1 lands
-  before block j's rescale.
+- "in order s2/s3": one warpgroup per 64-row tile, K/V by TMA into a ring of 2-3 slots, the
+  Triton kernel's order (scores, softmax, P.V per block);
+- "ahead s2/s3": the same with FlashAttention-3's intra-warpgroup overlap (block j's softmax while
+  block j-1's P.V runs);
+- "ws2 s3/s4": a CTA of two consumer warpgroups sharing the ring, filled by a producer warp;
+- production: that CTA made persistent, with double-buffered query tiles by TMA.
 
-The query tile, the GQA row packing, the block boundaries anchored at each row's first key, the
-masks and every float op (`mul.rn` row max, fma exponent, exp2, the l and acc updates, the final
-divide) are the production kernel's (kernels/attention.py, one masked loop or masked blocks only).
-
---ptxas (no GPU): compile for sm_90a with Triton's bundled ptxas and print registers, spills and
-shared memory, as attn_ptxas.py does for the production kernel. Without it (GPU): the prefill
-table of the other attention probes, bits checked against the production kernel."""
+--ptxas (no GPU): each variant compiled for sm_90a with Triton's bundled ptxas: registers, spills,
+shared memory. Without it (GPU): bits against the Triton kernel where the prefill table does not
+go, then the prefill table (_common.prefill_table)."""
 from __future__ import annotations
 
 import argparse
@@ -29,44 +24,13 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from detllm_kernels.attention_gluon import _issue, _softmax
+
 BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
-
-
-@gluon.jit
-def _mul_rn(x, c):
-    """x * c rounded alone (`kernels/attention._scaled`): never contracted into an fma."""
-    return gl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [x, c], dtype=gl.float32,
-                                     is_pure=True, pack=1)
-
-
-@gluon.jit
-def _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, start, slot, pred):
-    """TMA of the K and V blocks at key `start` into ring slot `slot` (keys past Tk arrive as zeros;
-    keys in [hi, Tk) arrive as data, which the mask turns into p = 0 as the production's zeros)."""
-    mbarrier.expect(k_bar.index(slot), k_desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(k_desc, [b, hk, start, 0], k_bar.index(slot), k_smem.index(slot), pred=pred)
-    mbarrier.expect(v_bar.index(slot), v_desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(v_desc, [b, hk, start, 0], v_bar.index(slot), v_smem.index(slot), pred=pred)
-
-
-@gluon.jit
-def _softmax(s, m_i, l_i, start, hi, pos_q, c, see, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
-    """One block's online-softmax state from its scores s: the production `_softmax_step` up to the
-    P.V (masking only a block that some row does not see in full: same values either way)."""
-    if start + BLOCK_N > see:
-        offs_n = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        valid = (offs_n[None, :] < hi) & (offs_n[None, :] <= pos_q[:, None])
-        s = gl.where(valid, s, float("-inf"))
-    m_new = gl.maximum(m_i, _mul_rn(gl.max(s, axis=1), c))
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(gl.fma(s, c, -m_safe[:, None]))
-    alpha = gl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + gl.sum(p, axis=1)
-    return m_new, l_i, p, alpha
 
 
 @gluon.jit(do_not_specialize=["Tq", "Tk"])
@@ -132,7 +96,7 @@ def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b
         # block 0: scores and softmax; its P.V is issued with block 1's scores
         mbarrier.wait(k_bar.index(0), 0)
         s = warpgroup_mma(q_smem, k_smem.index(0).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, BLOCK_N, s_layout)
+        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, True, BLOCK_N, s_layout)
         acc = acc * gl.convert_layout(alpha[:, None], o_layout)
         p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
         for j in range(1, n):
@@ -145,7 +109,7 @@ def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b
             mbarrier.wait(v_bar.index(prev), ((j - 1) // STAGES) & 1)
             acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, BLOCK_N, s_layout)
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
             nxt = j - 1 + STAGES
             _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + nxt * BLOCK_N, prev, nxt < n)
@@ -161,7 +125,7 @@ def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b
             slot = j % STAGES
             mbarrier.wait(k_bar.index(slot), (j // STAGES) & 1)
             s = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, BLOCK_N, s_layout)
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
             acc = acc * gl.convert_layout(alpha[:, None], o_layout)
             mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout),
@@ -227,7 +191,7 @@ def _ws_consumer(q_ptr, o_ptr, q_smem, k_smem, v_smem, k_full, v_full, kv_empty,
     if n > 0:
         mbarrier.wait(k_full.index(0), 0)
         s = warpgroup_mma(q_smem, k_smem.index(0).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, BLOCK_N, s_layout)
+        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, True, BLOCK_N, s_layout)
         acc = acc * gl.convert_layout(alpha[:, None], o_layout)
         p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
         for j in range(1, n):
@@ -239,7 +203,7 @@ def _ws_consumer(q_ptr, o_ptr, q_smem, k_smem, v_smem, k_full, v_full, kv_empty,
             mbarrier.wait(v_full.index(prev), ((j - 1) // STAGES) & 1)
             acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, BLOCK_N, s_layout)
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
             mbarrier.arrive(kv_empty.index(prev))
             acc = acc * gl.convert_layout(alpha[:, None], o_layout)
@@ -336,7 +300,10 @@ def gluon_attention_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_st
 
 
 def _ptxas() -> None:
-    """Registers, spills and shared memory of each variant, compiled for sm_90a here (no GPU)."""
+    """Registers, spills and shared memory of each variant and of the production kernel, compiled
+    for sm_90a here (no GPU). A warp-specialised kernel's registers are its launch allocation per
+    thread (12 warps: two consumer warpgroups, the producer's warp padded to a warpgroup);
+    setmaxnreg then moves them between partitions."""
     import re
     import subprocess
     import tempfile
@@ -346,35 +313,45 @@ def _ptxas() -> None:
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
+    from detllm_kernels import attention_gluon as prod
+
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    kv = torch.empty(1, 8, 1024, 128, dtype=torch.bfloat16)
-    desc = mangle_type(_kv_desc(kv))
+    kv = mangle_type(_kv_desc(torch.empty(1, 8, 1024, 128, dtype=torch.bfloat16)))
+    qd = mangle_type(prod._descriptor(torch.empty(1, 32, 1024, 128, dtype=torch.bfloat16), [1, 1024, 8, 4, 128],
+                                      [32 * 1024 * 128, 128, 4 * 1024 * 128, 1024 * 128, 1], [1, 16, 1, 4, 128]))
+    ints = ("sq_b", "sq_h", "sq_t", "so_b", "so_t", "so_h", "BH", "NQ", "HKV", "GROUP", "Tq", "Tk", "num_tiles")
+
+    def report(name: str, fn: Any, const: dict[str, Any]) -> None:
+        sig: dict[str, Any] = {}
+        for a in fn.arg_names:
+            sig[a] = ("constexpr" if a in const else "*bf16" if a in ("q_ptr", "o_ptr") else "*i32" if a == "ks_ptr"
+                      else qd if a == "q_desc" else kv if a.endswith("_desc") else "fp32" if a == "scale"
+                      else "i32" if a in ints else None)
+        kern = triton.compile(GluonASTSource(fn, sig, const, {}), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=4))
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+            src.write_text(kern.asm["ptx"])
+            log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(out)],
+                                 capture_output=True, text=True, check=True).stderr
+        regs = int(re.search(r"Used (\d+) registers", log).group(1))
+        spill = re.search(r"(\d+) bytes spill stores", log)
+        smem, warps = kern.metadata.shared, kern.metadata.num_warps
+        fit = min(228 * 1024 // max(smem, 1), 65536 // (regs * 32 * warps))
+        print(f"{name}: {warps} warps, shared {smem} B, {regs} registers, spill stores "
+              f"{spill.group(1) if spill else 0} B -> {fit} CTA(s) per SM", flush=True)
+
     print(f"triton {triton.__version__}, sm_90a, bf16 d128 causal prefill (Gluon)", flush=True)
+    tile = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=128)
     for ahead in (False, True):
         for stages in (2, 3, 4):
-            sig: dict[str, Any] = {"q_ptr": "*bf16", "k_desc": desc, "v_desc": desc, "o_ptr": "*bf16", "ks_ptr": "*i32"}
-            for name in ("sq_b", "sq_h", "sq_t", "so_b", "so_t", "so_h"):
-                sig[name] = "i32"
-            for name in ("HKV", "GROUP", "Tq", "Tk"):
-                sig[name] = "i32"
-            sig["scale"] = "fp32"
-            const = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=128, STAGES=stages, AHEAD=ahead)
-            sig.update({k: "constexpr" for k in const})
-            attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(_gl_attn_kernel.arg_names)
-                     if nm in ("q_ptr", "o_ptr", "ks_ptr") or nm.startswith("s") and nm != "scale"}
-            kern = triton.compile(GluonASTSource(_gl_attn_kernel, sig, const, attrs),
-                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-            with tempfile.TemporaryDirectory() as tmp:
-                src, out = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
-                src.write_text(kern.asm["ptx"])
-                log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(out)],
-                                     capture_output=True, text=True, check=True).stderr
-            regs = int(re.search(r"Used (\d+) registers", log).group(1))
-            spill = re.search(r"(\d+) bytes spill stores", log)
-            smem = kern.metadata.shared
-            fit = min(228 * 1024 // max(smem, 1), 65536 // (regs * 128))
-            print(f"{'ahead' if ahead else 'in order'} s{stages}: shared {smem} B, {regs} registers, "
-                  f"spill stores {spill.group(1) if spill else 0} B -> {fit} program(s) per SM", flush=True)
+            report(f"{'ahead' if ahead else 'in order'} s{stages}", _gl_attn_kernel,
+                   dict(tile, STAGES=stages, AHEAD=ahead))
+    for stages in (2, 3, 4):
+        report(f"ws2 s{stages}", _gl_attn_ws_kernel, dict(tile, STAGES=stages, CONSUMER_REGS=232, PRODUCER_REGS=40))
+    report(f"production (persistent ws2 s{prod.STAGES})", prod._gluon_attn_kernel,
+           dict(tile, CAUSAL=True, STAGES=prod.STAGES, CONSUMER_REGS=prod.CONSUMER_REGS,
+                PRODUCER_REGS=prod.PRODUCER_REGS))
 
 
 def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor,
@@ -383,15 +360,16 @@ def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tenso
     out: list[tuple[str, Any]] = [
         (f"{'ahead' if ahead else 'in order'} s{st}", lambda ahead=ahead, st=st: gluon_attention(q, k, v, ks, sc, st, ahead))
         for ahead in (False, True) for st in (2, 3)]
-    out += [(f"ws2 s{st}", lambda st=st: gluon_attention_ws(q, k, v, ks, sc, st)) for st in (2, 3, 4)]
+    out += [(f"ws2 s{st}", lambda st=st: gluon_attention_ws(q, k, v, ks, sc, st)) for st in (3, 4)]
     return out
 
 
 def _bits() -> None:
-    """Bitwise (not only ==: signed zeros too) against the production kernel where the prefill table
-    does not go: left padding (key starts past 0), lengths off the 64 grid, other GQA groups,
-    a (B, T, H, d) view as HF's projections give, and a few query rows under many keys."""
+    """Bitwise (signed zeros too) against the Triton kernel where the prefill table does not go:
+    left padding (key starts past 0), lengths off the 64 grid, other GQA groups, HF's (B, T, H, d)
+    projection views, a few query rows under many keys."""
     import detllm_kernels as km
+    from _common import triton_attention
 
     torch.manual_seed(1)
     for bsz, h, hkv, tq, tk in ((3, 32, 8, 300, 300), (2, 16, 16, 129, 129), (4, 32, 4, 77, 77),
@@ -401,9 +379,10 @@ def _bits() -> None:
         v = torch.randn(bsz, hkv, tk, 128, device="cuda", dtype=torch.bfloat16)
         ks = torch.randint(0, max(1, tk // 2), (bsz,), device="cuda", dtype=torch.int32)
         ks[0] = 0
-        ref = km.invariant_attention(q, k, v, ks, 128 ** -0.5, True).view(torch.int16)
+        ref = triton_attention(q, k, v, ks, 128 ** -0.5).view(torch.int16)
         cells = []
-        for name, run in _variants(q, k, v, ks, 128 ** -0.5):
+        for name, run in [("production", lambda: km.invariant_attention(q, k, v, ks, 128 ** -0.5, True)),
+                          *_variants(q, k, v, ks, 128 ** -0.5)]:
             bad = (run().view(torch.int16) != ref).sum().item()
             cells.append(f"{name}: {'same bits' if bad == 0 else f'{bad} elements differ'}")
         print(f"bits B{bsz} H{h}/{hkv} Tq{tq} Tk{tk} key starts {ks.tolist()}: " + ", ".join(cells), flush=True)

@@ -5,11 +5,12 @@ Invariance claims are bitwise (torch.equal); closeness to the torch op is a rela
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -479,6 +480,24 @@ def _prefill_chunk_decode(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     return [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)], ks, d ** -0.5
 
 
+@contextlib.contextmanager
+def triton_attention_only() -> Iterator[None]:
+    """`invariant_attention` runs the Triton kernel for every call inside (the Hopper prefill path of
+    attention_gluon is off): for checks of that kernel's own options."""
+    load_kernels()
+    from detllm_kernels import attention
+
+    g = attention._gluon
+    before = g.ENABLED if g is not None else None
+    if g is not None:
+        g.ENABLED = False
+    try:
+        yield
+    finally:
+        if g is not None:
+            g.ENABLED = before
+
+
 def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
                                softcap: float | None = None, seed: int = 10) -> None:
     """The unmasked loop over the blocks every row of a tile sees in full (`SPLIT_LOOP`) gives the
@@ -489,15 +508,16 @@ def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int
 
     cases, ks, scale = _prefill_chunk_decode(device, dtype, h, hkv, d, t, 37, seed)
     before = attention.SPLIT_LOOP, attention.ONE_LOOP_BELOW_KEYS
-    try:
+    with triton_attention_only():
         # two loops for every case, the short prefill included (production runs it as one loop)
         attention.ONE_LOOP_BELOW_KEYS = 0
         outs = {}
-        for flag in (True, False):
-            attention.SPLIT_LOOP = flag
-            outs[flag] = [km.invariant_attention(*c, ks, scale, True, softcap) for c in cases]
-    finally:
-        attention.SPLIT_LOOP, attention.ONE_LOOP_BELOW_KEYS = before
+        try:
+            for flag in (True, False):
+                attention.SPLIT_LOOP = flag
+                outs[flag] = [km.invariant_attention(*c, ks, scale, True, softcap) for c in cases]
+        finally:
+            attention.SPLIT_LOOP, attention.ONE_LOOP_BELOW_KEYS = before
     for i, (a, b) in enumerate(zip(outs[True], outs[False])):
         assert torch.equal(a, b), f"attention {dtype} case {i}: unmasked leading blocks changed bits"
 
