@@ -111,6 +111,12 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
             # Narrow (GPT-2 mlp c_proj, N = 768): 48 programs of 16 columns, each with K steps of
             # 512 in flight; at 64 rows one 64-row tile reads the weight once. `--deep` sweep,
             # H100, thirteenth session: M = 1/16 8.8 -> 7.5 us, M = 64 8.9 -> 6.7 (cuBLAS 7.0-7.7).
+            # Short K (GPT-2 attention c_proj, 768 x 768): K steps of 512 leave one and a half
+            # steps; 32 columns in K steps of 256 (the wider entry's tile) ran M = 1 / 16 4.2 / 4.1 ->
+            # 3.6 / 3.5 us against cuBLAS's 3.3 / 3.2 over CUDA graphs (0.77-0.79 -> 0.91-0.92;
+            # `--deep --tma` sweep, H100, twentieth session; all 52 candidates gave the same bits).
+            if m <= 32 and k < NARROW_MIN_K:
+                return MatmulConfig(16, 32, 8, 4, 4, persistent=False, block_k=256, tma=True)
             if m <= 32:
                 return MatmulConfig(16, 16, 8, 4, 4, persistent=False, block_k=512, tma=True)
             return MatmulConfig(64, 16, 8, 4, 4, persistent=False, block_k=256, tma=True)
