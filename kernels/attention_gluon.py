@@ -141,13 +141,13 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k
 
 
 @gluon.jit
-def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
-              ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale,
-              WG: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
-    """One warpgroup: rows WG * 64 .. of every tile of its CTA, the block loop on the ring's running
-    index, then the tile's epilogue while the producer loads the next tile."""
-    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])  # the Triton kernel's store layout
+def _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c, see,
+            CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
+            STAGES: gl.constexpr):
+    """A warpgroup's 64-row tile over its n blocks, the ring's blocks it .. it + n - 1: (m, l, acc).
+    Block j's scores are issued, then block j-1's P.V, and block j's softmax runs under that P.V;
+    block j-1's P.V lands before block j's rescale, so acc sees `acc * alpha_j + P_j V_j` in block
+    order. A slot is released (kv_empty) once its P.V is done."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -155,8 +155,68 @@ def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     dtype: gl.constexpr = k_smem.dtype
-    c = scale * 1.4426950408889634
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+    acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
+    if n > 0:
+        slot = it % STAGES
+        mbarrier.wait(k_full.index(slot), (it // STAGES) & 1)
+        s = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
+        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, CAUSAL, BLOCK_N, s_layout)
+        acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        for j in range(1, n):
+            slot = (it + j) % STAGES
+            prev = (it + j - 1) % STAGES
+            mbarrier.wait(k_full.index(slot), ((it + j) // STAGES) & 1)
+            s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
+                                  is_async=True)
+            mbarrier.wait(v_full.index(prev), ((it + j - 1) // STAGES) & 1)
+            acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
+            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, CAUSAL, BLOCK_N,
+                                          s_layout)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+            mbarrier.arrive(kv_empty.index(prev))
+            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+        last = (it + n - 1) % STAGES
+        mbarrier.wait(v_full.index(last), ((it + n - 1) // STAGES) & 1)
+        acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+        mbarrier.arrive(kv_empty.index(last))
+    return m_i, l_i, acc
+
+
+@gluon.jit
+def _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M: gl.constexpr,
+           BLOCK_D: gl.constexpr):
+    """The tile's output rows from row0: acc / l in o's dtype, through the Triton kernel's store
+    layout; rows with no visible key (queries inside the left padding) output zeros."""
+    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_D, 16])
+    offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
+    out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
+    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
+    gl.store(o_ptr + b.to(gl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out,
+             mask=(qi < Tq)[:, None])
+
+
+@gluon.jit
+def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
+              ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale,
+              WG: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+              BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
+    """One warpgroup: rows WG * 64 .. of every tile of its CTA, the block loop on the ring's running
+    index, then the tile's epilogue while the producer loads the next tile."""
+    row_s: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                                      instr_shape=[16, BLOCK_N, 16]))
+    c = scale * 1.4426950408889634
     it = 0
     tc = 0
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
@@ -170,48 +230,12 @@ def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv
         buf = tc % 2
         mbarrier.wait(q_full.index(buf), (tc // 2) & 1)
         q = q_smem.index(2 * buf + WG).reshape([BLOCK_M, BLOCK_D])
-        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
-        acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
-        if n > 0:
-            slot = it % STAGES
-            mbarrier.wait(k_full.index(slot), (it // STAGES) & 1)
-            s = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, CAUSAL, BLOCK_N, s_layout)
-            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            for j in range(1, n):
-                slot = (it + j) % STAGES
-                prev = (it + j - 1) % STAGES
-                mbarrier.wait(k_full.index(slot), ((it + j) // STAGES) & 1)
-                s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
-                                      is_async=True)
-                mbarrier.wait(v_full.index(prev), ((it + j - 1) // STAGES) & 1)
-                acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-                m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, CAUSAL, BLOCK_N,
-                                              s_layout)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-                mbarrier.arrive(kv_empty.index(prev))
-                acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-                p_op = gl.convert_layout(p.to(dtype), p_layout)
-            last = (it + n - 1) % STAGES
-            mbarrier.wait(v_full.index(last), ((it + n - 1) // STAGES) & 1)
-            acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-            mbarrier.arrive(kv_empty.index(last))
+        m_i, l_i, acc = _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c, see,
+                                CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)
         mbarrier.arrive(q_empty.index(buf))
         it += n
         tc += 1
-        # rows with no visible key (queries inside the left padding) output zeros
-        offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
-        qi = offs_r // GROUP
-        h = hk * GROUP + offs_r % GROUP
-        offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
-        out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
-        out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
-        gl.store(o_ptr + b.to(gl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out,
-                 mask=(qi < Tq)[:, None])
+        _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
 
 
 @gluon.jit(do_not_specialize=["Tq", "Tk"])
@@ -267,8 +291,8 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | N
     the Triton kernel's either way."""
     bsz, h, tq, d = q.shape
     group = h // k.shape[1]
-    return (tq * group > BLOCK_M and bsz > 0 and d == 128 and ENABLED and not softcap and key_end is None and tile is None
-            and 64 % group == 0 and q.dtype in _GL_DTYPES and q.is_cuda and not INTERPRET
+    return (tq * group > BLOCK_M and bsz > 0 and d == 128 and ENABLED and not softcap and key_end is None
+            and tile is None and 64 % group == 0 and q.dtype in _GL_DTYPES and q.is_cuda and not INTERPRET
             and cc_major(q.get_device()) == 9 and _aligned(q) and _aligned(k) and _aligned(v))
 
 

@@ -6,9 +6,11 @@ schedules. The production kernel's helpers (`_issue`, `_softmax`) serve these va
 
 - "in order s2/s3": one warpgroup per 64-row tile, K/V by TMA into a ring of 2-3 slots, the
   Triton kernel's order (scores, softmax, P.V per block);
-- "ahead s2/s3": the same with FlashAttention-3's intra-warpgroup overlap (block j's softmax while
-  block j-1's P.V runs);
-- "ws2 s3/s4": a CTA of two consumer warpgroups sharing the ring, filled by a producer warp;
+- "ahead": the same with FlashAttention-3's intra-warpgroup overlap (block j's softmax while block
+  j-1's P.V runs). Measured in the twentieth session (docs/benchmarks.md), then dropped from
+  this probe: its block loop is production's `_blocks` with the warpgroup refilling the ring;
+- "ws2 s3/s4": a CTA of two consumer warpgroups running production's `_blocks` on a ring that a
+  producer warp fills;
 - production: that CTA made persistent, with double-buffered query tiles by TMA.
 
 --ptxas (no GPU): each variant compiled for sm_90a with Triton's bundled ptxas: registers, spills,
@@ -24,11 +26,10 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from detllm_kernels.attention_gluon import _issue, _softmax
+from detllm_kernels.attention_gluon import _blocks, _issue, _softmax, _store
 
 BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
 
@@ -36,36 +37,23 @@ BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup
 @gluon.jit(do_not_specialize=["Tq", "Tk"])
 def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b, so_t, so_h,
                     HKV, GROUP, Tq, Tk, scale,
-                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr,
-                    AHEAD: gl.constexpr):
+                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
+    """One warpgroup per 64-row tile, the Triton kernel's grid and order, K/V by TMA."""
     gl.static_assert(gl.num_warps() == 4, "one warpgroup: the production tile's wgmma")
-    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    q_shared: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-
-    # heaviest query blocks first, as `_attn_kernel`
     pid_bh = gl.program_id(0)
-    pid_m = gl.num_programs(1) - 1 - gl.program_id(1)
+    pid_m = gl.num_programs(1) - 1 - gl.program_id(1)  # heaviest query blocks first, as `_attn_kernel`
     b = pid_bh // HKV
     hk = pid_bh % HKV
     ks = gl.load(ks_ptr + b).to(gl.int32)
-
-    # the query tile: GQA rows (query-major), pointer loads into shared memory
-    offs_r = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    row_ok = qi < Tq
-    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
-    b64 = b.to(gl.int64)
-    q = gl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    q_smem = gl.allocate_shared_memory(q.dtype, [BLOCK_M, BLOCK_D], q_shared, value=q)
-
+    q_shared: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    q_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_M, BLOCK_D], q_shared)
+    _q_tile(q_ptr, q_smem, b, hk, pid_m * BLOCK_M, sq_b, sq_h, sq_t, GROUP, Tq, BLOCK_M, BLOCK_D)
     pos_q = Tk - Tq + (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
     last_q = ((pid_m + 1) * BLOCK_M - 1) // GROUP
     hi = gl.minimum(Tk, Tk - Tq + last_q + 1)
@@ -81,66 +69,43 @@ def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b
         mbarrier.init(k_bar.index(i), count=1)
         mbarrier.init(v_bar.index(i), count=1)
     fence_async_shared()
-    # AHEAD refills a slot one block later than the in-order loop (after the held P.V): it starts
-    # with every slot in flight, the in-order loop with all but the one its first iteration fills
-    PRE: gl.constexpr = STAGES if AHEAD else STAGES - 1
-    for i in gl.static_range(PRE):
+    for i in gl.static_range(STAGES - 1):
         _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + i * BLOCK_N, i, i < n)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
     acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-
-    if AHEAD and n > 0:  # (no block: the production loop does not run either)
-        # block 0: scores and softmax; its P.V is issued with block 1's scores
-        mbarrier.wait(k_bar.index(0), 0)
-        s = warpgroup_mma(q_smem, k_smem.index(0).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, True, BLOCK_N, s_layout)
+    # scores, softmax, P.V per block; the slot of block j - 1 is free (its P.V was waited)
+    for j in range(0, n):
+        slot = j % STAGES
+        mbarrier.wait(k_bar.index(slot), (j // STAGES) & 1)
+        s = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
+        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
         acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-        p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
-        for j in range(1, n):
-            slot = j % STAGES
-            prev = (j - 1) % STAGES
-            # the slot block j + STAGES - 1 goes to held block j - 1, whose P.V is below: issue after it
-            mbarrier.wait(k_bar.index(slot), (j // STAGES) & 1)
-            s_tok = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
-                                  is_async=True)
-            mbarrier.wait(v_bar.index(prev), ((j - 1) // STAGES) & 1)
-            acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-            nxt = j - 1 + STAGES
-            _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + nxt * BLOCK_N, prev, nxt < n)
-            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-            p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
-        last = (n - 1) % STAGES
-        mbarrier.wait(v_bar.index(last), ((n - 1) // STAGES) & 1)
-        acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-    elif not AHEAD:
-        # the production schedule: scores, softmax, P.V per block, the P.V waited with the next scores
-        for j in range(0, n):
-            slot = j % STAGES
-            mbarrier.wait(k_bar.index(slot), (j // STAGES) & 1)
-            s = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
-            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-            mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
-            acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout),
-                                v_smem.index(slot).reshape([BLOCK_N, BLOCK_D]), acc)
-            nxt = j + STAGES - 1
-            # slot of block j - 1 is free (its P.V was waited in the previous iteration)
-            _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + nxt * BLOCK_N, nxt % STAGES, nxt < n)
-
+        mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout),
+                            v_smem.index(slot).reshape([BLOCK_N, BLOCK_D]), acc)
+        nxt = j + STAGES - 1
+        _issue(k_desc, v_desc, k_smem, v_smem, k_bar, v_bar, b, hk, ks + nxt * BLOCK_N, nxt % STAGES, nxt < n)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))
         mbarrier.invalidate(v_bar.index(i))
-    # rows with no visible key (queries inside the left padding) output zeros
-    out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
-    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
-    gl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out, mask=row_ok[:, None])
+    _store(o_ptr, acc, l_i, b, hk, pid_m * BLOCK_M, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
+
+
+@gluon.jit
+def _q_tile(q_ptr, q_smem, b, hk, row0, sq_b, sq_h, sq_t, GROUP, Tq, BLOCK_M: gl.constexpr, BLOCK_D: gl.constexpr):
+    """The 64 GQA-packed query rows from row0 (query-major) by pointer loads, into q_smem."""
+    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+    offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
+    q = gl.load(q_ptr + b.to(gl.int64) * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :],
+                mask=(qi < Tq)[:, None], other=0.0)
+    q_smem.store(q)
+    fence_async_shared()
 
 
 @gluon.jit
@@ -158,64 +123,17 @@ def _ws_producer(k_desc, v_desc, k_smem, v_smem, k_full, v_full, kv_empty, b, hk
 def _ws_consumer(q_ptr, o_ptr, q_smem, k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi, row0,
                  sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale,
                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
-    """One warpgroup: 64 query rows from row0, the AHEAD schedule of `_gl_attn_kernel` on the shared
-    ring. Both consumers walk the CTA's blocks; past its own rows' causal end a block is fully masked
-    for this one, which leaves its state unchanged bit for bit (the 128-row production tile does the
-    same)."""
-    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-
-    offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    row_ok = qi < Tq
-    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
-    b64 = b.to(gl.int64)
-    q = gl.load(q_ptr + b64 * sq_b + h[:, None] * sq_h + qi[:, None] * sq_t + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    q_smem.store(q)
-    fence_async_shared()
-
+    """One warpgroup: 64 query rows from row0 (loaded by its own warps), production's `_blocks` on
+    the shared ring. Both consumers walk the CTA's blocks: past its rows' causal end a block is
+    fully masked, which leaves the state unchanged bit for bit."""
+    row_s: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                                      instr_shape=[16, BLOCK_N, 16]))
+    _q_tile(q_ptr, q_smem, b, hk, row0, sq_b, sq_h, sq_t, GROUP, Tq, BLOCK_M, BLOCK_D)
     pos_q = Tk - Tq + (row0 + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
     see = gl.minimum(hi, Tk - Tq + row0 // GROUP + 1)
-    c = scale * 1.4426950408889634
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
-    acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
-    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-    if n > 0:
-        mbarrier.wait(k_full.index(0), 0)
-        s = warpgroup_mma(q_smem, k_smem.index(0).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
-        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, True, BLOCK_N, s_layout)
-        acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-        p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
-        for j in range(1, n):
-            slot = j % STAGES
-            prev = (j - 1) % STAGES
-            mbarrier.wait(k_full.index(slot), (j // STAGES) & 1)
-            s_tok = warpgroup_mma(q_smem, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
-                                  is_async=True)
-            mbarrier.wait(v_full.index(prev), ((j - 1) // STAGES) & 1)
-            acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, True, BLOCK_N, s_layout)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-            mbarrier.arrive(kv_empty.index(prev))
-            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-            p_op = gl.convert_layout(p.to(gl.bfloat16), p_layout)
-        last = (n - 1) % STAGES
-        mbarrier.wait(v_full.index(last), ((n - 1) // STAGES) & 1)
-        acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-        mbarrier.arrive(kv_empty.index(last))
-    out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
-    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
-    gl.store(o_ptr + b64 * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out, mask=row_ok[:, None])
+    m_i, l_i, acc = _blocks(q_smem, k_smem, v_smem, k_full, v_full, kv_empty, 0, n, ks, hi, pos_q,
+                            scale * 1.4426950408889634, see, True, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)
+    _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
 
 
 @gluon.jit(do_not_specialize=["Tq", "Tk"])
@@ -226,7 +144,6 @@ def _gl_attn_ws_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, s
     """FlashAttention-3's CTA: two consumer warpgroups (64 query rows each, the production tile)
     share one K/V ring that a producer warp fills by TMA (`gl.warp_specialize`)."""
     gl.static_assert(gl.num_warps() == 4, "the default partition is one consumer warpgroup")
-    q_shared: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     pid_bh = gl.program_id(0)
     pid_m = gl.num_programs(1) - 1 - gl.program_id(1)
     b = pid_bh // HKV
@@ -235,7 +152,7 @@ def _gl_attn_ws_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, s
     last_q = ((pid_m + 1) * 2 * BLOCK_M - 1) // GROUP
     hi = gl.minimum(Tk, Tk - Tq + last_q + 1)
     n = gl.cdiv(hi - ks, BLOCK_N)
-
+    q_shared: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     q_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_M, BLOCK_D], q_shared)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -249,12 +166,11 @@ def _gl_attn_ws_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, s
     fence_async_shared()
     row0 = pid_m * 2 * BLOCK_M
     gl.warp_specialize([
-        (_ws_consumer, (q_ptr, o_ptr, q_smem.index(0), k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi,
-                        row0, sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale,
-                        BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
+        (_ws_consumer, (q_ptr, o_ptr, q_smem.index(0), k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi, row0,
+                        sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
         (_ws_consumer, (q_ptr, o_ptr, q_smem.index(1), k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, hi,
-                        row0 + BLOCK_M, sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale,
-                        BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
+                        row0 + BLOCK_M,
+                        sq_b, sq_h, sq_t, so_b, so_t, so_h, GROUP, Tq, Tk, scale, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
         (_ws_producer, (k_desc, v_desc, k_smem, v_smem, k_full, v_full, kv_empty, b, hk, ks, n, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -268,7 +184,7 @@ def _kv_desc(x: torch.Tensor) -> TensorDescriptor:
 
 
 def gluon_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor, scale: float,
-                    stages: int = 3, ahead: bool = True) -> torch.Tensor:
+                    stages: int = 3) -> torch.Tensor:
     """Causal attention, q (B,H,Tq,d), k/v (B,Hkv,Tk,d) bf16 with unit d strides -> (B,Tq,H,d): the
     production kernel's contract (`invariant_attention`), d = 128 only."""
     bsz, h, tq, d = q.shape
@@ -279,7 +195,7 @@ def gluon_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start
     grid = (bsz * hkv, triton.cdiv(tq * group, BLOCK_M))
     _gl_attn_kernel[grid](q, _kv_desc(k), _kv_desc(v), out, key_start.to(torch.int32), q.stride(0), q.stride(1),
                           q.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, group, tq, tk, scale,
-                          BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=stages, AHEAD=ahead, num_warps=4)
+                          BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=stages, num_warps=4)
     return out
 
 
@@ -343,10 +259,8 @@ def _ptxas() -> None:
 
     print(f"triton {triton.__version__}, sm_90a, bf16 d128 causal prefill (Gluon)", flush=True)
     tile = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=128)
-    for ahead in (False, True):
-        for stages in (2, 3, 4):
-            report(f"{'ahead' if ahead else 'in order'} s{stages}", _gl_attn_kernel,
-                   dict(tile, STAGES=stages, AHEAD=ahead))
+    for stages in (2, 3, 4):
+        report(f"in order s{stages}", _gl_attn_kernel, dict(tile, STAGES=stages))
     for stages in (2, 3, 4):
         report(f"ws2 s{stages}", _gl_attn_ws_kernel, dict(tile, STAGES=stages, CONSUMER_REGS=232, PRODUCER_REGS=40))
     report(f"production (persistent ws2 s{prod.STAGES})", prod._gluon_attn_kernel,
@@ -357,9 +271,8 @@ def _ptxas() -> None:
 def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor,
               sc: float) -> list[tuple[str, Any]]:
     """(name, run) of each probe variant on one case."""
-    out: list[tuple[str, Any]] = [
-        (f"{'ahead' if ahead else 'in order'} s{st}", lambda ahead=ahead, st=st: gluon_attention(q, k, v, ks, sc, st, ahead))
-        for ahead in (False, True) for st in (2, 3)]
+    out: list[tuple[str, Any]] = [(f"in order s{st}", lambda st=st: gluon_attention(q, k, v, ks, sc, st))
+                                  for st in (2, 3)]
     out += [(f"ws2 s{st}", lambda st=st: gluon_attention_ws(q, k, v, ks, sc, st)) for st in (3, 4)]
     return out
 
