@@ -9,8 +9,9 @@ decode of token t (Tq = 1) reproduces row t of a fresh prefill.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import triton
@@ -345,6 +346,22 @@ def _default_tile(q: torch.Tensor, tk: int, group: int) -> AttnTile | None:
             or q.shape[2] * group < LONG_TILE.block_m:
         return None
     return LONG_TILE if cc_major(q.get_device()) == 9 else None
+
+
+@contextlib.contextmanager
+def triton_kernel_only() -> Iterator[None]:
+    """Inside, `invariant_attention` runs this module's Triton kernel for every call: the Hopper
+    prefill in Gluon is off (same bits either way). For checks and probes of this kernel's own
+    options, and as their reference."""
+    g = _gluon
+    before = g.ENABLED if g is not None else None
+    if g is not None:
+        g.ENABLED = False
+    try:
+        yield
+    finally:
+        if g is not None:
+            g.ENABLED = before
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

@@ -45,15 +45,8 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torc
     one (same bits; the probes' reference and the kernel their variants schedule)."""
     from detllm_kernels import attention
 
-    g = attention._gluon
-    before = g.ENABLED if g is not None else None
-    if g is not None:
-        g.ENABLED = False
-    try:
+    with attention.triton_kernel_only():
         return attention.invariant_attention(q, k, v, ks, sc, True, **kw)
-    finally:
-        if g is not None:
-            g.ENABLED = before
 
 
 def prefill_table(variants: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],

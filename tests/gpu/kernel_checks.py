@@ -5,12 +5,11 @@ Invariance claims are bitwise (torch.equal); closeness to the torch op is a rela
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -480,22 +479,13 @@ def _prefill_chunk_decode(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     return [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)], ks, d ** -0.5
 
 
-@contextlib.contextmanager
-def triton_attention_only() -> Iterator[None]:
+def triton_attention_only() -> Any:
     """`invariant_attention` runs the Triton kernel for every call inside (the Hopper prefill path of
     attention_gluon is off): for checks of that kernel's own options."""
     load_kernels()
-    from detllm_kernels import attention
+    from detllm_kernels.attention import triton_kernel_only
 
-    g = attention._gluon
-    before = g.ENABLED if g is not None else None
-    if g is not None:
-        g.ENABLED = False
-    try:
-        yield
-    finally:
-        if g is not None:
-            g.ENABLED = before
+    return triton_kernel_only()
 
 
 def check_attention_split_loop(device: str, dtype: torch.dtype, h: int, hkv: int, d: int, t: int,
