@@ -56,6 +56,18 @@ STAGES = 4
 CONSUMER_REGS, PRODUCER_REGS = 232, 40
 
 
+@triton.constexpr_function
+def wgmma_layout(n):
+    """The accumulator layout of one warpgroup's m64nNk16 wgmma, N = n: the Triton kernel's `#mma`
+    (warps [4, 1]) for the 64 x 64 scores and the 64 x d output. A row lives in one warp's quad, so
+    the row reductions (max, sum) run the same shuffle tree as the Triton kernel's."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
+# The Triton kernel's load/store layout of a 64 x 128 tile (16-byte vectors, 4 warps)
+IO_LAYOUT = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+
+
 @gluon.jit
 def _mul_rn(x, c):
     """x * c rounded alone (`attention._scaled`): never contracted into an fma."""
@@ -148,10 +160,8 @@ def _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c
     Block j's scores are issued, then block j-1's P.V, and block j's softmax runs under that P.V;
     block j-1's P.V lands before block j's rescale, so acc sees `acc * alpha_j + P_j V_j` in block
     order. A slot is released (kv_empty) once its P.V is done."""
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_D, 16])
+    s_layout: gl.constexpr = wgmma_layout(BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     dtype: gl.constexpr = k_smem.dtype
@@ -194,9 +204,8 @@ def _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M: g
            BLOCK_D: gl.constexpr):
     """The tile's output rows from row0: acc / l in o's dtype, through the Triton kernel's store
     layout; rows with no visible key (queries inside the left padding) output zeros."""
-    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_D, 16])
+    io: gl.constexpr = IO_LAYOUT
+    o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
     offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
     qi = offs_r // GROUP
     h = hk * GROUP + offs_r % GROUP
@@ -214,8 +223,7 @@ def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv
               BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup: rows WG * 64 .. of every tile of its CTA, the block loop on the ring's running
     index, then the tile's epilogue while the producer loads the next tile."""
-    row_s: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                                      instr_shape=[16, BLOCK_N, 16]))
+    row_s: gl.constexpr = gl.SliceLayout(1, wgmma_layout(BLOCK_N))
     c = scale * 1.4426950408889634
     it = 0
     tc = 0

@@ -29,7 +29,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from detllm_kernels.attention_gluon import _blocks, _issue, _softmax, _store
+from detllm_kernels.attention_gluon import IO_LAYOUT, _blocks, _issue, _softmax, _store, wgmma_layout
 
 BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
 
@@ -40,10 +40,8 @@ def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup per 64-row tile, the Triton kernel's grid and order, K/V by TMA."""
     gl.static_assert(gl.num_warps() == 4, "one warpgroup: the production tile's wgmma")
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_D, 16])
+    s_layout: gl.constexpr = wgmma_layout(BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     pid_bh = gl.program_id(0)
@@ -97,7 +95,7 @@ def _gl_attn_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, so_b
 @gluon.jit
 def _q_tile(q_ptr, q_smem, b, hk, row0, sq_b, sq_h, sq_t, GROUP, Tq, BLOCK_M: gl.constexpr, BLOCK_D: gl.constexpr):
     """The 64 GQA-packed query rows from row0 (query-major) by pointer loads, into q_smem."""
-    io: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+    io: gl.constexpr = IO_LAYOUT
     offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
     qi = offs_r // GROUP
     h = hk * GROUP + offs_r % GROUP
@@ -126,8 +124,7 @@ def _ws_consumer(q_ptr, o_ptr, q_smem, k_smem, v_smem, k_full, v_full, kv_empty,
     """One warpgroup: 64 query rows from row0 (loaded by its own warps), production's `_blocks` on
     the shared ring. Both consumers walk the CTA's blocks: past its rows' causal end a block is
     fully masked, which leaves the state unchanged bit for bit."""
-    row_s: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                                      instr_shape=[16, BLOCK_N, 16]))
+    row_s: gl.constexpr = gl.SliceLayout(1, wgmma_layout(BLOCK_N))
     _q_tile(q_ptr, q_smem, b, hk, row0, sq_b, sq_h, sq_t, GROUP, Tq, BLOCK_M, BLOCK_D)
     pos_q = Tk - Tq + (row0 + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
     see = gl.minimum(hi, Tk - Tq + row0 // GROUP + 1)
