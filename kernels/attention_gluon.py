@@ -153,18 +153,41 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k
 
 
 @gluon.jit
+def _step(q, k_smem, v_smem, k_full, v_full, kv_empty, i, m_i, l_i, acc, p_op, start, hi, pos_q, c, see,
+          CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
+          STAGES: gl.constexpr):
+    """Ring block i, at key `start`, after block i-1 (whose P is p_op): block i's scores are issued,
+    then block i-1's P.V, and block i's softmax runs under that P.V; block i-1's slot is released
+    once its P.V is done, and acc is rescaled for block i. (m, l, acc, block i's P)."""
+    s_layout: gl.constexpr = wgmma_layout(BLOCK_N)
+    o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    slot = i % STAGES
+    prev = (i - 1) % STAGES
+    mbarrier.wait(k_full.index(slot), (i // STAGES) & 1)
+    s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s, is_async=True)
+    mbarrier.wait(v_full.index(prev), ((i - 1) // STAGES) & 1)
+    acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
+    m_i, l_i, p, alpha = _softmax(s, m_i, l_i, start, hi, pos_q, c, see, CAUSAL, BLOCK_N, s_layout)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
+    mbarrier.arrive(kv_empty.index(prev))
+    acc = acc * gl.convert_layout(alpha[:, None], o_layout)
+    return m_i, l_i, acc, gl.convert_layout(p.to(k_smem.dtype), p_layout)
+
+
+@gluon.jit
 def _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c, see,
             CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
             STAGES: gl.constexpr):
     """A warpgroup's 64-row tile over its n blocks, the ring's blocks it .. it + n - 1: (m, l, acc).
-    Block j's scores are issued, then block j-1's P.V, and block j's softmax runs under that P.V;
-    block j-1's P.V lands before block j's rescale, so acc sees `acc * alpha_j + P_j V_j` in block
-    order. A slot is released (kv_empty) once its P.V is done."""
+    Block 0's scores and softmax, then `_step` per block, then the last block's P.V. Block j-1's
+    P.V lands before block j's rescale, so acc sees `acc * alpha_j + P_j V_j` in block order."""
     s_layout: gl.constexpr = wgmma_layout(BLOCK_N)
     o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    dtype: gl.constexpr = k_smem.dtype
     zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
@@ -175,22 +198,11 @@ def _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c
         s = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s)
         m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, CAUSAL, BLOCK_N, s_layout)
         acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        p_op = gl.convert_layout(p.to(k_smem.dtype), p_layout)
         for j in range(1, n):
-            slot = (it + j) % STAGES
-            prev = (it + j - 1) % STAGES
-            mbarrier.wait(k_full.index(slot), ((it + j) // STAGES) & 1)
-            s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
-                                  is_async=True)
-            mbarrier.wait(v_full.index(prev), ((it + j - 1) // STAGES) & 1)
-            acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks + j * BLOCK_N, hi, pos_q, c, see, CAUSAL, BLOCK_N,
-                                          s_layout)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok, p_op))[0]
-            mbarrier.arrive(kv_empty.index(prev))
-            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            m_i, l_i, acc, p_op = _step(q, k_smem, v_smem, k_full, v_full, kv_empty, it + j, m_i, l_i, acc, p_op,
+                                        ks + j * BLOCK_N, hi, pos_q, c, see, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D,
+                                        STAGES)
         last = (it + n - 1) % STAGES
         mbarrier.wait(v_full.index(last), ((it + n - 1) // STAGES) & 1)
         acc_tok = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, BLOCK_D]), acc, is_async=True)
@@ -246,11 +258,10 @@ def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv
         _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
 
 
-@gluon.jit(do_not_specialize=["Tq", "Tk"])
-def _gluon_attn_kernel(o_ptr, q_desc, k_desc, v_desc, ks_ptr, so_b, so_t, so_h, BH, NQ, HKV, GROUP, Tq, Tk,
-                       num_tiles, scale,
-                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
-                       STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+@gluon.jit
+def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr):
+    """The CTA's shared memory: two query buffers of two tiles each, the K/V ring, and their
+    barriers (a query buffer and a ring slot are released by both consumers)."""
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [4] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -261,12 +272,21 @@ def _gluon_attn_kernel(o_ptr, q_desc, k_desc, v_desc, ks_ptr, so_b, so_t, so_h, 
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(q_full.index(i), count=1)
-        mbarrier.init(q_empty.index(i), count=2)  # both consumers release a query buffer
+        mbarrier.init(q_empty.index(i), count=2)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_full.index(i), count=1)
         mbarrier.init(v_full.index(i), count=1)
         mbarrier.init(kv_empty.index(i), count=2)
     fence_async_shared()
+    return q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty
+
+
+@gluon.jit(do_not_specialize=["Tq", "Tk"])
+def _gluon_attn_kernel(o_ptr, q_desc, k_desc, v_desc, ks_ptr, so_b, so_t, so_h, BH, NQ, HKV, GROUP, Tq, Tk,
+                       num_tiles, scale,
+                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
+                       STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty = _buffers(q_desc, k_desc, v_desc, STAGES)
     gl.warp_specialize([
         (_consumer, (o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ, HKV,
                      GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale, 0, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
