@@ -6,7 +6,7 @@ never shows in its output. Each 64-row query tile is the production tile: the sa
 packing, the same 64-key blocks anchored at the row's first key, the same wgmma shapes (m64n64k16
 scores over d, m64n128k16 P.V over keys, in order), and the same float ops in the same order
 (`mul.rn` row max, one fma per exponent, exp2, `l * alpha + sum(p)`, `acc * alpha` before the P.V,
-one divide). Only the schedule is new (H100: prefill 1.3-1.5x SDPA -> ~1.0-1.2x over CUDA graphs,
+one divide). Only the schedule is new (H100, causal prefill: 1.36-1.56x SDPA -> 0.94-1.25x,
 docs/benchmarks.md, twentieth session):
 
 - persistent: one CTA per SM walks 128-row tiles, heaviest first (the Triton kernel's grid order);
@@ -49,7 +49,8 @@ ENV = "DETLLM_GLUON_ATTENTION"
 BLOCK_M = 64  # rows per consumer warpgroup: attention.ATTN_BLOCK_M, the production tile
 BLOCK_N = 64  # keys per block: attention.ATTN_BLOCK_N, which anchors the reduction order
 # Ring slots. H100, causal prefill ratio to SDPA over CUDA graphs, 3 -> 4 slots: B8 x 512 1.08 ->
-# 1.04x, B16 x 256 1.27 -> 1.22x, longer prefill equal. 4 slots + 2 x 2 query tiles = 208 KB.
+# 1.04x, B16 x 256 1.27 -> 1.22x, longer prefill equal. 4 slots + 2 x 2 query tiles: 192 KB of
+# tiles, 213 KB with the layout conversions' scratch (H100: 227 KB a CTA).
 STAGES = 4
 # setmaxnreg split: consumers hold the 64x128 accumulator, the scores and two P tiles; the
 # producer only issues copies
