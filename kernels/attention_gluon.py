@@ -6,7 +6,7 @@ never shows in its output. Each 64-row query tile is the production tile: the sa
 packing, the same 64-key blocks anchored at the row's first key, the same wgmma shapes (m64n64k16
 scores over d, m64n128k16 P.V over keys, in order), and the same float ops in the same order
 (`mul.rn` row max, one fma per exponent, exp2, `l * alpha + sum(p)`, `acc * alpha` before the P.V,
-one divide). Only the schedule is new (H100, causal prefill: 1.36-1.56x SDPA -> 0.94-1.25x,
+one divide). Only the schedule is new (H100, batched causal prefill: 1.36-1.56x SDPA -> 1.07-1.25x,
 docs/benchmarks.md, twentieth session):
 
 - persistent: one CTA per SM walks 128-row tiles, heaviest first (the Triton kernel's grid order);
