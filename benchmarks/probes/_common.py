@@ -13,6 +13,35 @@ MM_SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 3
              (4096, 4096, "x@W 4096"))
 
 
+def sm90_resources(src: Any, num_warps: int = 4, num_stages: int | None = None) -> dict[str, Any]:
+    """A kernel source (triton.compiler.ASTSource, or Gluon's GluonASTSource) compiled for sm_90a on
+    this machine, no GPU needed, and Triton's bundled ptxas run on it: its PTX, shared memory in
+    bytes, warps, registers per thread and spill-store bytes, and how many CTAs fit one H100 SM
+    (228 KB of shared memory, 64k registers)."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.compiler import GPUTarget
+
+    opts: dict[str, Any] = dict(num_warps=num_warps)
+    if num_stages is not None:
+        opts["num_stages"] = num_stages
+    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
+        ptx.write_text(kern.asm["ptx"])
+        log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(cubin)],
+                             capture_output=True, text=True, check=True).stderr
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spill = re.search(r"(\d+) bytes spill stores", log)
+    smem, warps = kern.metadata.shared, kern.metadata.num_warps
+    return dict(ptx=kern.asm["ptx"], shared=smem, warps=warps, regs=regs, spill=int(spill.group(1)) if spill else 0,
+                fit=min(228 * 1024 // max(smem, 1), 65536 // (regs * 32 * warps)))
+
+
 def t_us(fn: Callable[[], Any]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
 

@@ -345,42 +345,24 @@ def _ptxas() -> None:
     for sm_90a here (no GPU). A warp-specialised kernel's registers are its launch allocation per
     thread (12 warps: two consumer warpgroups, the producer's warp padded to a warpgroup);
     setmaxnreg then moves them between partitions."""
-    import re
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
+    from _common import sm90_resources
     from detllm_kernels import attention_gluon as prod
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     kv = mangle_type(_kv_desc(torch.empty(1, 8, 1024, 128, dtype=torch.bfloat16)))
     qd = mangle_type(prod._descriptor(torch.empty(1, 32, 1024, 128, dtype=torch.bfloat16), [1, 1024, 8, 4, 128],
                                       [32 * 1024 * 128, 128, 4 * 1024 * 128, 1024 * 128, 1], [1, 16, 1, 4, 128]))
     ints = ("sq_b", "sq_h", "sq_t", "so_b", "so_t", "so_h", "BH", "NQ", "HKV", "GROUP", "Tq", "Tk", "num_tiles")
 
     def report(name: str, fn: Any, const: dict[str, Any]) -> None:
-        sig: dict[str, Any] = {}
-        for a in fn.arg_names:
-            sig[a] = ("constexpr" if a in const else "*bf16" if a in ("q_ptr", "o_ptr") else "*i32" if a == "ks_ptr"
-                      else qd if a == "q_desc" else kv if a.endswith("_desc") else "fp32" if a == "scale"
-                      else "i32" if a in ints else None)
-        kern = triton.compile(GluonASTSource(fn, sig, const, {}), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=4))
-        with tempfile.TemporaryDirectory() as tmp:
-            src, out = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
-            src.write_text(kern.asm["ptx"])
-            log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(out)],
-                                 capture_output=True, text=True, check=True).stderr
-        regs = int(re.search(r"Used (\d+) registers", log).group(1))
-        spill = re.search(r"(\d+) bytes spill stores", log)
-        smem, warps = kern.metadata.shared, kern.metadata.num_warps
-        fit = min(228 * 1024 // max(smem, 1), 65536 // (regs * 32 * warps))
-        print(f"{name}: {warps} warps, shared {smem} B, {regs} registers, spill stores "
-              f"{spill.group(1) if spill else 0} B -> {fit} CTA(s) per SM", flush=True)
+        sig = {a: ("constexpr" if a in const else "*bf16" if a in ("q_ptr", "o_ptr") else "*i32" if a == "ks_ptr"
+                   else qd if a == "q_desc" else kv if a.endswith("_desc") else "fp32" if a == "scale"
+                   else "i32" if a in ints else None) for a in fn.arg_names}
+        r = sm90_resources(GluonASTSource(fn, sig, const, {}))
+        print(f"{name}: {r['warps']} warps, shared {r['shared']} B, {r['regs']} registers, spill stores "
+              f"{r['spill']} B -> {r['fit']} CTA(s) per SM", flush=True)
 
     print(f"triton {triton.__version__}, sm_90a, bf16 d128 causal prefill (Gluon)", flush=True)
     tile = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=128)

@@ -159,15 +159,12 @@ SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 768,
 
 def _ptxas() -> None:
     import re
-    import subprocess
-    import tempfile
-    from pathlib import Path
 
-    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    from _common import sm90_resources
+
     print(f"triton {triton.__version__}, sm_90a, bf16 128 x 192 tile (Gluon)", flush=True)
     a = torch.empty(1024, 768, dtype=torch.bfloat16)
     for nk in (False, True):
@@ -179,18 +176,10 @@ def _ptxas() -> None:
             sig.update({x: "i32" for x in ("M", "N", "K", "s_cm", "num_tiles", "num_pid_n")})
             const = dict(B_NK=nk, BK=BK, STAGES=stages)
             sig.update({x: "constexpr" for x in const})
-            kern = triton.compile(GluonASTSource(_mm192_kernel, sig, const, {}), target=GPUTarget("cuda", 90, 32),
-                                  options=dict(num_warps=4))
-            with tempfile.TemporaryDirectory() as tmp:
-                src, out = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
-                src.write_text(kern.asm["ptx"])
-                log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(out)],
-                                     capture_output=True, text=True, check=True).stderr
-            regs = int(re.search(r"Used (\d+) registers", log).group(1))
-            spill = re.search(r"(\d+) bytes spill stores", log)
-            mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", kern.asm["ptx"])))
-            print(f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'} s{stages}: {kern.metadata.num_warps} warps, "
-                  f"shared {kern.metadata.shared} B, {regs} registers, spill stores {spill.group(1) if spill else 0} B,"
+            r = sm90_resources(GluonASTSource(_mm192_kernel, sig, const, {}))
+            mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
+            print(f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'} s{stages}: {r['warps']} warps, "
+                  f"shared {r['shared']} B, {r['regs']} registers, spill stores {r['spill']} B,"
                   f" wgmma {' '.join(mma)}", flush=True)
 
 
