@@ -353,15 +353,14 @@ def triton_kernel_only() -> Iterator[None]:
     """Inside, `invariant_attention` runs this module's Triton kernel for every call: the Hopper
     prefill in Gluon is off (same bits either way). For checks and probes of this kernel's own
     options, and as their reference."""
-    g = _gluon
-    before = g.ENABLED if g is not None else None
-    if g is not None:
-        g.ENABLED = False
+    if _gluon is None:
+        yield
+        return
+    before, _gluon.ENABLED = _gluon.ENABLED, False
     try:
         yield
     finally:
-        if g is not None:
-            g.ENABLED = before
+        _gluon.ENABLED = before
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

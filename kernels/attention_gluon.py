@@ -127,6 +127,20 @@ def _tile(t, BH, NQ, HKV, ks_ptr, GROUP, Tq, Tk, CAUSAL: gl.constexpr, ROWS: gl.
 
 
 @gluon.jit
+def _rows(pid_m, hi, GROUP, Tq, Tk, WG: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
+          BLOCK_N: gl.constexpr):
+    """Consumer WG's rows of tile pid_m: the first row, each row's key position, and `see`, the end
+    of the keys every one of them sees (blocks below it need no mask: `attention._unmasked_end`)."""
+    row0 = pid_m * 2 * BLOCK_M + WG * BLOCK_M
+    pos_q = Tk - Tq + (row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, wgmma_layout(BLOCK_N)))) // GROUP
+    if CAUSAL:
+        see = gl.minimum(hi, Tk - Tq + row0 // GROUP + 1)
+    else:
+        see = hi
+    return row0, pos_q, see
+
+
+@gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
               ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles,
               CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
@@ -236,18 +250,12 @@ def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv
               BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup: rows WG * 64 .. of every tile of its CTA, the block loop on the ring's running
     index, then the tile's epilogue while the producer loads the next tile."""
-    row_s: gl.constexpr = gl.SliceLayout(1, wgmma_layout(BLOCK_N))
     c = scale * 1.4426950408889634
     it = 0
     tc = 0
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         b, hk, pid_m, ks, hi, n = _tile(t, BH, NQ, HKV, ks_ptr, GROUP, Tq, Tk, CAUSAL, 2 * BLOCK_M, BLOCK_N)
-        row0 = pid_m * 2 * BLOCK_M + WG * BLOCK_M
-        pos_q = Tk - Tq + (row0 + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
-        if CAUSAL:
-            see = gl.minimum(hi, Tk - Tq + row0 // GROUP + 1)  # keys below: seen by every row of the tile
-        else:
-            see = hi
+        row0, pos_q, see = _rows(pid_m, hi, GROUP, Tq, Tk, WG, CAUSAL, BLOCK_M, BLOCK_N)
         buf = tc % 2
         mbarrier.wait(q_full.index(buf), (tc // 2) & 1)
         q = q_smem.index(2 * buf + WG).reshape([BLOCK_M, BLOCK_D])
@@ -392,15 +400,16 @@ def gluon_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch
             ks, *ints, tq, tk, tiles, scale)
     meta = dict(CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=STAGES,
                 CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
-    if key in _LAUNCH.plans:
-        _LAUNCH.launch(key, (g0, ), args, meta)
-        return out
-    try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails here
+    first = key not in _LAUNCH.plans
+    try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
         _LAUNCH.launch(key, (g0, ), args, meta)
     except Exception:  # noqa: BLE001 - any build failure means: the Triton kernel, for good
+        if not first:
+            raise
         ENABLED = False
         return None
-    lean = _lean(key)
-    if lean is not None:
-        _LEAN[key] = lean
+    if first:
+        lean = _lean(key)
+        if lean is not None:
+            _LEAN[key] = lean
     return out

@@ -33,8 +33,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from detllm_kernels.attention_gluon import (IO_LAYOUT, _blocks, _buffers, _issue, _producer, _softmax, _step, _store,
-                                           _tile, wgmma_layout)
+from detllm_kernels.attention_gluon import (IO_LAYOUT, _blocks, _buffers, _issue, _producer, _rows, _softmax, _step,
+                                           _store, _tile, wgmma_layout)
 
 BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
 
@@ -204,12 +204,7 @@ def _carry_consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_fu
     tc = 0
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         b, hk, pid_m, ks, hi, n = _tile(t, BH, NQ, HKV, ks_ptr, GROUP, Tq, Tk, CAUSAL, 2 * BLOCK_M, BLOCK_N)
-        row0 = pid_m * 2 * BLOCK_M + WG * BLOCK_M
-        pos_q = Tk - Tq + (row0 + gl.arange(0, BLOCK_M, layout=row_s)) // GROUP
-        if CAUSAL:
-            see = gl.minimum(hi, Tk - Tq + row0 // GROUP + 1)
-        else:
-            see = hi
+        row0, pos_q, see = _rows(pid_m, hi, GROUP, Tq, Tk, WG, CAUSAL, BLOCK_M, BLOCK_N)
         buf = tc % 2
         mbarrier.wait(q_full.index(buf), (tc // 2) & 1)
         q = q_smem.index(2 * buf + WG).reshape([BLOCK_M, BLOCK_D])
