@@ -156,6 +156,15 @@ def probe(dtype: torch.dtype, ms: list[int]) -> None:
         torch.cuda.empty_cache()
 
 
+def gluon_tile(x: torch.Tensor, w: torch.Tensor) -> str:
+    """The config column when mm(x, w) takes the Hopper Gluon tile (kernels/matmul_gluon.py), else ''."""
+    g = km.matmul._gluon
+    (m, k), n = x.shape, w.shape[1]
+    if g is None or not g.usable(x, w, m, n, k, (0, *x.stride()), (0, *w.stride()), False, 1.0, 0.0):
+        return ""
+    return f"gluon {g.BM}x{g.BN}x{g.BK} s{g.STAGES} persistent ws tma"
+
+
 def bench(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
     it = itertools.count()
     return triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200,
@@ -233,9 +242,10 @@ def main() -> None:
             rows.append((k, n, m, tf_inv, tf_ref, g_ref / g_inv, t_ref / t_user))
             print(f"{label + ' ' + layout:<20} {k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
                   f"{t_ref / t_user:5.2f} | {g_ref / g_inv:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
-                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
-                  f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
-                  f"{'tma' if cfg.tma and not args.ptr else 'ptr'}"
+                  (("" if sk else gluon_tile(xs[0], ws[0])) or
+                   f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
+                   f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
+                   f"{'tma' if cfg.tma and not args.ptr else 'ptr'}")
                   + (f" split {-(-k // split)}x{split} {'cta' if cfg.split_cta else 'grid'}" if split else ""),
                   flush=True)
             if args.rowsplit and m >= 1024 and not split:

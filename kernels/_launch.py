@@ -19,9 +19,10 @@ Any surprise (a Triton version whose launcher takes other arguments) -> the norm
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from triton import knobs
@@ -53,6 +54,21 @@ try:
 except AttributeError:  # pragma: no cover
     def _raw_stream(dev: int) -> int:
         return torch.cuda.current_stream(dev).cuda_stream
+
+
+@contextlib.contextmanager
+def gluon_off(mod: Any) -> Iterator[None]:
+    """Inside, a Gluon kernel module is off (its ENABLED flag False, restored after): the Triton
+    kernel it stands in for serves every call, with the same bits. For checks of the Triton
+    kernel's own options and as their reference. mod None (a Triton without Gluon): nothing to do."""
+    if mod is None:
+        yield
+        return
+    before, mod.ENABLED = mod.ENABLED, False
+    try:
+        yield
+    finally:
+        mod.ENABLED = before
 
 
 def _spec(a: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 import triton
@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
-from ._launch import Launcher, cc_major
+from ._launch import Launcher, cc_major, gluon_off
 from ._rows import cdiv, key_starts, next_pow2
 
 try:  # Hopper prefill in Gluon, same bits (attention_gluon's docstring); absent from Triton builds without it
@@ -348,19 +348,11 @@ def _default_tile(q: torch.Tensor, tk: int, group: int) -> AttnTile | None:
     return LONG_TILE if cc_major(q.get_device()) == 9 else None
 
 
-@contextlib.contextmanager
-def triton_kernel_only() -> Iterator[None]:
+def triton_kernel_only() -> contextlib.AbstractContextManager[None]:
     """Inside, `invariant_attention` runs this module's Triton kernel for every call: the Hopper
     prefill in Gluon is off (same bits either way). For checks and probes of this kernel's own
     options, and as their reference."""
-    if _gluon is None:
-        yield
-        return
-    before, _gluon.ENABLED = _gluon.ENABLED, False
-    try:
-        yield
-    finally:
-        _gluon.ENABLED = before
+    return gluon_off(_gluon)
 
 
 def invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,

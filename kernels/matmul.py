@@ -10,6 +10,7 @@ alone. fp32 runs true IEEE fp32 (`input_precision="ieee"`), never TF32.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import triton.language as tl
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import (_RUNTIME, Launcher, TmaFill, _current_device, _raw_stream, arrival_counters, cc_major,
-                      ready, template)
+                      gluon_off, ready, template)
 from ._launch import num_sms as _num_sms
 from ._launch import unwrap_tensordesc
 from ._rows import cdiv
@@ -32,8 +33,13 @@ try:  # host-side TMA descriptors (Triton >= 3.4); absent -> pointer path only
 except ImportError:  # pragma: no cover
     TensorDescriptor = None  # type: ignore[assignment,misc]
 
+try:  # Hopper short-K prefill in Gluon, same bits (matmul_gluon's docstring); absent from Triton builds without it
+    from . import matmul_gluon as _gluon
+except Exception:  # noqa: BLE001 - ImportError, or a Gluon whose API differs at import
+    _gluon = None  # type: ignore[assignment]
+
 __all__ = ["MatmulConfig", "BLOCK_K", "SPLIT_K_CHUNK", "SPLIT_K_MAX_N", "matmul_config", "split_config", "split_k_chunk",
-           "candidate_configs", "mm", "addmm", "bmm", "mm_lean", "addmm_lean", "with_tma_store"]
+           "candidate_configs", "mm", "addmm", "bmm", "mm_lean", "addmm_lean", "with_tma_store", "triton_kernel_only"]
 
 # Default K step per dtype (decode overrides it for bf16/fp16 in matmul_config; see there).
 BLOCK_K: dict[torch.dtype, int] = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 32}
@@ -486,6 +492,12 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     split: split-K chunk (split_k_chunk), 0 for one chain."""
     if m == 0 or n == 0 or batch == 0:
         return
+    has_x = x is not None and beta != 0
+    if (_gluon is not None and config is None and use_tma is None and programs is None and not split and batch == 1
+            and a.dim() == 2 and out.dim() == 2 and sc == (0, n, 1)
+            and _gluon.usable(a, b, m, n, k, sa, sb, has_x, alpha, beta)
+            and _gluon.gluon_mm(a, b, out, x if has_x else None, m, n, k, sa, sb, sx)):
+        return  # GPT-2-like short-K prefill on Hopper: the same k16 chain in 128 x 192 tiles
     if m > ROW_SPLIT_MAX_UNSPLIT_M and config is None and use_tma is None and programs is None and not split \
             and batch == 1 and a.dim() == 2 and out.dim() == 2:
         cut = _row_cut(a, m, n, k, sb)
@@ -495,7 +507,6 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
             _launch(a[first:], b, out[first:], _rest_bias(x, sx, first), 1, m - first, n, k, sa, sb, sc, sx,
                     alpha, beta, rest, None)
             return
-    has_x = x is not None and beta != 0
     xt = x if x is not None else out
     if m == 1 or n == 1:
         sa, sb = _unit_strides(m, n, k, sa, sb)
@@ -650,6 +661,13 @@ def _broadcast_strides(shape: tuple[int, ...], stride: tuple[int, ...], m: int, 
     return (0, strides[0] if full[0] != 1 else 0, strides[1] if full[1] != 1 else 0)
 
 
+def triton_kernel_only() -> contextlib.AbstractContextManager[None]:
+    """Inside, every product runs this module's Triton kernel: the Hopper short-K prefill in Gluon
+    (matmul_gluon) is off, same bits either way. For checks of the Triton kernel's own options
+    (row split, lean launches) and as their reference."""
+    return gluon_off(_gluon)
+
+
 def mm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None,
        use_tma: bool | None = None, programs: int | None = None, split_k: bool = False,
        split_chunk: int = SPLIT_K_CHUNK) -> torch.Tensor:
@@ -753,6 +771,9 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
     out = torch.empty_like(like)  # the allocator's alignment, as the general call's
     x = bias if bias is not None else out  # mm: the bias slot holds out, as _launch passes it
     dev = a.get_device()
+    if _gluon is not None and not split and _gluon.usable(a, b, m, n, k, sa, sb, bias is not None, alpha, beta):
+        glaunch = _gluon.lean_launch(a, b, bias, m, n, k, sa, sb, sx)  # the general call ran the Gluon kernel
+        return None if glaunch is None else (glaunch, like, dev, 0)  # it counts its own launches
     cut = _row_cut(a, m, n, k, sb) if m > ROW_SPLIT_MAX_UNSPLIT_M and not split else None
     if cut is None:
         whole = _bound_part(a, b, out, x, bias, m, n, k, sa, sb, sc, sx, alpha, beta, None, split)

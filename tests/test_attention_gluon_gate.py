@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 gluon_mod = pytest.importorskip("detllm_kernels.attention_gluon")
 
 
-class _T:
+class FakeCudaTensor:
     """The tensor surface `usable` reads: shape, dtype, a CUDA device, pointer and strides."""
 
     is_cuda = True
@@ -53,15 +53,15 @@ def hopper(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def _qkv(bsz: int = 2, h: int = 32, hkv: int = 8, tq: int = 256, tk: int = 256, d: int = 128,
-         dtype: torch.dtype = torch.bfloat16) -> tuple[_T, _T, _T]:
-    return _T((bsz, h, tq, d), dtype), _T((bsz, hkv, tk, d), dtype), _T((bsz, hkv, tk, d), dtype)
+         dtype: torch.dtype = torch.bfloat16) -> tuple[FakeCudaTensor, FakeCudaTensor, FakeCudaTensor]:
+    return FakeCudaTensor((bsz, h, tq, d), dtype), FakeCudaTensor((bsz, hkv, tk, d), dtype), FakeCudaTensor((bsz, hkv, tk, d), dtype)
 
 
 def test_prefill_of_the_measured_shape_takes_the_gluon_kernel(hopper: Any) -> None:
     q, k, v = _qkv()
     assert hopper.usable(q, k, v, None, None, None)
     # HF's projections: (B, T, H, d) memory seen as (B, H, T, d)
-    qt = _T((2, 32, 256, 128), strides=(256 * 32 * 128, 128, 32 * 128, 1))
+    qt = FakeCudaTensor((2, 32, 256, 128), strides=(256 * 32 * 128, 128, 32 * 128, 1))
     assert hopper.usable(qt, k, v, None, None, None)
     for group_heads in ((16, 16), (32, 2), (64, 1), (8, 4)):  # GQA groups 1, 16, 64, 2
         q2, k2, v2 = _qkv(h=group_heads[0], hkv=group_heads[1])
@@ -87,8 +87,8 @@ def test_options_cards_and_releases_keep_the_triton_kernel(hopper: Any, monkeypa
     assert not hopper.usable(q, k, v, 30.0, None, None), "softcap"
     assert not hopper.usable(q, k, v, None, object(), None), "the static engine's device-side key count"
     assert not hopper.usable(q, k, v, None, None, object()), "a caller's AttnTile"
-    assert not hopper.usable(_T((2, 32, 256, 128), ptr=(1 << 20) + 8), k, v, None, None, None), "q off 16 bytes"
-    assert not hopper.usable(q, _T((2, 8, 256, 128), strides=(8 * 260 * 128, 260 * 128, 130, 1)), v,
+    assert not hopper.usable(FakeCudaTensor((2, 32, 256, 128), ptr=(1 << 20) + 8), k, v, None, None, None), "q off 16 bytes"
+    assert not hopper.usable(q, FakeCudaTensor((2, 8, 256, 128), strides=(8 * 260 * 128, 260 * 128, 130, 1)), v,
                              None, None, None), "a K row stride off 16 bytes"
     monkeypatch.setattr(gluon_mod, "cc_major", lambda dev: 8)
     assert not hopper.usable(q, k, v, None, None, None), "an Ampere card"

@@ -1,0 +1,299 @@
+"""Hopper short-K prefill matmul in Gluon: the production matmul's k16 chain in 128 x 192 tiles.
+
+GPT-2's prefill products (K = 768 or 3072, N = 768 / 2304 / 3072) ran at 0.70-0.85 of cuBLAS in
+the Triton kernel's 128 x 256 tiles (issue 10 item 2; docs/benchmarks.md, nineteenth session).
+cuBLAS runs them in 128 x 192 tiles, which divide those N into whole tiles. Neither `tl` nor
+Gluon has a 192-wide tensor, so each consumer warpgroup holds two accumulators, 64 x 128 and
+64 x 64, fed by two wgmma instructions (m64n128k16, m64n64k16) per k16 step:
+
+- the arithmetic is `matmul._k_chain` + `matmul._epilogue`'s: each output element sees one chain
+  of k16 MMA steps from k = 0 up in one fp32 accumulator, then (addmm) + bias in fp32, then one
+  rounding to the output dtype. A row's bits do not depend on the tile's N in the Triton kernel
+  either (tests/gpu `test_mm_every_config_same_bits`), so a call that takes this kernel has the
+  bits the Triton kernel would give it (tests/gpu/test_matmul_gluon_gpu.py, bitwise);
+- the schedule is new: persistent (one CTA per SM), warp-specialised (a producer warp loads A's
+  128 x 64 rows and B's two pieces by TMA into a 4-slot ring), two consumer warpgroups of 64 rows,
+  each keeping one k step's MMAs in flight. The next tile's loads run under this tile's last MMAs
+  and its epilogue, which is what short K needs: 12 k steps at K = 768.
+
+H100, ratio to cuBLAS over CUDA graphs (benchmarks/probes/gluon_mm_192.py, twenty-first session;
+every cell same bits): M = 4096-8192 0.80-0.89 -> 0.96-1.04; M = 1024 c_attn 0.69 -> 0.82, c_fc
+0.79 -> 0.92. With few tiles (N = 768 at M = 1024: 32 tiles for 132 SMs) it ran at half of cuBLAS,
+where the Triton kernel's 64 x 128 tiles reach 0.9: `usable` routes by tile count.
+
+Gluon's API moves between Triton releases: like the attention kernel, this runs on the release it
+was checked on (`attention_gluon.VERIFIED_TRITON`), elsewhere the Triton kernel serves.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+
+from ._launch import INTERPRET, Launcher, TmaFill, _raw_stream, _spec, cc_major, num_sms, ready, unwrap_tensordesc
+from .attention_gluon import VERIFIED_TRITON, wgmma_layout
+
+__all__ = ["usable", "gluon_mm", "lean_launch", "ENV"]
+
+# DETLLM_GLUON_MATMUL=0: always the Triton kernel (same bits; for comparisons and as an escape).
+ENV = "DETLLM_GLUON_MATMUL"
+BM, BN, BN1, BK = 128, 192, 128, 64  # the CTA tile (two warpgroups of 64 rows); 192 = 128 + 64 columns
+# Ring slots: 40 KB each. H100 sweep of 3 / 4 / 5 slots: 4 was best or within 3 % on every GPT-2 row.
+STAGES = 4
+# Routing (`usable`), from the probe's H100 table: short K, where a tile's fixed cost weighs (K up
+# to 3072, GPT-2's widest; 8B shapes' K = 4096+ run at 0.9+ of cuBLAS in the Triton kernel), N in
+# whole 192-column tiles, and at least MIN_TILES tiles (96: c_attn at M = 1024 gained 0.69 ->
+# 0.82; 32 tiles lost 0.93 -> 0.52).
+MAX_K = 3072
+MIN_TILES = 96
+CONSUMER_REGS, PRODUCER_REGS = 232, 40
+
+
+@gluon.jit
+def _tile_mn(t, num_pid_n):
+    # Row-major tile order: where a tile runs, never its K order.
+    return t // num_pid_n, t % num_pid_n
+
+
+@gluon.jit
+def _producer(a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n,
+              B_NK: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr):
+    """One warp: per tile and k step, A's 128 x 64 rows and B's 128- and 64-column pieces. Rows,
+    columns and K past the operands' ends arrive as zeros (the Triton kernel's TMA path too)."""
+    it = 0
+    k_tiles = gl.cdiv(K, BK)
+    for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        pid_m, pid_n = _tile_mn(t, num_pid_n)
+        n0 = pid_n * 192
+        for kk in range(0, k_tiles):
+            s = it % STAGES
+            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
+            mbarrier.expect(full.index(s), a_desc.block_type.nbytes + b1_desc.block_type.nbytes
+                            + b2_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a_desc, [pid_m * 128, kk * BK], full.index(s), a_smem.index(s))
+            if B_NK:  # an nn.Linear weight (N, K): its rows n0.. are B's columns
+                tma.async_copy_global_to_shared(b1_desc, [n0, kk * BK], full.index(s), b1_smem.index(s))
+                tma.async_copy_global_to_shared(b2_desc, [n0 + 128, kk * BK], full.index(s), b2_smem.index(s))
+            else:  # a (K, N) weight (x @ W, GPT-2's Conv1D)
+                tma.async_copy_global_to_shared(b1_desc, [kk * BK, n0], full.index(s), b1_smem.index(s))
+                tma.async_copy_global_to_shared(b2_desc, [kk * BK, n0 + 128], full.index(s), b2_smem.index(s))
+            it += 1
+
+
+@gluon.jit
+def _store_part(c_ptr, x_ptr, acc, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.constexpr, WIDTH: gl.constexpr):
+    """`matmul._epilogue` for 64 x WIDTH outputs at rows x [n0, n0 + WIDTH): + bias in fp32 (beta
+    is 1 here, `usable`: the Triton kernel's `acc + beta * x` is then acc + x exactly, fused or
+    not), one rounding to c's dtype, a masked store."""
+    l: gl.constexpr = wgmma_layout(WIDTH)
+    if HAS_X:
+        xr = rows + gl.arange(0, 64, layout=gl.SliceLayout(1, l))
+        xc = n0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, l))
+        xmask = (xr < M)[:, None] & (xc < N)[None, :]
+        x = gl.load(x_ptr + xr.to(gl.int64)[:, None] * s_xm + xc.to(gl.int64)[None, :] * s_xn, mask=xmask,
+                    other=0.0)
+        acc = acc + x.to(gl.float32)
+    io: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    r = rows + gl.arange(0, 64, layout=gl.SliceLayout(1, io))
+    cols = n0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, io))
+    out = gl.convert_layout(acc.to(c_ptr.dtype.element_ty), io)
+    gl.store(c_ptr + r.to(gl.int64)[:, None] * s_cm + cols[None, :], out, mask=(r < M)[:, None] & (cols < N)[None, :])
+
+
+@gluon.jit
+def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
+              num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr,
+              STAGES: gl.constexpr):
+    """One warpgroup: rows WG * 64 .. of every tile, the k16 steps in order into two accumulators."""
+    l1: gl.constexpr = wgmma_layout(128)
+    l2: gl.constexpr = wgmma_layout(64)
+    it = 0
+    k_tiles = gl.cdiv(K, BK)
+    for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+        pid_m, pid_n = _tile_mn(t, num_pid_n)
+        acc1 = gl.zeros([64, 128], gl.float32, layout=l1)
+        acc2 = gl.zeros([64, 64], gl.float32, layout=l2)
+        for kk in range(0, k_tiles):
+            s = it % STAGES
+            mbarrier.wait(full.index(s), (it // STAGES) & 1)
+            a = a_smem.index(s).slice(WG * 64, 64, dim=0)
+            if B_NK:
+                b1 = b1_smem.index(s).permute((1, 0))
+                b2 = b2_smem.index(s).permute((1, 0))
+            else:
+                b1 = b1_smem.index(s)
+                b2 = b2_smem.index(s)
+            t1 = warpgroup_mma(a, b1, acc1, is_async=True)
+            t2 = warpgroup_mma(a, b2, acc2, is_async=True)
+            # this step's two MMAs stay in flight; the previous step's are done: release its slot
+            acc1, acc2 = warpgroup_mma_wait(num_outstanding=2, deps=(t1, t2))
+            mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=kk > 0)
+            it += 1
+        acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, acc2))
+        mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k_tiles > 0)
+        rows = pid_m * 128 + WG * 64
+        _store_part(c_ptr, x_ptr, acc1, rows, pid_n * 192, M, N, s_cm, s_xm, s_xn, HAS_X, 128)
+        _store_part(c_ptr, x_ptr, acc2, rows, pid_n * 192 + 128, M, N, s_cm, s_xm, s_xn, HAS_X, 64)
+
+
+@gluon.jit(do_not_specialize=["M", "num_tiles"])
+def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n,
+                  B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+                  CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b1_smem = gl.allocate_shared_memory(b1_desc.dtype, [STAGES] + b1_desc.block_type.shape, b1_desc.layout)
+    b2_smem = gl.allocate_shared_memory(b2_desc.dtype, [STAGES] + b2_desc.block_type.shape, b2_desc.layout)
+    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(full.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)  # both consumers release a slot
+    fence_async_shared()
+    gl.warp_specialize([
+        (_consumer, (c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
+                     num_pid_n, 0, B_NK, HAS_X, BK, STAGES)),
+        (_consumer, (c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
+                     num_pid_n, 1, B_NK, HAS_X, BK, STAGES)),
+        (_producer, (a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n, B_NK,
+                     BK, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+_LAUNCH = Launcher(_mm192_kernel)
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+# Read once, when the kernels are first used. False for good once this Triton's Gluon fails to
+# build the kernel: the Triton kernel serves (same bits).
+ENABLED = os.environ.get(ENV, "1") != "0" and triton.__version__.startswith(VERIFIED_TRITON + ".")
+
+
+def _b_nk(sb: tuple[int, int, int], es: int) -> "bool | None":
+    """How TMA reads B (batch, k, n strides): True as an nn.Linear weight's (N, K) rows, False as a
+    row-major (K, N) matrix, None if neither has unit stride and 16-byte rows."""
+    if sb[2] == 1 and (sb[1] * es) % 16 == 0:
+        return False
+    if sb[1] == 1 and (sb[2] * es) % 16 == 0:
+        return True
+    return None
+
+
+def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[int, int, int],
+           sb: tuple[int, int, int], has_x: bool, alpha: float, beta: float) -> bool:
+    """Whether `matmul._launch`'s default 2-D call (no config, split or program count asked) runs
+    here: short K, N in whole 192-column tiles, enough tiles (module docstring), alpha 1 and beta 1
+    (a bias) or no bias (the epilogue's arithmetic is then exact whichever way it is contracted),
+    a row-major A and either weight layout through TMA, 2-byte floats, Hopper, the verified
+    Triton. Cheapest tests first: decode fails the first."""
+    if m < BM or k > MAX_K or n % BN or (m + BM - 1) // BM * (n // BN) < MIN_TILES or not ENABLED:
+        return False
+    if alpha != 1 or (has_x and beta != 1) or a.dtype not in _GL_DTYPES or not a.is_cuda or INTERPRET:
+        return False
+    es = a.element_size()
+    return (sa[2] == 1 and (sa[1] * es) % 16 == 0 and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
+            and _b_nk(sb, es) is not None and cc_major(a.get_device()) == 9)
+
+
+def _views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int],
+           nk: bool) -> tuple[tuple[list[int], list[int], list[int]], ...]:
+    """(shape, strides, block) of the A descriptor and B's two (128- and 64-column pieces)."""
+    a = ([m, k], [sa[1], 1], [BM, BK])
+    if nk:
+        return a, ([n, k], [sb[2], 1], [BN1, BK]), ([n, k], [sb[2], 1], [BN - BN1, BK])
+    return a, ([k, n], [sb[1], 1], [BK, BN1]), ([k, n], [sb[1], 1], [BK, BN - BN1])
+
+
+def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[int, int, int], nk: bool) -> tuple:
+    """What the compiled kernel specialises on: dtypes, weight layout, bias or not (its dtype and
+    alignment), and the ints' 1 / 16-divisibility. M and the tile count are not specialised; the
+    descriptors' blocks follow from dtype and layout; pointers are 16-byte aligned (`usable`)."""
+    xs = None if x is None else (x.dtype, x.data_ptr() % 16 == 0, _spec(sx[1]), _spec(sx[2]))
+    return (a.dtype, a.get_device(), nk, xs, _spec(n), _spec(k), _spec(n // BN))
+
+
+def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tensor | None", m: int, n: int,
+             k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], sx: tuple[int, int, int]) -> bool:
+    """out (m, n, contiguous) = a @ b (+ x broadcast by sx), where `usable` holds. False if this
+    Triton's Gluon cannot build or launch the kernel the first time (the caller then runs the
+    Triton kernel, same bits, from then on). A repeat of a product (same shapes, strides,
+    alignments) takes its lean launch (`lean_launch`): the general call's host time through
+    Triton's descriptor wrapper was most of a 1024-row product's time."""
+    global ENABLED
+    nk = bool(_b_nk(sb, a.element_size()))
+    key = _key(a, x, n, k, sx, nk)
+    dev = a.get_device()
+    lean = _LEAN.get((key, m, sa, sb, sx))
+    if lean is not None and ready(dev):
+        op = out.data_ptr()
+        lean(op, op if x is None else x.data_ptr(), a.data_ptr(), b.data_ptr())
+        return True
+    va, vb1, vb2 = _views(m, n, k, sa, sb, nk)
+    tiles = (m + BM - 1) // BM * (n // BN)
+    args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2),
+            m, n, k, n, sx[1], sx[2], tiles, n // BN)
+    meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, STAGES=STAGES, CONSUMER_REGS=CONSUMER_REGS,
+                PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
+    first = key not in _LAUNCH.plans
+    try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
+        _LAUNCH.launch(key, (min(tiles, num_sms(dev)), ), args, meta)
+    except Exception:  # noqa: BLE001 - any build failure means: the Triton kernel, for good
+        if not first:
+            raise
+        ENABLED = False
+        return False
+    lean_launch(a, b, x, m, n, k, sa, sb, sx)  # binds this product's lean launch for its repeats
+    return True
+
+
+def _descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: list[int]) -> GluonDescriptor:
+    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
+    return GluonDescriptor(t, shape, strides, block, layout)
+
+
+# (plan key, M, strides) -> the product's lean launch (`lean_launch`)
+_LEAN: dict[tuple, Callable[[int, int, int, int], None]] = {}
+
+
+def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: int, n: int, k: int,
+                sa: tuple[int, int, int], sb: tuple[int, int, int],
+                sx: tuple[int, int, int]) -> "Callable[[int, int, int, int], None] | None":
+    """After `gluon_mm` ran a product of this plan: launch(out, bias slot, a, b pointers) for a
+    repeat with the same dtypes, shapes, strides and alignments (`matmul._fire`'s contract; the
+    bias slot holds out without a bias): three CUtensorMaps (B's cached per weight pointer,
+    `TmaFill`) and the compiled kernel's C launch, as Triton 3.6's wrapper would pass them. Same
+    compiled kernel, same argument values: same bits. The caller checks `_launch.ready`. None
+    where there is no such launch (no plan yet, another Triton's launcher)."""
+    nk = bool(_b_nk(sb, a.element_size()))
+    key = _key(a, x, n, k, sx, nk)
+    full = (key, m, sa, sb, sx)
+    done = _LEAN.get(full)
+    if done is not None:
+        return done
+    bound = _LAUNCH.bound(key)
+    raw = unwrap_tensordesc(bound.c) if bound is not None else None
+    if bound is None or raw is None or len(raw[1]) != 3:
+        return None
+    c, metas = raw
+    va, vb1, vb2 = _views(m, n, k, sa, sb, nk)
+    fa, fb1, fb2 = (TmaFill(metas[0], *va[:2], cache=False), TmaFill(metas[1], *vb1[:2], cache=True),
+                    TmaFill(metas[2], *vb2[:2], cache=True))
+    ta, tb1, tb2 = fa.tail, fb1.tail, fb2.tail
+    function, coop, pdl, packed, tail, dev = bound.function, bound.coop, bound.pdl, bound.packed, bound.tail, bound.dev
+    tiles = (m + BM - 1) // BM * (n // BN)
+    ints = (m, n, k, n, sx[1], sx[2], tiles, n // BN)
+    g0, launcher = min(tiles, num_sms(dev)), _LAUNCH
+
+    def launch(op: int, xp: int, ap: int, bp: int) -> None:
+        launcher.hits += 1
+        c(g0, 1, 1, _raw_stream(dev), function, coop, pdl, None, None, packed, None, None, None,
+          op, xp, fa(ap), *ta, fb1(bp), *tb1, fb2(bp), *tb2, *ints, *tail)
+
+    if len(_LEAN) >= 4096:
+        _LEAN.clear()
+    _LEAN[full] = launch
+    return launch

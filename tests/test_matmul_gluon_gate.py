@@ -1,0 +1,131 @@
+"""Which products the Hopper short-K prefill matmul in Gluon takes (kernels/matmul_gluon.usable), and
+that `matmul._launch` asks it only for the default 2-D call, without a GPU. Its bits are the
+Triton kernel's (tests/gpu/test_matmul_gluon_gpu.py); what must hold here is that decode, long K,
+few tiles, N off the 192-column grid, alpha / beta other than 1, a transposed A, fp32, other
+cards and Triton releases keep the Triton kernel, and that a product the gate accepts is one of
+the shapes it was measured on."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+gluon_mod = pytest.importorskip("detllm_kernels.matmul_gluon")
+from tests.test_attention_gluon_gate import FakeCudaTensor  # noqa: E402
+
+
+@pytest.fixture
+def hopper(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The gate as on an H100 with the verified Triton."""
+    monkeypatch.setattr(gluon_mod, "ENABLED", True)
+    monkeypatch.setattr(gluon_mod, "INTERPRET", False)
+    monkeypatch.setattr(gluon_mod, "cc_major", lambda dev: 9)
+    return gluon_mod
+
+
+def _ask(g: Any, m: int, k: int, n: int, nk: bool = False, dtype: torch.dtype = torch.bfloat16, has_x: bool = False,
+         alpha: float = 1.0, beta: float = 1.0, a: "FakeCudaTensor | None" = None, b_ptr: int = 1 << 21) -> bool:
+    a = a if a is not None else FakeCudaTensor((m, k), dtype)
+    b = FakeCudaTensor((k, n), dtype, ptr=b_ptr, strides=(1, k) if nk else (n, 1))
+    return g.usable(a, b, m, n, k, (0, *a.stride()), (0, *b.stride()), has_x, alpha, beta)
+
+
+@pytest.mark.parametrize("k,n", [(768, 2304), (3072, 768), (768, 3072), (768, 768)],
+                         ids=["c_attn", "mlp_c_proj", "c_fc", "attn_c_proj"])
+def test_gpt2_prefill_takes_the_gluon_tile(hopper: Any, k: int, n: int) -> None:
+    for m in (4096, 4096 + 77, 8192):
+        for nk in (False, True):
+            assert _ask(hopper, m, k, n, nk), (m, nk)
+            assert _ask(hopper, m, k, n, nk, dtype=torch.float16, has_x=True), (m, nk, "fp16 with a bias")
+
+
+def test_the_tile_count_decides_at_1024_rows(hopper: Any) -> None:
+    """At M = 1024 c_attn (96 tiles) and c_fc (128) gained; N = 768 (32 tiles) lost: it keeps the
+    Triton kernel's 64 x 128 tiles."""
+    assert _ask(hopper, 1024, 768, 2304) and _ask(hopper, 1024, 768, 3072)
+    assert not _ask(hopper, 1024, 3072, 768) and not _ask(hopper, 1024, 768, 768)
+    assert not _ask(hopper, 1023 - 128 * 0 - 127, 768, 2304)  # 896 rows: 84 tiles
+
+
+@pytest.mark.parametrize("why,m,k,n", [
+    ("decode", 1, 768, 2304),
+    ("a 64-row bucket", 64, 768, 2304),
+    ("long K (Llama-8B q/o: the Triton kernel's 128 x 256 tiles reach 0.9+)", 8192, 4096, 4096),
+    ("K past the measured range", 8192, 3584, 2304),
+    ("N off the 192-column grid", 8192, 768, 2048),
+])
+def test_other_shapes_keep_the_triton_kernel(hopper: Any, why: str, m: int, k: int, n: int) -> None:
+    assert not _ask(hopper, m, k, n), why
+
+
+def test_options_cards_and_releases_keep_the_triton_kernel(hopper: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, k, n = 4096, 768, 2304
+    assert not _ask(hopper, m, k, n, has_x=True, alpha=2.0), "alpha != 1"
+    assert not _ask(hopper, m, k, n, has_x=True, beta=0.5), "a bias scaled by beta != 1"
+    assert _ask(hopper, m, k, n, has_x=False, beta=0.5), "beta does not matter without a bias"
+    assert not _ask(hopper, m, k, n, dtype=torch.float32), "fp32 (the FMA path)"
+    assert not _ask(hopper, m, k, n, a=FakeCudaTensor((m, k), strides=(1, m))), "a transposed A"
+    assert not _ask(hopper, m, k, n, a=FakeCudaTensor((m, k), ptr=(1 << 20) + 8)), "A off 16 bytes"
+    assert not _ask(hopper, m, k, n, b_ptr=(1 << 21) + 2), "B off 16 bytes"
+    assert not _ask(hopper, m, k, n, a=FakeCudaTensor((m, k), strides=(k + 4, 1))), "an A row stride off 16 bytes"
+    monkeypatch.setattr(gluon_mod, "cc_major", lambda dev: 10)
+    assert not _ask(hopper, m, k, n), "a Blackwell card"
+    monkeypatch.setattr(gluon_mod, "cc_major", lambda dev: 9)
+    monkeypatch.setattr(gluon_mod, "ENABLED", False)
+    assert not _ask(hopper, m, k, n), "off (another Triton, the variable, a failed build)"
+
+
+def test_launch_asks_the_gate_only_for_the_default_2d_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`matmul._launch` hands a product to `gluon_mm` only without an explicit config, TMA choice,
+    program count or split-K; when `gluon_mm` declines (a failed first build), the Triton kernel
+    runs the call."""
+    from detllm_kernels import matmul
+
+    if matmul._gluon is None:
+        pytest.skip("this Triton has no Gluon")
+    asked: list[str] = []
+    g = matmul._gluon
+    monkeypatch.setattr(g, "ENABLED", True)
+    monkeypatch.setattr(g, "usable", lambda *a: g.ENABLED)  # every call passes the gate while it is on
+    monkeypatch.setattr(matmul._gluon, "gluon_mm", lambda *a: asked.append("gluon") or True)
+    a, b = torch.ones(256, 64), torch.ones(64, 192)
+    matmul.mm(a, b)
+    assert asked == ["gluon"]
+    ran: list[str] = []
+
+    class TritonPlan(Exception):
+        pass
+
+    def plan(*a: Any) -> None:  # the Triton kernel's path, stopped at its plan
+        ran.append("triton")
+        raise TritonPlan
+
+    monkeypatch.setattr(matmul, "_plan", plan)
+    for kw in (dict(config=matmul.MatmulConfig(64, 64, 8, 4, 3)), dict(use_tma=False), dict(programs=4),
+               dict(split_k=True, split_chunk=32)):  # K = 64 > 32: two chunks
+        with pytest.raises(TritonPlan):
+            matmul.mm(a, b, **kw)
+    assert asked == ["gluon"] and len(ran) == 4
+    with matmul.triton_kernel_only():
+        with pytest.raises(TritonPlan):
+            matmul.mm(a, b)
+    assert asked == ["gluon"], "the switch did not keep the call off the Gluon tile"
+
+
+def test_enabled_only_on_the_verified_release_and_not_when_switched_off() -> None:
+    """ENABLED as the module computes it from the Triton version and DETLLM_GLUON_MATMUL."""
+    import os
+    import subprocess
+    import sys
+
+    import triton
+
+    code = "import detllm_kernels.matmul_gluon as g; print(g.ENABLED)"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert got.strip() == str(triton.__version__.startswith(gluon_mod.VERIFIED_TRITON + "."))
+    env[gluon_mod.ENV] = "0"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert got.strip() == "False"
