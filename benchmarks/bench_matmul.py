@@ -242,7 +242,7 @@ def main() -> None:
             rows.append((k, n, m, tf_inv, tf_ref, g_ref / g_inv, t_ref / t_user))
             print(f"{label + ' ' + layout:<20} {k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
                   f"{t_ref / t_user:5.2f} | {g_ref / g_inv:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
-                  (("" if sk else gluon_tile(xs[0], ws[0])) or
+                  + (("" if sk else gluon_tile(xs[0], ws[0])) or
                    f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
                    f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
                    f"{'tma' if cfg.tma and not args.ptr else 'ptr'}")

@@ -227,7 +227,7 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     nk = bool(_b_nk(sb, a.element_size()))
     key = _key(a, x, n, k, sx, nk)
     dev = a.get_device()
-    lean = _LEAN.get((key, m, sa, sb, sx))
+    lean = _LEAN.get((key, m, n, k, sa, sb, sx))
     if lean is not None and ready(dev):
         op = out.data_ptr()
         lean(op, op if x is None else x.data_ptr(), a.data_ptr(), b.data_ptr())
@@ -255,7 +255,8 @@ def _descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: li
     return GluonDescriptor(t, shape, strides, block, layout)
 
 
-# (plan key, M, strides) -> the product's lean launch (`lean_launch`)
+# (plan key, M, N, K, strides) -> the product's lean launch (`lean_launch`). The plan key holds only
+# what the compiled kernel specialises on, so the exact shape is part of this key.
 _LEAN: dict[tuple, Callable[[int, int, int, int], None]] = {}
 
 
@@ -270,7 +271,7 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
     where there is no such launch (no plan yet, another Triton's launcher)."""
     nk = bool(_b_nk(sb, a.element_size()))
     key = _key(a, x, n, k, sx, nk)
-    full = (key, m, sa, sb, sx)
+    full = (key, m, n, k, sa, sb, sx)
     done = _LEAN.get(full)
     if done is not None:
         return done

@@ -145,3 +145,23 @@ def test_gluon_route_and_its_exceptions(gluon) -> None:  # type: ignore[no-untyp
     assert torch.equal(matmul.mm(at, b), ref_t)
     cfg = matmul.MatmulConfig(128, 256, 8, 8, 4)
     assert torch.equal(_words(matmul.mm(a, b, config=cfg)), _words(matmul.mm(a, b))), "explicit config vs Gluon"
+
+
+def test_products_that_share_a_plan_keep_their_own_shapes(gluon) -> None:  # type: ignore[no-untyped-def]
+    """c_attn and attn c_proj as nn.Linear weights seen through W.t() have the same strides, the
+    same M and one compiled kernel (the plan key holds what Triton specialises on, not N): each
+    repeat must still launch with its own N. A lean launch keyed without N once wrote c_attn's
+    2304 columns into attn c_proj's 768-column output, past its end into the activation."""
+    from detllm_kernels import matmul
+
+    g = kc._gen(DEV, 21)
+    m = 4173
+    for _ in range(2):  # the second round runs every product from its lean launch
+        for n in (2304, 768):
+            a, b = kc._randn((m, 768), BF16, DEV, g), _weight(768, n, True, BF16, g)
+            kept = a.clone()
+            got = matmul.mm(a, b)
+            assert torch.equal(a, kept), f"N = {n}: the product wrote into its input"
+            with matmul.triton_kernel_only():
+                want = matmul.mm(a, b)
+            assert torch.equal(_words(got), _words(want)), f"N = {n}: bits differ from the Triton kernel's"
