@@ -12,9 +12,11 @@ schedules. The production kernel's helpers (`_issue`, `_softmax`) serve these va
 - "ws2 s3/s4": a CTA of two consumer warpgroups running production's `_blocks` on a ring that a
   producer warp fills;
 - production: that CTA made persistent, with double-buffered query tiles by TMA;
-- "carry s3/s4" (written after the session's last GPU call, not yet run): production with the
-  overlap carried across tiles (`_carry_consumer`): a tile's last P.V and epilogue run under the
-  next tile's first scores and softmax. For short prefill (B16 x 256: ~2.25 blocks a tile).
+- "carry s3/s4" (twenty-first session, then dropped from this probe): production with the
+  overlap carried across tiles, a tile's last P.V and epilogue under the next tile's first scores
+  and softmax, for short prefill (B16 x 256: ~2.25 blocks a tile). Same bits, but slower at every
+  shape on an H100 (B16 x 256 1.32x SDPA over graphs against production's 1.22x;
+  docs/results/gluon_attn_carry_h100_session21.log).
 
 --ptxas (no GPU): each variant compiled for sm_90a with Triton's bundled ptxas: registers, spills,
 shared memory. Without it (GPU): bits against the Triton kernel where the prefill table does not
@@ -29,12 +31,10 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from detllm_kernels.attention_gluon import (IO_LAYOUT, _blocks, _buffers, _issue, _producer, _rows, _softmax, _step,
-                                           _store, _tile, wgmma_layout)
+from detllm_kernels.attention_gluon import IO_LAYOUT, _blocks, _issue, _softmax, _store, wgmma_layout
 
 BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
 
@@ -177,124 +177,6 @@ def _gl_attn_ws_kernel(q_ptr, k_desc, v_desc, o_ptr, ks_ptr, sq_b, sq_h, sq_t, s
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-@gluon.jit
-def _carry_consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
-                    ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale,
-                    WG: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                    BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
-    """Production's consumer with FlashAttention-3's overlap carried across tiles: a tile's last P.V
-    is issued after the next tile's first scores, and its epilogue runs after the next tile's
-    first softmax. Before the first tile there is no pending P.V; a zero P on the first block's
-    V stands in (adds exact zeros, stores nothing, releases nothing). Same arithmetic per tile."""
-    s_layout: gl.constexpr = wgmma_layout(BLOCK_N)
-    o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    c = scale * 1.4426950408889634
-    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-    has = 0  # 1: the previous tile's last P.V is pending
-    p_prev = gl.zeros([BLOCK_M, BLOCK_N], k_smem.dtype, layout=p_layout)
-    acc_prev = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
-    l_prev = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
-    last_prev = 0
-    b_prev = 0
-    hk_prev = 0
-    row_prev = 0
-    it = 0
-    tc = 0
-    for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        b, hk, pid_m, ks, hi, n = _tile(t, BH, NQ, HKV, ks_ptr, GROUP, Tq, Tk, CAUSAL, 2 * BLOCK_M, BLOCK_N)
-        row0, pos_q, see = _rows(pid_m, hi, GROUP, Tq, Tk, WG, CAUSAL, BLOCK_M, BLOCK_N)
-        buf = tc % 2
-        mbarrier.wait(q_full.index(buf), (tc // 2) & 1)
-        q = q_smem.index(2 * buf + WG).reshape([BLOCK_M, BLOCK_D])
-        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
-        acc = gl.zeros([BLOCK_M, BLOCK_D], gl.float32, layout=o_layout)
-        if n > 0:
-            slot = it % STAGES
-            mbarrier.wait(k_full.index(slot), (it // STAGES) & 1)
-            s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BLOCK_N, BLOCK_D]).permute((1, 0)), zero_s,
-                                  is_async=True)
-            vi = has * last_prev + (1 - has) * it  # the pending P.V's ring block, or this tile's first
-            mbarrier.wait(v_full.index(vi % STAGES), (vi // STAGES) & 1)
-            pv_tok = warpgroup_mma(p_prev, v_smem.index(vi % STAGES).reshape([BLOCK_N, BLOCK_D]), acc_prev,
-                                   is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok, ))
-            m_i, l_i, p, alpha = _softmax(s, m_i, l_i, ks, hi, pos_q, c, see, CAUSAL, BLOCK_N, s_layout)
-            acc_prev = warpgroup_mma_wait(num_outstanding=0, deps=(pv_tok, p_prev))[0]
-            mbarrier.arrive(kv_empty.index(vi % STAGES), pred=has > 0)
-            _store(o_ptr, acc_prev, l_prev, b_prev, hk_prev, row_prev, GROUP, Tq * has, so_b, so_t, so_h, BLOCK_M,
-                   BLOCK_D)
-            acc = acc * gl.convert_layout(alpha[:, None], o_layout)
-            p_op = gl.convert_layout(p.to(k_smem.dtype), p_layout)
-            for j in range(1, n):
-                m_i, l_i, acc, p_op = _step(q, k_smem, v_smem, k_full, v_full, kv_empty, it + j, m_i, l_i, acc,
-                                            p_op, ks + j * BLOCK_N, hi, pos_q, c, see, CAUSAL, BLOCK_M, BLOCK_N,
-                                            BLOCK_D, STAGES)
-            p_prev = p_op
-            acc_prev = acc
-            l_prev = l_i
-            last_prev = it + n - 1
-            b_prev = b
-            hk_prev = hk
-            row_prev = row0
-            has = 1
-        else:  # no key: zeros now, the pending tile stays pending
-            _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
-        mbarrier.arrive(q_empty.index(buf))
-        it += n
-        tc += 1
-    if has > 0:
-        mbarrier.wait(v_full.index(last_prev % STAGES), (last_prev // STAGES) & 1)
-        acc_prev = warpgroup_mma(p_prev, v_smem.index(last_prev % STAGES).reshape([BLOCK_N, BLOCK_D]), acc_prev)
-        mbarrier.arrive(kv_empty.index(last_prev % STAGES))
-        _store(o_ptr, acc_prev, l_prev, b_prev, hk_prev, row_prev, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
-
-
-@gluon.jit(do_not_specialize=["Tq", "Tk"])
-def _gl_attn_carry_kernel(o_ptr, q_desc, k_desc, v_desc, ks_ptr, so_b, so_t, so_h, BH, NQ, HKV, GROUP, Tq, Tk,
-                          num_tiles, scale,
-                          CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
-                          STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
-    """Production's kernel (`_gluon_attn_kernel`) with `_carry_consumer`."""
-    q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty = _buffers(q_desc, k_desc, v_desc, STAGES)
-    gl.warp_specialize([
-        (_carry_consumer, (o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ,
-                           HKV, GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale, 0, CAUSAL, BLOCK_M, BLOCK_N,
-                           BLOCK_D, STAGES)),
-        (_carry_consumer, (o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ,
-                           HKV, GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale, 1, CAUSAL, BLOCK_M, BLOCK_N,
-                           BLOCK_D, STAGES)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
-                     ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, CAUSAL, BLOCK_M, BLOCK_N, STAGES)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-
-
-def gluon_attention_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_start: torch.Tensor,
-                          scale: float, stages: int = 4) -> torch.Tensor:
-    """Production's `gluon_attention` (descriptors, grid) with `_gl_attn_carry_kernel`."""
-    from detllm_kernels import attention_gluon as prod
-
-    bsz, h, tq, d = q.shape
-    hkv, tk = k.shape[1], k.shape[2]
-    group = h // hkv
-    out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
-    nq = triton.cdiv(tq * group, 2 * BLOCK_M)
-    tiles = bsz * hkv * nq
-    sq = q.stride()
-    q_desc = prod._descriptor(q, [bsz, tq, hkv, group, d], [sq[0], sq[2], group * sq[1], sq[1], 1],
-                              [1, BLOCK_M // group, 1, group, d])
-    kv = [1, 1, BLOCK_N, d]
-    grid = (min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count), )
-    _gl_attn_carry_kernel[grid](out, q_desc, prod._descriptor(k, list(k.shape), list(k.stride()), kv),
-                                prod._descriptor(v, list(v.shape), list(v.stride()), kv), key_start.to(torch.int32),
-                                out.stride(0), out.stride(1), out.stride(2), bsz * hkv, nq, hkv, group, tq, tk, tiles,
-                                scale, CAUSAL=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=stages,
-                                CONSUMER_REGS=prod.CONSUMER_REGS, PRODUCER_REGS=prod.PRODUCER_REGS, num_warps=4)
-    return out
-
-
 def _kv_desc(x: torch.Tensor) -> TensorDescriptor:
     """A (B, Hkv, Tk, d) operand's descriptor: one (BLOCK_N, d) block of one (b, kv head) a copy;
     rows past Tk read as zeros."""
@@ -365,10 +247,6 @@ def _ptxas() -> None:
         report(f"in order s{stages}", _gl_attn_kernel, dict(tile, STAGES=stages))
     for stages in (2, 3, 4):
         report(f"ws2 s{stages}", _gl_attn_ws_kernel, dict(tile, STAGES=stages, CONSUMER_REGS=232, PRODUCER_REGS=40))
-    for stages in (3, 4):
-        report(f"carry s{stages}", _gl_attn_carry_kernel, dict(tile, CAUSAL=True, STAGES=stages,
-                                                                CONSUMER_REGS=prod.CONSUMER_REGS,
-                                                                PRODUCER_REGS=prod.PRODUCER_REGS))
     report(f"production (persistent ws2 s{prod.STAGES})", prod._gluon_attn_kernel,
            dict(tile, CAUSAL=True, STAGES=prod.STAGES, CONSUMER_REGS=prod.CONSUMER_REGS,
                 PRODUCER_REGS=prod.PRODUCER_REGS))
@@ -380,8 +258,6 @@ def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tenso
     out: list[tuple[str, Any]] = [(f"in order s{st}", lambda st=st: gluon_attention(q, k, v, ks, sc, st))
                                   for st in (2, 3)]
     out += [(f"ws2 s{st}", lambda st=st: gluon_attention_ws(q, k, v, ks, sc, st)) for st in (3, 4)]
-    if 64 % (q.shape[1] // k.shape[1]) == 0:
-        out += [(f"carry s{st}", lambda st=st: gluon_attention_carry(q, k, v, ks, sc, st)) for st in (3, 4)]
     return out
 
 
