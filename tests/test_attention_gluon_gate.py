@@ -43,13 +43,17 @@ class FakeCudaTensor:
         return torch.empty((), dtype=self.dtype).element_size()
 
 
+def as_on_hopper(monkeypatch: pytest.MonkeyPatch, mod: Any) -> Any:
+    """A Gluon module's gate as on an H100 with the verified Triton."""
+    monkeypatch.setattr(mod, "ENABLED", True)
+    monkeypatch.setattr(mod, "INTERPRET", False)
+    monkeypatch.setattr(mod, "cc_major", lambda dev: 9)
+    return mod
+
+
 @pytest.fixture
 def hopper(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The gate as on an H100 with the verified Triton."""
-    monkeypatch.setattr(gluon_mod, "ENABLED", True)
-    monkeypatch.setattr(gluon_mod, "INTERPRET", False)
-    monkeypatch.setattr(gluon_mod, "cc_major", lambda dev: 9)
-    return gluon_mod
+    return as_on_hopper(monkeypatch, gluon_mod)
 
 
 def _qkv(bsz: int = 2, h: int = 32, hkv: int = 8, tq: int = 256, tk: int = 256, d: int = 128,
@@ -97,18 +101,22 @@ def test_options_cards_and_releases_keep_the_triton_kernel(hopper: Any, monkeypa
     assert not hopper.usable(q, k, v, None, None, None), "off (another Triton, the variable, a failed build)"
 
 
-def test_enabled_only_on_the_verified_release_and_not_when_switched_off() -> None:
-    """ENABLED as the module computes it from the Triton version and DETLLM_GLUON_ATTENTION."""
+@pytest.mark.parametrize("module", ["attention_gluon", "matmul_gluon"])
+def test_enabled_only_on_the_verified_release_and_not_when_switched_off(module: str) -> None:
+    """ENABLED as each Gluon module computes it from the Triton version and its variable
+    (DETLLM_GLUON_ATTENTION, DETLLM_GLUON_MATMUL)."""
+    import importlib
     import os
     import subprocess
     import sys
 
     import triton
 
-    code = "import detllm_kernels.attention_gluon as g; print(g.ENABLED)"
+    mod = importlib.import_module(f"detllm_kernels.{module}")
+    code = f"import detllm_kernels.{module} as g; print(g.ENABLED)"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert got.strip() == str(triton.__version__.startswith(gluon_mod.VERIFIED_TRITON + "."))
-    env[gluon_mod.ENV] = "0"
+    assert got.strip() == str(triton.__version__.startswith(mod.VERIFIED_TRITON + "."))
+    env[mod.ENV] = "0"
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert got.strip() == "False"

@@ -479,6 +479,21 @@ def _prefill_chunk_decode(device: str, dtype: torch.dtype, h: int, hkv: int, d: 
     return [(q, k, v), (q[:, :, -3:], k, v), (q[:, :, -1:], k, v)], ks, d ** -0.5
 
 
+def hopper_gluon(kernel: str) -> ModuleType:
+    """The Gluon module that stands in for `detllm_kernels.<kernel>`'s Triton kernel on Hopper
+    (attention_gluon, matmul_gluon), or a skip: none on this Triton (only the verified release
+    runs it) or not an sm90 card."""
+    import pytest
+
+    km = load_kernels()
+    g = getattr(importlib.import_module(f"{km.__name__}.{kernel}"), "_gluon", None)
+    if g is None or not g.ENABLED:
+        pytest.skip(f"no Gluon {kernel} on this Triton (only the verified release runs it)")
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip(f"the Gluon {kernel} is Hopper's (sm90)")
+    return g
+
+
 def triton_attention_only() -> Any:
     """`invariant_attention` runs the Triton kernel for every call inside (the Hopper prefill path of
     attention_gluon is off): for checks of that kernel's own options."""

@@ -25,15 +25,7 @@ BF16, F16 = torch.bfloat16, torch.float16
 
 @pytest.fixture(scope="module")
 def gluon():  # type: ignore[no-untyped-def]
-    kc.load_kernels()
-    from detllm_kernels import attention
-
-    g = attention._gluon
-    if g is None or not g.ENABLED:
-        pytest.skip("no Gluon attention on this Triton (only the verified release runs it)")
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the Gluon attention is Hopper's (sm90)")
-    return g
+    return kc.hopper_gluon("attention")
 
 
 def _both(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tensor, causal: bool = True

@@ -27,15 +27,7 @@ GPT2 = [(768, 2304), (3072, 768), (768, 3072), (768, 768)]  # (K, N): c_attn, ml
 
 @pytest.fixture(scope="module")
 def gluon():  # type: ignore[no-untyped-def]
-    kc.load_kernels()
-    from detllm_kernels import matmul
-
-    g = matmul._gluon
-    if g is None or not g.ENABLED:
-        pytest.skip("no Gluon matmul on this Triton (only the verified release runs it)")
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the Gluon matmul is Hopper's (sm90)")
-    return g
+    return kc.hopper_gluon("matmul")
 
 
 def _weight(k: int, n: int, nk: bool, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
