@@ -87,6 +87,13 @@ def _producer(a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K
             it += 1
 
 
+@triton.constexpr_function
+def io_layout(width):
+    """The store layout of a 64 x width output piece: 16-byte vectors, 4 warps, a warp's row of
+    threads no wider than the piece (8 threads x 8 columns from 64 columns up, 4 x 8 at 32)."""
+    return gl.BlockedLayout([1, 8], [4, 8] if width >= 64 else [8, 4], [4, 1], [1, 0])
+
+
 @gluon.jit
 def _store_part(c_ptr, x_ptr, acc, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.constexpr, WIDTH: gl.constexpr):
     """`matmul._epilogue` for 64 x WIDTH outputs at rows x [n0, n0 + WIDTH): + bias in fp32 (beta
@@ -100,7 +107,7 @@ def _store_part(c_ptr, x_ptr, acc, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.c
         x = gl.load(x_ptr + xr.to(gl.int64)[:, None] * s_xm + xc.to(gl.int64)[None, :] * s_xn, mask=xmask,
                     other=0.0)
         acc = acc + x.to(gl.float32)
-    io: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    io: gl.constexpr = io_layout(WIDTH)
     r = rows + gl.arange(0, 64, layout=gl.SliceLayout(1, io))
     cols = n0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, io))
     out = gl.convert_layout(acc.to(c_ptr.dtype.element_ty), io)
