@@ -115,6 +115,22 @@ def _store_part(c_ptr, x_ptr, acc, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.c
 
 
 @gluon.jit
+def _mma_step(a, b1_smem, b2_smem, s, acc1, acc2, B_NK: gl.constexpr):
+    """One k step: a (64 rows x BK, shared) times B's two pieces in ring slot s, accumulated into
+    acc1 and acc2 by two async wgmma; returns when the previous step's MMAs are done, this step's
+    still in flight. B_NK: the pieces are (N, K) rows of an nn.Linear weight, read transposed."""
+    if B_NK:
+        b1 = b1_smem.index(s).permute((1, 0))
+        b2 = b2_smem.index(s).permute((1, 0))
+    else:
+        b1 = b1_smem.index(s)
+        b2 = b2_smem.index(s)
+    t1 = warpgroup_mma(a, b1, acc1, is_async=True)
+    t2 = warpgroup_mma(a, b2, acc2, is_async=True)
+    return warpgroup_mma_wait(num_outstanding=2, deps=(t1, t2))
+
+
+@gluon.jit
 def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
               num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr,
               STAGES: gl.constexpr):
@@ -130,17 +146,8 @@ def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm
         for kk in range(0, k_tiles):
             s = it % STAGES
             mbarrier.wait(full.index(s), (it // STAGES) & 1)
-            a = a_smem.index(s).slice(WG * 64, 64, dim=0)
-            if B_NK:
-                b1 = b1_smem.index(s).permute((1, 0))
-                b2 = b2_smem.index(s).permute((1, 0))
-            else:
-                b1 = b1_smem.index(s)
-                b2 = b2_smem.index(s)
-            t1 = warpgroup_mma(a, b1, acc1, is_async=True)
-            t2 = warpgroup_mma(a, b2, acc2, is_async=True)
-            # this step's two MMAs stay in flight; the previous step's are done: release its slot
-            acc1, acc2 = warpgroup_mma_wait(num_outstanding=2, deps=(t1, t2))
+            acc1, acc2 = _mma_step(a_smem.index(s).slice(WG * 64, 64, dim=0), b1_smem, b2_smem, s, acc1, acc2, B_NK)
+            # the previous step's MMAs are done: release its slot
             mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=kk > 0)
             it += 1
         acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, acc2))

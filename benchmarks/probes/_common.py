@@ -123,29 +123,58 @@ def clear_attention_plans() -> None:
                 v.plans.clear()
 
 
+GPT2_MM_SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 768, "gpt2 attn c_proj"),
+                  (768, 3072, "gpt2 c_fc"))
+
+
 def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], Callable[[], torch.Tensor]],
-             cfgs: Sequence[Any], name: Callable[[Any], str], repeats: int = 1) -> None:
-    """Per shape and M: cuBLAS, the production kernel, then each candidate as ratio to cuBLAS
-    (do_bench, and over CUDA graphs in brackets); a candidate whose output (over `repeats` runs)
-    is not the production kernel's bits is marked."""
-    import detllm_kernels as km
+             cfgs: Sequence[Any], name: Callable[[Any], str], repeats: int = 1,
+             shapes: Sequence[tuple[int, int, str]] = MM_SHAPES, ms: Sequence[int] = (1024, 4096, 8192),
+             layouts: Sequence[bool] = (False,)) -> None:
+    """Per shape, weight layout (False: a (K, N) matrix, x @ W; True: an (N, K) weight as W.t()) and
+    M: cuBLAS, the production path, then each candidate as ratio to cuBLAS (do_bench, and over
+    CUDA graphs in brackets); a candidate whose output (over `repeats` runs) is not the Triton
+    kernel's bits is marked."""
+    from detllm_kernels import matmul
 
     print(torch.cuda.get_device_name(), triton.__version__, flush=True)
-    for k, n, label in MM_SHAPES:
-        for m in (1024, 4096, 8192):
-            torch.manual_seed(0)
-            a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16) / 30
-            ref = km.mm(a, b)
-            cub, gcub = t_us(lambda: torch.mm(a, b)), g_us(lambda: torch.mm(a, b))
-            prod, gprod = t_us(lambda: km.mm(a, b)), g_us(lambda: km.mm(a, b))
-            cells = [f"prod {cub / prod:.2f} (g {gcub / gprod:.2f})"]
-            for cfg in cfgs:
-                try:
-                    fn = run_probe(a, b, cfg)
-                    same = all(torch.equal(fn(), ref) for _ in range(repeats))
-                    cells.append(f"{name(cfg)} {cub / t_us(fn):.2f} (g {gcub / g_us(fn):.2f})"
-                                 f"{'' if same else ' OTHER BITS'}")
-                except Exception as e:  # a candidate may not fit in shared memory
-                    cells.append(f"{cfg} failed {type(e).__name__}: {str(e)[:60]}")
-            print(f"{label} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
+    for k, n, label in shapes:
+        for nk in layouts:
+            for m in ms:
+                torch.manual_seed(0)
+                a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+                w = torch.randn((n, k) if nk else (k, n), device="cuda", dtype=torch.bfloat16) / 30
+                b = w.t() if nk else w
+                with matmul.triton_kernel_only():
+                    ref = matmul.mm(a, b)
+                cub, gcub = t_us(lambda: torch.mm(a, b)), g_us(lambda: torch.mm(a, b))
+                prod, gprod = t_us(lambda: matmul.mm(a, b)), g_us(lambda: matmul.mm(a, b))
+                cells = [f"prod {cub / prod:.2f} (g {gcub / gprod:.2f})"]
+                for cfg in cfgs:
+                    try:
+                        fn = run_probe(a, b, cfg)
+                        same = all(torch.equal(fn(), ref) for _ in range(repeats))
+                        cells.append(f"{name(cfg)} {cub / t_us(fn):.2f} (g {gcub / g_us(fn):.2f})"
+                                     f"{'' if same else ' OTHER BITS'}")
+                    except Exception as e:  # a candidate may not fit in shared memory
+                        cells.append(f"{name(cfg)} failed {type(e).__name__}: {str(e)[:60]}")
+                print(f"{label}{' W.t()' if nk else ''} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
+
+
+def gluon_mm_resources(kernel: Any, descs: Sequence[Any], ints: Sequence[str], const: dict[str, Any],
+                       label: str) -> None:
+    """One line of a Gluon matmul probe's --ptxas report: `kernel` (arguments c_ptr, x_ptr, the
+    A / B1 / B2 descriptors, then `ints`) compiled for sm_90a with `const`."""
+    import re
+
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    sig: dict[str, Any] = {"c_ptr": "*bf16", "x_ptr": "*bf16"}
+    sig.update({name: mangle_type(d) for name, d in zip(("a_desc", "b1_desc", "b2_desc"), descs)})
+    sig.update({x: "i32" for x in ints})
+    sig.update({x: "constexpr" for x in const})
+    r = sm90_resources(GluonASTSource(kernel, sig, const, {}))
+    mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
+    print(f"{label}: {r['warps']} warps, shared {r['shared']} B, {r['regs']} registers, spill stores "
+          f"{r['spill']} B -> {r['fit']} CTA(s) per SM, wgmma {' '.join(mma)}", flush=True)

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
 import torch
 import triton
 
-from detllm_kernels import matmul
 from detllm_kernels import matmul_gluon as mg
 
-SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 768, "gpt2 attn c_proj"),
-          (768, 3072, "gpt2 c_fc"))
 
 
 def _args(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> tuple[tuple, bool, int]:
@@ -50,32 +45,20 @@ def mm192(a: torch.Tensor, b: torch.Tensor, stages: int) -> torch.Tensor:
 
 
 def _ptxas() -> None:
-    import re
-
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
-    from _common import sm90_resources
+    from _common import gluon_mm_resources
 
     print(f"triton {triton.__version__}, sm_90a, bf16 128 x 192 tile (Gluon, kernels/matmul_gluon.py)", flush=True)
     a = torch.empty(1024, 768, dtype=torch.bfloat16)
     for nk in (False, True):
         w = torch.empty((2304, 768) if nk else (768, 2304), dtype=torch.bfloat16)
-        b = w.t() if nk else w
-        args, _nk, _tiles = _args(a, b, torch.empty(1024, 2304, dtype=torch.bfloat16))
+        args, _nk, _tiles = _args(a, w.t() if nk else w, torch.empty(1024, 2304, dtype=torch.bfloat16))
         for has_x in (False, True):
             for stages in (3, 4, 5):
-                sig: dict[str, Any] = {"c_ptr": "*bf16", "x_ptr": "*bf16"}
-                sig.update({name: mangle_type(d) for name, d in zip(("a_desc", "b1_desc", "b2_desc"), args[2:5])})
-                sig.update({x: "i32" for x in ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_tiles", "num_pid_n")})
-                const = dict(B_NK=nk, HAS_X=has_x, BK=mg.BK, STAGES=stages, CONSUMER_REGS=mg.CONSUMER_REGS,
-                             PRODUCER_REGS=mg.PRODUCER_REGS)
-                sig.update({x: "constexpr" for x in const})
-                r = sm90_resources(GluonASTSource(mg._mm192_kernel, sig, const, {}))
-                mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
-                print(f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'}{' + bias' if has_x else ''} s{stages}: "
-                      f"{r['warps']} warps, shared {r['shared']} B, {r['regs']} registers, spill stores "
-                      f"{r['spill']} B, wgmma {' '.join(mma)}", flush=True)
+                gluon_mm_resources(mg._mm192_kernel, args[2:5],
+                                   ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_tiles", "num_pid_n"),
+                                   dict(B_NK=nk, HAS_X=has_x, BK=mg.BK, STAGES=stages, CONSUMER_REGS=mg.CONSUMER_REGS,
+                                        PRODUCER_REGS=mg.PRODUCER_REGS),
+                                   f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'}{' + bias' if has_x else ''} s{stages}")
 
 
 def main() -> None:
@@ -85,27 +68,10 @@ def main() -> None:
     if args.ptxas:
         _ptxas()
         return
-    from _common import g_us, t_us
+    from _common import GPT2_MM_SHAPES, mm_table
 
-    print(torch.cuda.get_device_name(), triton.__version__, flush=True)
-    for k, n, label in SHAPES:
-        for nk in (False, True):
-            for m in (1024, 4096, 8192):
-                torch.manual_seed(0)
-                a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                w = torch.randn((n, k) if nk else (k, n), device="cuda", dtype=torch.bfloat16) / 30
-                b = w.t() if nk else w
-                with matmul.triton_kernel_only():
-                    ref = matmul.mm(a, b)
-                cub, gcub = t_us(lambda: torch.mm(a, b)), g_us(lambda: torch.mm(a, b))
-                prod, gprod = t_us(lambda: matmul.mm(a, b)), g_us(lambda: matmul.mm(a, b))
-                cells = [f"production {cub / prod:.2f} (g {gcub / gprod:.2f})"]
-                for st in (3, 4, 5):
-                    fn = lambda st=st: mm192(a, b, st)  # noqa: E731
-                    bad = (fn().view(torch.int16) != ref.view(torch.int16)).sum().item()
-                    cells.append(f"192 s{st} {cub / t_us(fn):.2f} (g {gcub / g_us(fn):.2f})"
-                                 f"{'' if bad == 0 else f' OTHER BITS ({bad})'}")
-                print(f"{label} {'W.t()' if nk else 'W'} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
+    mm_table(lambda a, b, st: lambda: mm192(a, b, st), (3, 4, 5), lambda st: f"192 s{st}",
+             shapes=GPT2_MM_SHAPES, layouts=(False, True))
 
 
 if __name__ == "__main__":

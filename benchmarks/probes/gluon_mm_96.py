@@ -21,22 +21,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
 import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma_wait
 
-from detllm_kernels import matmul
 from detllm_kernels import matmul_gluon as mg
 from detllm_kernels.attention_gluon import wgmma_layout
 
 BM, BN, BN1, BK = 64, 96, 64, 64  # one warpgroup's tile; 96 = 64 + 32 columns
-SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (768, 768, "gpt2 attn c_proj"),
-          (768, 3072, "gpt2 c_fc"))
 
 
 @gluon.jit
@@ -77,17 +71,8 @@ def _mm96_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s_
     for kk in range(0, k_tiles):
         s = kk % STAGES
         mbarrier.wait(bars.index(s), (kk // STAGES) & 1)
-        a = a_smem.index(s)
-        if B_NK:
-            b1 = b1_smem.index(s).permute((1, 0))
-            b2 = b2_smem.index(s).permute((1, 0))
-        else:
-            b1 = b1_smem.index(s)
-            b2 = b2_smem.index(s)
-        t1 = warpgroup_mma(a, b1, acc1, is_async=True)
-        t2 = warpgroup_mma(a, b2, acc2, is_async=True)
+        acc1, acc2 = mg._mma_step(a_smem.index(s), b1_smem, b2_smem, s, acc1, acc2, B_NK)
         # step kk - 1's MMAs are done: its slot takes step kk + STAGES - 1
-        acc1, acc2 = warpgroup_mma_wait(num_outstanding=2, deps=(t1, t2))
         nxt = kk + STAGES - 1
         _load(a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, bars, m0, n0, nxt, nxt % STAGES, nxt < k_tiles,
               B_NK, BK)
@@ -118,30 +103,17 @@ def mm96(a: torch.Tensor, b: torch.Tensor, stages: int) -> torch.Tensor:
 
 
 def _ptxas() -> None:
-    import re
-
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
-    from _common import sm90_resources
+    from _common import gluon_mm_resources
 
     print(f"triton {triton.__version__}, sm_90a, bf16 64 x 96 tile (Gluon, probe)", flush=True)
     a = torch.empty(1024, 768, dtype=torch.bfloat16)
     for nk in (False, True):
         w = torch.empty((2304, 768) if nk else (768, 2304), dtype=torch.bfloat16)
-        b = w.t() if nk else w
-        args, _nk, _tiles = _args(a, b, torch.empty(1024, 2304, dtype=torch.bfloat16))
+        args, _nk, _tiles = _args(a, w.t() if nk else w, torch.empty(1024, 2304, dtype=torch.bfloat16))
         for stages in (3, 4, 5, 6):
-            sig: dict[str, Any] = {"c_ptr": "*bf16", "x_ptr": "*bf16"}
-            sig.update({name: mangle_type(d) for name, d in zip(("a_desc", "b1_desc", "b2_desc"), args[2:5])})
-            sig.update({x: "i32" for x in ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_pid_n")})
-            const = dict(B_NK=nk, HAS_X=False, BK=BK, STAGES=stages)
-            sig.update({x: "constexpr" for x in const})
-            r = sm90_resources(GluonASTSource(_mm96_kernel, sig, const, {}))
-            mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
-            print(f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'} s{stages}: {r['warps']} warps, shared "
-                  f"{r['shared']} B, {r['regs']} registers, spill stores {r['spill']} B -> {r['fit']} CTAs per SM,"
-                  f" wgmma {' '.join(mma)}", flush=True)
+            gluon_mm_resources(_mm96_kernel, args[2:5], ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_pid_n"),
+                               dict(B_NK=nk, HAS_X=False, BK=BK, STAGES=stages),
+                               f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'} s{stages}")
 
 
 def main() -> None:
@@ -151,30 +123,10 @@ def main() -> None:
     if args.ptxas:
         _ptxas()
         return
-    from _common import g_us, t_us
+    from _common import GPT2_MM_SHAPES, mm_table
 
-    print(torch.cuda.get_device_name(), triton.__version__, flush=True)
-    for k, n, label in SHAPES:
-        for nk in (False, True):
-            for m in (1024, 4096):
-                torch.manual_seed(0)
-                a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-                w = torch.randn((n, k) if nk else (k, n), device="cuda", dtype=torch.bfloat16) / 30
-                b = w.t() if nk else w
-                with matmul.triton_kernel_only():
-                    ref = matmul.mm(a, b)
-                cub, gcub = t_us(lambda: torch.mm(a, b)), g_us(lambda: torch.mm(a, b))
-                prod, gprod = t_us(lambda: matmul.mm(a, b)), g_us(lambda: matmul.mm(a, b))
-                cells = [f"production {cub / prod:.2f} (g {gcub / gprod:.2f})"]
-                for st in (3, 4, 5, 6):
-                    try:
-                        fn = lambda st=st: mm96(a, b, st)  # noqa: E731
-                        bad = (fn().view(torch.int16) != ref.view(torch.int16)).sum().item()
-                        cells.append(f"96 s{st} {cub / t_us(fn):.2f} (g {gcub / g_us(fn):.2f})"
-                                     f"{'' if bad == 0 else f' OTHER BITS ({bad})'}")
-                    except Exception as e:  # noqa: BLE001 - a ring that does not fit, reported as such
-                        cells.append(f"96 s{st} failed {type(e).__name__}: {str(e)[:60]}")
-                print(f"{label} {'W.t()' if nk else 'W'} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
+    mm_table(lambda a, b, st: lambda: mm96(a, b, st), (3, 4, 5, 6), lambda st: f"96 s{st}",
+             shapes=GPT2_MM_SHAPES, ms=(1024, 4096), layouts=(False, True))
 
 
 if __name__ == "__main__":
