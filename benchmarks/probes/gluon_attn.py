@@ -261,30 +261,6 @@ def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tenso
     return out
 
 
-def _bits() -> None:
-    """Bitwise (signed zeros too) against the Triton kernel where the prefill table does not go:
-    left padding (key starts past 0), lengths off the 64 grid, other GQA groups, HF's (B, T, H, d)
-    projection views, a few query rows under many keys."""
-    import detllm_kernels as km
-    from _common import triton_attention
-
-    torch.manual_seed(1)
-    for bsz, h, hkv, tq, tk in ((3, 32, 8, 300, 300), (2, 16, 16, 129, 129), (4, 32, 4, 77, 77),
-                                (2, 32, 8, 1, 1000), (2, 32, 8, 17, 531), (1, 8, 8, 2048, 2048)):
-        q = torch.randn(bsz, tq, h, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        k = torch.randn(bsz, tk, hkv, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        v = torch.randn(bsz, hkv, tk, 128, device="cuda", dtype=torch.bfloat16)
-        ks = torch.randint(0, max(1, tk // 2), (bsz,), device="cuda", dtype=torch.int32)
-        ks[0] = 0
-        ref = triton_attention(q, k, v, ks, 128 ** -0.5).view(torch.int16)
-        cells = []
-        for name, run in [("production", lambda: km.invariant_attention(q, k, v, ks, 128 ** -0.5, True)),
-                          *_variants(q, k, v, ks, 128 ** -0.5)]:
-            bad = (run().view(torch.int16) != ref).sum().item()
-            cells.append(f"{name}: {'same bits' if bad == 0 else f'{bad} elements differ'}")
-        print(f"bits B{bsz} H{h}/{hkv} Tq{tq} Tk{tk} key starts {ks.tolist()}: " + ", ".join(cells), flush=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
@@ -292,9 +268,9 @@ def main() -> None:
     if args.ptxas:
         _ptxas()
         return
-    from _common import prefill_table
+    from _common import prefill_bits, prefill_table
 
-    _bits()
+    prefill_bits(_variants)
     prefill_table(_variants)
 
 
