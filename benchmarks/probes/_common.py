@@ -202,3 +202,25 @@ def gluon_mm_resources(kernel: Any, descs: Sequence[Any], ints: Sequence[str], c
     mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
     print(f"{label}: {r['warps']} warps, shared {r['shared']} B, {r['regs']} registers, spill stores "
           f"{r['spill']} B -> {r['fit']} CTA(s) per SM, wgmma {' '.join(mma)}", flush=True)
+
+
+def gluon_probe_main(doc: str, ptxas: Callable[[], None], gpu: Callable[[], None]) -> None:
+    """A Gluon probe's command line: --ptxas compiles for sm_90a here and reports resources (no
+    GPU); without it, the GPU part."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
+    (ptxas if ap.parse_args().ptxas else gpu)()
+
+
+def attention_probe_main(doc: str, ptxas: Callable[[], None],
+                         variants: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+                                            Sequence[tuple[str, Callable[[], torch.Tensor]]]]) -> None:
+    """A Gluon attention probe's command line: --ptxas, or the variants' bits (`prefill_bits`) and
+    the prefill table (`prefill_table`) on the GPU."""
+    def gpu() -> None:
+        prefill_bits(variants)
+        prefill_table(variants)
+
+    gluon_probe_main(doc, ptxas, gpu)

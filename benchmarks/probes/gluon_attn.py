@@ -23,7 +23,6 @@ shared memory. Without it (GPU): bits against the Triton kernel where the prefil
 go, then the prefill table (_common.prefill_table)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
@@ -262,16 +261,9 @@ def _variants(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch.Tenso
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
-    args = ap.parse_args()
-    if args.ptxas:
-        _ptxas()
-        return
-    from _common import prefill_bits, prefill_table
+    from _common import attention_probe_main
 
-    prefill_bits(_variants)
-    prefill_table(_variants)
+    attention_probe_main(__doc__, _ptxas, _variants)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Without --ptxas (GPU): bits against the Triton kernel, then the prefill table (_
 --ptxas (no GPU): registers, spills and shared memory for sm_90a."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -143,16 +142,9 @@ def _ptxas() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
-    args = ap.parse_args()
-    if args.ptxas:
-        _ptxas()
-        return
-    from _common import prefill_bits, prefill_table
+    from _common import attention_probe_main
 
-    prefill_bits(_variants)
-    prefill_table(_variants)
+    attention_probe_main(__doc__, _ptxas, _variants)
 
 
 if __name__ == "__main__":

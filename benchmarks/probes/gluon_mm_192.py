@@ -14,7 +14,6 @@ graphs, next to `detllm_kernels.mm` (the route production takes: Gluon where `us
 --ptxas (no GPU): registers, spills, shared memory from Triton's ptxas for sm_90a."""
 from __future__ import annotations
 
-import argparse
 import sys
 import torch
 import triton
@@ -61,17 +60,17 @@ def _ptxas() -> None:
                                    f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'}{' + bias' if has_x else ''} s{stages}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
-    args = ap.parse_args()
-    if args.ptxas:
-        _ptxas()
-        return
+def _gpu() -> None:
     from _common import GPT2_MM_SHAPES, mm_table
 
     mm_table(lambda a, b, st: lambda: mm192(a, b, st), (3, 4, 5), lambda st: f"192 s{st}",
              shapes=GPT2_MM_SHAPES, layouts=(False, True))
+
+
+def main() -> None:
+    from _common import gluon_probe_main
+
+    gluon_probe_main(__doc__, _ptxas, _gpu)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ weight layouts, 3-6 ring slots, next to production (`detllm_kernels.mm`). --ptxa
 registers, spills, shared memory and CTAs per SM from Triton's ptxas for sm_90a."""
 from __future__ import annotations
 
-import argparse
 import sys
 import torch
 import triton
@@ -116,17 +115,17 @@ def _ptxas() -> None:
                                f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'} s{stages}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ptxas", action="store_true", help="compile for sm_90a here and report resources (no GPU)")
-    args = ap.parse_args()
-    if args.ptxas:
-        _ptxas()
-        return
+def _gpu() -> None:
     from _common import GPT2_MM_SHAPES, mm_table
 
     mm_table(lambda a, b, st: lambda: mm96(a, b, st), (3, 4, 5, 6), lambda st: f"96 s{st}",
              shapes=GPT2_MM_SHAPES, ms=(1024, 4096), layouts=(False, True))
+
+
+def main() -> None:
+    from _common import gluon_probe_main
+
+    gluon_probe_main(__doc__, _ptxas, _gpu)
 
 
 if __name__ == "__main__":
