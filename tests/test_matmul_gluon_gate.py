@@ -108,3 +108,47 @@ def test_launch_asks_the_gate_only_for_the_default_2d_call(monkeypatch: pytest.M
         with pytest.raises(TritonPlan):
             matmul.mm(a, b)
     assert asked == ["gluon"], "the switch did not keep the call off the Gluon tile"
+
+
+def test_a_lean_launch_is_keyed_by_the_exact_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two products that share a compiled plan (c_attn and attn c_proj through W.t(): same dtype,
+    strides, M and the same 1 / 16-divisibility of N) get two lean launches, each with its own N
+    and grid. One keyed by the plan alone ran c_attn's 2304 columns into attn c_proj's output
+    (found on an H100; tests/gpu/test_matmul_gluon_gpu.py keeps the GPU case)."""
+    g = gluon_mod
+    launched: list[tuple] = []
+
+    class Bound:
+        c, function, coop, pdl, packed, tail, dev = object(), "function", False, False, "packed", ("tail",), 0
+
+    class Fill:
+        def __init__(self, meta: Any, shape: list[int], strides: list[int], cache: bool) -> None:
+            self.tail = (*shape, *strides)
+
+        def __call__(self, ptr: int) -> str:
+            return f"map@{ptr}"
+
+    monkeypatch.setattr(g, "_LEAN", {})
+    monkeypatch.setattr(g._LAUNCH, "bound", lambda key: Bound)
+    monkeypatch.setattr(g, "unwrap_tensordesc", lambda c: (lambda *args: launched.append(args), [{}, {}, {}]))
+    monkeypatch.setattr(g, "TmaFill", Fill)
+    monkeypatch.setattr(g, "num_sms", lambda dev: 132)
+    monkeypatch.setattr(g, "_raw_stream", lambda dev: 7)
+    m, k = 4173, 768
+    a = FakeCudaTensor((m, k))
+    sa = (0, *a.stride())
+    fns = {}
+    for n in (2304, 768):
+        b = FakeCudaTensor((k, n), strides=(1, k))  # an (N, K) nn.Linear weight seen as W.t()
+        sb = (0, *b.stride())
+        assert g._key(a, None, n, k, (0, 0, 0), True) == g._key(a, None, 2304, k, (0, 0, 0), True), "one plan"
+        fns[n] = g.lean_launch(a, b, None, m, n, k, sa, sb, (0, 0, 0))
+        assert g.lean_launch(a, b, None, m, n, k, sa, sb, (0, 0, 0)) is fns[n], "a repeat reuses its launch"
+    assert fns[2304] is not fns[768]
+    for n, fn in fns.items():
+        fn(1000, 1000, 2000, 3000)
+        args = launched[-1]
+        tiles = -(-m // g.BM) * (n // g.BN)
+        assert args[0] == min(tiles, 132), f"N = {n}: grid"
+        ints = args[-9:-1]  # M, N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, then the constexpr tail
+        assert ints == (m, n, k, n, 0, 0, tiles, n // g.BN), f"N = {n}: the launch's shape arguments"
