@@ -236,8 +236,9 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     Triton's Gluon cannot build or launch the kernel the first time (the caller then runs the
     Triton kernel, same bits, from then on). A repeat of a product (same shapes, strides,
     alignments) takes its lean launch (`lean_launch`): launched through Triton's descriptor wrapper
-    (the probe, H100) the kernel ran 0.13-0.43 of cuBLAS under do_bench at M = 1024 against
-    0.79-0.92 over CUDA graphs; lean, 0.91-0.95 (docs/benchmarks.md, twenty-first session)."""
+    (the probe, H100, 4 slots) it ran c_attn and c_fc at M = 1024 at 0.13-0.37 of cuBLAS under
+    do_bench against 0.81-0.92 over CUDA graphs; lean, 0.91-0.94 (docs/benchmarks.md, twenty-first
+    session)."""
     global ENABLED
     nk = bool(_b_nk(sb, a.element_size()))
     key = _key(a, x, n, k, sx, nk)
