@@ -45,7 +45,8 @@ __all__ = ["usable", "gluon_mm", "lean_launch", "ENV"]
 # DETLLM_GLUON_MATMUL=0: always the Triton kernel (same bits; for comparisons and as an escape).
 ENV = "DETLLM_GLUON_MATMUL"
 BM, BN, BN1, BK = 128, 192, 128, 64  # the CTA tile (two warpgroups of 64 rows); 192 = 128 + 64 columns
-# Ring slots: 40 KB each. H100 sweep of 3 / 4 / 5 slots: 4 was best or within 3 % on every GPT-2 row.
+# Ring slots: 40 KB each. H100 sweep of 3 / 4 / 5 slots over CUDA graphs: 4 was best or within 3 % on
+# every routed GPT-2 row but one (c_attn through W.t() at M = 8192: 0.96 against 1.02 with 5 slots).
 STAGES = 4
 # Routing (`usable`), from the probe's H100 table: short K, where a tile's fixed cost weighs (K up
 # to 3072, GPT-2's widest; 8B shapes' K = 4096+ run at 0.9+ of cuBLAS in the Triton kernel), N in
