@@ -17,7 +17,7 @@ Gluon has a 192-wide tensor, so each consumer warpgroup holds two accumulators, 
   and its epilogue, which is what short K needs: 12 k steps at K = 768.
 
 H100, ratio to cuBLAS over CUDA graphs (benchmarks/probes/gluon_mm_192.py, twenty-first session;
-every cell same bits): M = 4096-8192 0.80-0.89 -> 0.96-1.04; M = 1024 c_attn 0.69 -> 0.82, c_fc
+every cell same bits, 4 slots): M = 4096-8192 0.79-0.97 -> 0.96-1.04; M = 1024 c_attn 0.69 -> 0.82, c_fc
 0.79 -> 0.92. With few tiles (N = 768 at M = 1024: 32 tiles for 132 SMs) it ran at half of cuBLAS,
 where the Triton kernel's 64 x 128 tiles reach 0.9: `usable` routes by tile count.
 
