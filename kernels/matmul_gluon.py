@@ -35,10 +35,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
 from ._launch import INTERPRET, Launcher, TmaFill, _raw_stream, _spec, cc_major, num_sms, ready, unwrap_tensordesc
-from .attention_gluon import VERIFIED_TRITON, wgmma_layout
+from .attention_gluon import _GL_DTYPES, VERIFIED_TRITON, _descriptor, wgmma_layout
 
 __all__ = ["usable", "gluon_mm", "lean_launch", "ENV"]
 
@@ -182,7 +181,6 @@ def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s
 
 
 _LAUNCH = Launcher(_mm192_kernel)
-_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 # Read once, when the kernels are first used. False for good once this Triton's Gluon fails to
 # build the kernel: the Triton kernel serves (same bits).
 ENABLED = os.environ.get(ENV, "1") != "0" and triton.__version__.startswith(VERIFIED_TRITON + ".")
@@ -198,6 +196,11 @@ def _b_nk(sb: tuple[int, int, int], es: int) -> "bool | None":
     return None
 
 
+def _tiles(m: int, n: int) -> int:
+    """128 x 192 output tiles of an (m, n) product, N a multiple of 192 (`usable`)."""
+    return (m + BM - 1) // BM * (n // BN)
+
+
 def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[int, int, int],
            sb: tuple[int, int, int], has_x: bool, alpha: float, beta: float) -> bool:
     """Whether `matmul._launch`'s default 2-D call (no config, split or program count asked) runs
@@ -205,7 +208,7 @@ def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[i
     (a bias) or no bias (the epilogue's arithmetic is then exact whichever way it is contracted),
     a row-major A and either weight layout through TMA, 2-byte floats, Hopper, the verified
     Triton. Cheapest tests first: decode fails the first."""
-    if m < BM or k > MAX_K or n % BN or (m + BM - 1) // BM * (n // BN) < MIN_TILES or not ENABLED:
+    if m < BM or k > MAX_K or n % BN or _tiles(m, n) < MIN_TILES or not ENABLED:
         return False
     if alpha != 1 or (has_x and beta != 1) or a.dtype not in _GL_DTYPES or not a.is_cuda or INTERPRET:
         return False
@@ -250,7 +253,7 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
         lean(op, op if x is None else x.data_ptr(), a.data_ptr(), b.data_ptr())
         return True
     va, vb1, vb2 = _views(m, n, k, sa, sb, nk)
-    tiles = (m + BM - 1) // BM * (n // BN)
+    tiles = _tiles(m, n)
     args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2),
             m, n, k, n, sx[1], sx[2], tiles, n // BN)
     meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, STAGES=STAGES, CONSUMER_REGS=CONSUMER_REGS,
@@ -265,11 +268,6 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
         return False
     lean_launch(a, b, x, m, n, k, sa, sb, sx)  # binds this product's lean launch for its repeats
     return True
-
-
-def _descriptor(t: torch.Tensor, shape: list[int], strides: list[int], block: list[int]) -> GluonDescriptor:
-    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[t.dtype])
-    return GluonDescriptor(t, shape, strides, block, layout)
 
 
 # (plan key, M, N, K, strides) -> the product's lean launch (`lean_launch`). The plan key holds only
@@ -302,7 +300,7 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
                     TmaFill(metas[2], *vb2[:2], cache=True))
     ta, tb1, tb2 = fa.tail, fb1.tail, fb2.tail
     function, coop, pdl, packed, tail, dev = bound.function, bound.coop, bound.pdl, bound.packed, bound.tail, bound.dev
-    tiles = (m + BM - 1) // BM * (n // BN)
+    tiles = _tiles(m, n)
     ints = (m, n, k, n, sx[1], sx[2], tiles, n // BN)
     g0, launcher = min(tiles, num_sms(dev)), _LAUNCH
 

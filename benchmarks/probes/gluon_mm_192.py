@@ -28,7 +28,7 @@ def _args(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> tuple[tuple, b
     sa, sb = (0, *a.stride()), (0, *b.stride())
     nk = bool(mg._b_nk(sb, a.element_size()))
     va, vb1, vb2 = mg._views(m, n, k, sa, sb, nk)
-    tiles = -(-m // mg.BM) * (n // mg.BN)
+    tiles = mg._tiles(m, n)
     return ((out, out, mg._descriptor(a, *va), mg._descriptor(b, *vb1), mg._descriptor(b, *vb2),
              m, n, k, n, 0, 0, tiles, n // mg.BN), nk, tiles)
 
