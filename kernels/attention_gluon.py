@@ -19,6 +19,9 @@ docs/benchmarks.md, twentieth session):
 - within a warpgroup, FlashAttention-3's overlap: block j's scores are issued, then block j-1's
   P.V, and block j's softmax runs while that P.V is on the tensor cores. The accumulator still
   sees `acc * alpha_j + P_j V_j` block after block: block j-1's P.V lands before block j's rescale.
+- the output leaves by TMA from the warpgroup's spent query buffer, and the store is waited for
+  only at the next tile's start, under its first loads (twenty-second session: B16 x 256, the
+  shortest batched prefill, 1.22x -> 1.06x SDPA over CUDA graphs).
 
 Triton's `tl` cannot express this schedule: its scores-ahead form (benchmarks/probes/attn_qk_ahead.py)
 took 255 registers and one CTA per SM. Gluon is Triton's explicit-layout language; its API moves
@@ -50,7 +53,7 @@ BLOCK_M = 64  # rows per consumer warpgroup: attention.ATTN_BLOCK_M, the product
 BLOCK_N = 64  # keys per block: attention.ATTN_BLOCK_N, which anchors the reduction order
 # Ring slots. H100, causal prefill ratio to SDPA over CUDA graphs, 3 -> 4 slots: B8 x 512 1.08 ->
 # 1.04x, B16 x 256 1.27 -> 1.22x, longer prefill equal. 4 slots + 2 x 2 query tiles: 192 KB of
-# tiles, 213 KB with the layout conversions' scratch (H100: 227 KB a CTA).
+# tiles, 197 KB with the layout conversions' scratch (H100: 227 KB a CTA).
 STAGES = 4
 # setmaxnreg split: consumers hold the 64x128 accumulator, the scores and two P tiles; the
 # producer only issues copies
@@ -64,9 +67,6 @@ def wgmma_layout(n):
     the row reductions (max, sum) run the same shuffle tree as the Triton kernel's."""
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
 
-
-# The Triton kernel's load/store layout of a 64 x 128 tile (16-byte vectors, 4 warps)
-IO_LAYOUT = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
 
 
 @gluon.jit
@@ -227,29 +227,28 @@ def _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c
 
 
 @gluon.jit
-def _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M: gl.constexpr,
-           BLOCK_D: gl.constexpr):
-    """The tile's output rows from row0: acc / l in o's dtype, through the Triton kernel's store
-    layout; rows with no visible key (queries inside the left padding) output zeros."""
-    io: gl.constexpr = IO_LAYOUT
+def _store(o_desc, q_slot, acc, l_i, b, hk, row0, GROUP, BLOCK_M: gl.constexpr, BLOCK_D: gl.constexpr):
+    """The tile's output rows from row0: acc / l in o's dtype (rows with no visible key, queries
+    inside the left padding, output zeros), written into the warpgroup's spent query buffer and
+    sent by one TMA store over o's (B, Tq, Hkv, GROUP, d) view, q's box and row order. Positions
+    past Tq are clipped by the copy engine, as the Triton kernel's store mask drops them."""
     o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
-    offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
-    qi = offs_r // GROUP
-    h = hk * GROUP + offs_r % GROUP
-    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
     out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
-    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
-    gl.store(o_ptr + b.to(gl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out,
-             mask=(qi < Tq)[:, None])
+    q_slot.reshape([BLOCK_M, BLOCK_D]).store(out.to(o_desc.dtype))
+    fence_async_shared()  # the generic-proxy writes above, before the async proxy reads them
+    tma.async_copy_shared_to_global(o_desc, [b, row0 // GROUP, hk, 0, 0], q_slot)
 
 
 @gluon.jit
-def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
-              ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale,
+def _consumer(o_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
+              ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, scale,
               WG: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               BLOCK_D: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup: rows WG * 64 .. of every tile of its CTA, the block loop on the ring's running
-    index, then the tile's epilogue while the producer loads the next tile."""
+    index, then the tile's output by TMA from its own query buffer. The warpgroup waits for that
+    store, and hands the buffer back to the producer, only once its next tile's queries are in, so
+    the write runs under that wait (B16 x 256 on an H100, over CUDA graphs: 1.22x SDPA with the
+    store in line -> 1.06x; docs/benchmarks.md, twenty-second session)."""
     c = scale * 1.4426950408889634
     it = 0
     tc = 0
@@ -258,13 +257,16 @@ def _consumer(o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv
         row0, pos_q, see = _rows(pid_m, hi, GROUP, Tq, Tk, WG, CAUSAL, BLOCK_M, BLOCK_N)
         buf = tc % 2
         mbarrier.wait(q_full.index(buf), (tc // 2) & 1)
-        q = q_smem.index(2 * buf + WG).reshape([BLOCK_M, BLOCK_D])
-        m_i, l_i, acc = _blocks(q, k_smem, v_smem, k_full, v_full, kv_empty, it, n, ks, hi, pos_q, c, see,
-                                CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)
-        mbarrier.arrive(q_empty.index(buf))
+        # the previous tile's output has left the other buffer: the producer may refill it
+        tma.store_wait(0)
+        mbarrier.arrive(q_empty.index(1 - buf), pred=tc > 0)
+        q_slot = q_smem.index(2 * buf + WG)
+        m_i, l_i, acc = _blocks(q_slot.reshape([BLOCK_M, BLOCK_D]), k_smem, v_smem, k_full, v_full, kv_empty, it, n,
+                                ks, hi, pos_q, c, see, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)
         it += n
         tc += 1
-        _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M, BLOCK_D)
+        _store(o_desc, q_slot, acc, l_i, b, hk, row0, GROUP, BLOCK_M, BLOCK_D)
+    tma.store_wait(0)
 
 
 @gluon.jit
@@ -291,16 +293,15 @@ def _buffers(q_desc, k_desc, v_desc, STAGES: gl.constexpr):
 
 
 @gluon.jit(do_not_specialize=["Tq", "Tk"])
-def _gluon_attn_kernel(o_ptr, q_desc, k_desc, v_desc, ks_ptr, so_b, so_t, so_h, BH, NQ, HKV, GROUP, Tq, Tk,
-                       num_tiles, scale,
+def _gluon_attn_kernel(o_desc, q_desc, k_desc, v_desc, ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, scale,
                        CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_D: gl.constexpr,
                        STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty = _buffers(q_desc, k_desc, v_desc, STAGES)
     gl.warp_specialize([
-        (_consumer, (o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ, HKV,
-                     GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale, 0, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
-        (_consumer, (o_ptr, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ, HKV,
-                     GROUP, Tq, Tk, num_tiles, so_b, so_t, so_h, scale, 1, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
+        (_consumer, (o_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ, HKV,
+                     GROUP, Tq, Tk, num_tiles, scale, 0, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
+        (_consumer, (o_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty, ks_ptr, BH, NQ, HKV,
+                     GROUP, Tq, Tk, num_tiles, scale, 1, CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, STAGES)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_full, q_empty, k_full, v_full, kv_empty,
                      ks_ptr, BH, NQ, HKV, GROUP, Tq, Tk, num_tiles, CAUSAL, BLOCK_M, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -339,7 +340,7 @@ def _descriptor(x: torch.Tensor, shape: list[int], strides: list[int], block: li
 
 
 # key -> the plan's C launch with its fixed arguments and each descriptor's fill arguments: a
-# repeat call builds three CUtensorMaps and launches (`_lean`), skipping Triton's per-call
+# repeat call builds four CUtensorMaps and launches (`_lean`), skipping Triton's per-call
 # wrapper and the descriptor objects (H100 host: B1 x 1024 prefill 2.0x -> see docs/benchmarks.md).
 _LEAN: dict[Any, tuple] = {}
 lean_hits = 0  # launches served by _LEAN (tests check the lean path really runs)
@@ -351,7 +352,7 @@ def _lean(key: Any) -> "tuple | None":
     block), from the compiled kernel's metadata. None on another Triton's launcher."""
     bound = _LAUNCH.bound(key)
     raw = unwrap_tensordesc(bound.c) if bound is not None else None
-    if raw is None or len(raw[1]) != 3:
+    if raw is None or len(raw[1]) != 4:
         return None
     from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
 
@@ -374,11 +375,12 @@ def gluon_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch
     out = torch.empty((bsz, tq, h, d), device=q.device, dtype=q.dtype)
     nq = -(-tq * group // (2 * BLOCK_M))
     tiles = bsz * hkv * nq
-    # q seen as (B, Tq, Hkv, GROUP, d): a box is 64 // GROUP positions x GROUP heads, the tile's rows
-    sq = q.stride()
+    # q and o seen as (B, Tq, Hkv, GROUP, d): a box is 64 // GROUP positions x GROUP heads, the tile's rows
+    sq, so = q.stride(), out.stride()
     q_shape, q_strides = [bsz, tq, hkv, group, d], [sq[0], sq[2], group * sq[1], sq[1], 1]
+    o_strides = [so[0], so[1], group * so[2], so[2], 1]
     k_shape, k_strides, v_shape, v_strides = list(k.shape), list(k.stride()), list(v.shape), list(v.stride())
-    ints = (out.stride(0), out.stride(1), out.stride(2), bsz * hkv, nq, hkv, group)
+    ints = (bsz * hkv, nq, hkv, group)
     # what the compiled kernel specialises on: dtypes, the descriptors' blocks (group), the ints'
     # 1 / 16-divisibility; Tq and Tk are not specialised, pointers are 16-byte aligned (`usable`)
     dev = q.get_device()
@@ -386,16 +388,17 @@ def gluon_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ks: torch
     g0 = min(tiles, num_sms(dev))
     lean = _LEAN.get(key)
     if lean is not None and ready(dev):
-        c, function, coop, pdl, packed, tail, fill, (fq, fk, fv) = lean
+        c, function, coop, pdl, packed, tail, fill, (fo, fq, fk, fv) = lean
         c(g0, 1, 1, _raw_stream(dev), function, coop, pdl, None, None, packed, None, None, None,
-          out.data_ptr(), fill(q.data_ptr(), *fq, q_shape, q_strides, 0), *q_shape, *q_strides,
+          fill(out.data_ptr(), *fo, q_shape, o_strides, 0), *q_shape, *o_strides,
+          fill(q.data_ptr(), *fq, q_shape, q_strides, 0), *q_shape, *q_strides,
           fill(k.data_ptr(), *fk, k_shape, k_strides, 0), *k_shape, *k_strides,
           fill(v.data_ptr(), *fv, v_shape, v_strides, 0), *v_shape, *v_strides,
           ks.data_ptr(), *ints, tq, tk, tiles, scale, *tail)
         lean_hits += 1
         return out
-    kv_block = [1, 1, BLOCK_N, d]
-    args = (out, _descriptor(q, q_shape, q_strides, [1, BLOCK_M // group, 1, group, d]),
+    kv_block, q_block = [1, 1, BLOCK_N, d], [1, BLOCK_M // group, 1, group, d]
+    args = (_descriptor(out, q_shape, o_strides, q_block), _descriptor(q, q_shape, q_strides, q_block),
             _descriptor(k, k_shape, k_strides, kv_block), _descriptor(v, v_shape, v_strides, kv_block),
             ks, *ints, tq, tk, tiles, scale)
     meta = dict(CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=d, STAGES=STAGES,

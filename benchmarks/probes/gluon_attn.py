@@ -17,6 +17,11 @@ schedules. The production kernel's helpers (`_issue`, `_softmax`) serve these va
   and softmax, for short prefill (B16 x 256: ~2.25 blocks a tile). Same bits, but slower at every
   shape on an H100 (B16 x 256 1.32x SDPA over graphs against production's 1.22x;
   docs/results/gluon_attn_carry_h100_session21.log).
+- "o by TMA s3/s4" (probe `gluon_attn_otma.py`, twenty-first session; production since the
+  twenty-second): production with each warpgroup's output written into its spent query buffer and
+  sent by one TMA store, waited for at the next tile's start. Same bits; B16 x 256 1.22x SDPA over
+  graphs -> 1.06x, every other prefill case equal or faster
+  (docs/results/gluon_attn_otma_h100_session22.log).
 
 --ptxas (no GPU): each variant compiled for sm_90a with Triton's bundled ptxas: registers, spills,
 shared memory. Without it (GPU): bits against the Triton kernel where the prefill table does not
@@ -33,9 +38,28 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from detllm_kernels.attention_gluon import IO_LAYOUT, _blocks, _issue, _softmax, _store, wgmma_layout
+from detllm_kernels.attention_gluon import _blocks, _issue, _softmax, wgmma_layout
 
 BLOCK_M, BLOCK_N = 64, 64  # the production tile: 64 query rows of one warpgroup, 64-key blocks
+# The Triton kernel's load/store layout of a 64 x 128 tile (16-byte vectors, 4 warps)
+IO_LAYOUT = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+
+
+@gluon.jit
+def _store(o_ptr, acc, l_i, b, hk, row0, GROUP, Tq, so_b, so_t, so_h, BLOCK_M: gl.constexpr,
+           BLOCK_D: gl.constexpr):
+    """The tile's output rows from row0: acc / l in o's dtype, through the Triton kernel's store
+    layout (production's store until the twenty-second session, which sends it by TMA)."""
+    io: gl.constexpr = IO_LAYOUT
+    o_layout: gl.constexpr = wgmma_layout(BLOCK_D)
+    offs_r = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, io))
+    qi = offs_r // GROUP
+    h = hk * GROUP + offs_r % GROUP
+    offs_d = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, io))
+    out = acc / gl.convert_layout(gl.where(l_i > 0.0, l_i, 1.0)[:, None], o_layout)
+    out = gl.convert_layout(out.to(o_ptr.dtype.element_ty), io)
+    gl.store(o_ptr + b.to(gl.int64) * so_b + qi[:, None] * so_t + h[:, None] * so_h + offs_d[None, :], out,
+             mask=(qi < Tq)[:, None])
 
 
 @gluon.jit(do_not_specialize=["Tq", "Tk"])
@@ -234,7 +258,7 @@ def _ptxas() -> None:
 
     def report(name: str, fn: Any, const: dict[str, Any]) -> None:
         sig = {a: ("constexpr" if a in const else "*bf16" if a in ("q_ptr", "o_ptr") else "*i32" if a == "ks_ptr"
-                   else qd if a == "q_desc" else kv if a.endswith("_desc") else "fp32" if a == "scale"
+                   else qd if a in ("q_desc", "o_desc") else kv if a.endswith("_desc") else "fp32" if a == "scale"
                    else "i32" if a in ints else None) for a in fn.arg_names}
         r = sm90_resources(GluonASTSource(fn, sig, const, {}))
         print(f"{name}: {r['warps']} warps, shared {r['shared']} B, {r['regs']} registers, spill stores "
