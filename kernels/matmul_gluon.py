@@ -44,6 +44,10 @@ __all__ = ["usable", "gluon_mm", "lean_launch", "ENV"]
 # DETLLM_GLUON_MATMUL=0: always the Triton kernel (same bits; for comparisons and as an escape).
 ENV = "DETLLM_GLUON_MATMUL"
 BM, BN, BN1, BK = 128, 192, 128, 64  # the CTA tile (two warpgroups of 64 rows); 192 = 128 + 64 columns
+# Where 128 x 192 tiles fill less than one wave and 128 x 144 tiles (128 + 16 columns) still fit in
+# one, the narrower tile serves (`width`): the busiest SM then does 25 % less work. GPT-2's c_attn
+# (N = 2304) at M = 1024: 96 tiles of 192 -> 128 tiles of 144 on a 132-SM H100.
+BN_SUBWAVE = 144
 # Ring slots: 40 KB each. H100 sweep of 3 / 4 / 5 slots over CUDA graphs: 4 was best or within 3 % on
 # every routed GPT-2 row but one (c_attn through W.t() at M = 8192: 0.96 against 1.02 with 5 slots).
 STAGES = 4
@@ -64,14 +68,14 @@ def _tile_mn(t, num_pid_n):
 
 @gluon.jit
 def _producer(a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n,
-              B_NK: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr):
-    """One warp: per tile and k step, A's 128 x 64 rows and B's 128- and 64-column pieces. Rows,
+              B_NK: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr, STAGES: gl.constexpr):
+    """One warp: per tile and k step, A's 128 x 64 rows and B's 128- and BN2-column pieces. Rows,
     columns and K past the operands' ends arrive as zeros (the Triton kernel's TMA path too)."""
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         pid_m, pid_n = _tile_mn(t, num_pid_n)
-        n0 = pid_n * 192
+        n0 = pid_n * (128 + BN2)
         for kk in range(0, k_tiles):
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
@@ -90,8 +94,10 @@ def _producer(a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K
 @triton.constexpr_function
 def io_layout(width):
     """The store layout of a 64 x width output piece: 16-byte vectors, 4 warps, a warp's row of
-    threads no wider than the piece (8 threads x 8 columns from 64 columns up, 4 x 8 at 32)."""
-    return gl.BlockedLayout([1, 8], [4, 8] if width >= 64 else [8, 4], [4, 1], [1, 0])
+    threads no wider than the piece (8 threads x 8 columns from 64 columns up, 4 x 8 at 32, 2 x 8
+    at 16)."""
+    across = min(8, width // 8)
+    return gl.BlockedLayout([1, 8], [32 // across, across], [4, 1], [1, 0])
 
 
 @gluon.jit
@@ -133,16 +139,17 @@ def _mma_step(a, b1_smem, b2_smem, s, acc1, acc2, B_NK: gl.constexpr):
 @gluon.jit
 def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
               num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr,
-              STAGES: gl.constexpr):
-    """One warpgroup: rows WG * 64 .. of every tile, the k16 steps in order into two accumulators."""
+              BN2: gl.constexpr, STAGES: gl.constexpr):
+    """One warpgroup: rows WG * 64 .. of every tile, the k16 steps in order into two accumulators
+    (64 x 128 and 64 x BN2)."""
     l1: gl.constexpr = wgmma_layout(128)
-    l2: gl.constexpr = wgmma_layout(64)
+    l2: gl.constexpr = wgmma_layout(BN2)
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         pid_m, pid_n = _tile_mn(t, num_pid_n)
         acc1 = gl.zeros([64, 128], gl.float32, layout=l1)
-        acc2 = gl.zeros([64, 64], gl.float32, layout=l2)
+        acc2 = gl.zeros([64, BN2], gl.float32, layout=l2)
         for kk in range(0, k_tiles):
             s = it % STAGES
             mbarrier.wait(full.index(s), (it // STAGES) & 1)
@@ -153,14 +160,15 @@ def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm
         acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, acc2))
         mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k_tiles > 0)
         rows = pid_m * 128 + WG * 64
-        _store_part(c_ptr, x_ptr, acc1, rows, pid_n * 192, M, N, s_cm, s_xm, s_xn, HAS_X, 128)
-        _store_part(c_ptr, x_ptr, acc2, rows, pid_n * 192 + 128, M, N, s_cm, s_xm, s_xn, HAS_X, 64)
+        n0 = pid_n * (128 + BN2)
+        _store_part(c_ptr, x_ptr, acc1, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X, 128)
+        _store_part(c_ptr, x_ptr, acc2, rows, n0 + 128, M, N, s_cm, s_xm, s_xn, HAS_X, BN2)
 
 
 @gluon.jit(do_not_specialize=["M", "num_tiles"])
 def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n,
-                  B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-                  CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                  B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr,
+                  STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b1_smem = gl.allocate_shared_memory(b1_desc.dtype, [STAGES] + b1_desc.block_type.shape, b1_desc.layout)
     b2_smem = gl.allocate_shared_memory(b2_desc.dtype, [STAGES] + b2_desc.block_type.shape, b2_desc.layout)
@@ -172,11 +180,11 @@ def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s
     fence_async_shared()
     gl.warp_specialize([
         (_consumer, (c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
-                     num_pid_n, 0, B_NK, HAS_X, BK, STAGES)),
+                     num_pid_n, 0, B_NK, HAS_X, BK, BN2, STAGES)),
         (_consumer, (c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
-                     num_pid_n, 1, B_NK, HAS_X, BK, STAGES)),
+                     num_pid_n, 1, B_NK, HAS_X, BK, BN2, STAGES)),
         (_producer, (a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n, B_NK,
-                     BK, STAGES)),
+                     BK, BN2, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -196,9 +204,18 @@ def _b_nk(sb: tuple[int, int, int], es: int) -> "bool | None":
     return None
 
 
-def _tiles(m: int, n: int) -> int:
-    """128 x 192 output tiles of an (m, n) product, N a multiple of 192 (`usable`)."""
-    return (m + BM - 1) // BM * (n // BN)
+def _tiles(m: int, n: int, bn: int = BN) -> int:
+    """128 x bn output tiles of an (m, n) product, N a multiple of bn (`usable`, `width`)."""
+    return (m + BM - 1) // BM * (n // bn)
+
+
+def width(m: int, n: int, dev: int) -> int:
+    """The tile width of a product `usable` admits: 144 where 192 leaves part of the one wave idle
+    and 144 still fits in it (more tiles, each smaller: same bits, `BN_SUBWAVE`), else 192."""
+    sms = num_sms(dev)
+    if n % BN_SUBWAVE == 0 and _tiles(m, n) < sms and _tiles(m, n, BN_SUBWAVE) <= sms:
+        return BN_SUBWAVE
+    return BN
 
 
 def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[int, int, int],
@@ -217,21 +234,23 @@ def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[i
             and _b_nk(sb, es) is not None and cc_major(a.get_device()) == 9)
 
 
-def _views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int],
-           nk: bool) -> tuple[tuple[list[int], list[int], list[int]], ...]:
-    """(shape, strides, block) of the A descriptor and B's two (128- and 64-column pieces)."""
+def _views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], nk: bool,
+           bn: int = BN) -> tuple[tuple[list[int], list[int], list[int]], ...]:
+    """(shape, strides, block) of the A descriptor and B's two (128- and bn - 128-column pieces)."""
     a = ([m, k], [sa[1], 1], [BM, BK])
     if nk:
-        return a, ([n, k], [sb[2], 1], [BN1, BK]), ([n, k], [sb[2], 1], [BN - BN1, BK])
-    return a, ([k, n], [sb[1], 1], [BK, BN1]), ([k, n], [sb[1], 1], [BK, BN - BN1])
+        return a, ([n, k], [sb[2], 1], [BN1, BK]), ([n, k], [sb[2], 1], [bn - BN1, BK])
+    return a, ([k, n], [sb[1], 1], [BK, BN1]), ([k, n], [sb[1], 1], [BK, bn - BN1])
 
 
-def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[int, int, int], nk: bool) -> tuple:
-    """What the compiled kernel specialises on: dtypes, weight layout, bias or not (its dtype and
-    alignment), and the ints' 1 / 16-divisibility. M and the tile count are not specialised; the
-    descriptors' blocks follow from dtype and layout; pointers are 16-byte aligned (`usable`)."""
+def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[int, int, int], nk: bool,
+         bn: int) -> tuple:
+    """What the compiled kernel specialises on: dtypes, weight layout, tile width, bias or not (its
+    dtype and alignment), and the ints' 1 / 16-divisibility. M and the tile count are not
+    specialised; the descriptors' blocks follow from dtype, layout and width; pointers are 16-byte
+    aligned (`usable`)."""
     xs = None if x is None else (x.dtype, x.data_ptr() % 16 == 0, _spec(sx[1]), _spec(sx[2]))
-    return (a.dtype, a.get_device(), nk, xs, _spec(n), _spec(k), _spec(n // BN))
+    return (a.dtype, a.get_device(), nk, bn, xs, _spec(n), _spec(k), _spec(n // bn))
 
 
 def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tensor | None", m: int, n: int,
@@ -245,18 +264,19 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     session)."""
     global ENABLED
     nk = bool(_b_nk(sb, a.element_size()))
-    key = _key(a, x, n, k, sx, nk)
     dev = a.get_device()
+    bn = width(m, n, dev)
+    key = _key(a, x, n, k, sx, nk, bn)
     lean = _LEAN.get((key, m, n, k, sa, sb, sx))
     if lean is not None and ready(dev):
         op = out.data_ptr()
         lean(op, op if x is None else x.data_ptr(), a.data_ptr(), b.data_ptr())
         return True
-    va, vb1, vb2 = _views(m, n, k, sa, sb, nk)
-    tiles = _tiles(m, n)
+    va, vb1, vb2 = _views(m, n, k, sa, sb, nk, bn)
+    tiles = _tiles(m, n, bn)
     args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2),
-            m, n, k, n, sx[1], sx[2], tiles, n // BN)
-    meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, STAGES=STAGES, CONSUMER_REGS=CONSUMER_REGS,
+            m, n, k, n, sx[1], sx[2], tiles, n // bn)
+    meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, BN2=bn - BN1, STAGES=STAGES, CONSUMER_REGS=CONSUMER_REGS,
                 PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
     first = key not in _LAUNCH.plans
     try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
@@ -285,7 +305,8 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
     compiled kernel, same argument values: same bits. The caller checks `_launch.ready`. None
     where there is no such launch (no plan yet, another Triton's launcher)."""
     nk = bool(_b_nk(sb, a.element_size()))
-    key = _key(a, x, n, k, sx, nk)
+    bn = width(m, n, a.get_device())
+    key = _key(a, x, n, k, sx, nk, bn)
     full = (key, m, n, k, sa, sb, sx)
     done = _LEAN.get(full)
     if done is not None:
@@ -295,13 +316,13 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
     if bound is None or raw is None or len(raw[1]) != 3:
         return None
     c, metas = raw
-    va, vb1, vb2 = _views(m, n, k, sa, sb, nk)
+    va, vb1, vb2 = _views(m, n, k, sa, sb, nk, bn)
     fa, fb1, fb2 = (TmaFill(metas[0], *va[:2], cache=False), TmaFill(metas[1], *vb1[:2], cache=True),
                     TmaFill(metas[2], *vb2[:2], cache=True))
     ta, tb1, tb2 = fa.tail, fb1.tail, fb2.tail
     function, coop, pdl, packed, tail, dev = bound.function, bound.coop, bound.pdl, bound.packed, bound.tail, bound.dev
-    tiles = _tiles(m, n)
-    ints = (m, n, k, n, sx[1], sx[2], tiles, n // BN)
+    tiles = _tiles(m, n, bn)
+    ints = (m, n, k, n, sx[1], sx[2], tiles, n // bn)
     g0, launcher = min(tiles, num_sms(dev)), _LAUNCH
 
     def launch(op: int, xp: int, ap: int, bp: int) -> None:

@@ -110,11 +110,10 @@ def test_launch_asks_the_gate_only_for_the_default_2d_call(monkeypatch: pytest.M
     assert asked == ["gluon"], "the switch did not keep the call off the Gluon tile"
 
 
-def test_a_lean_launch_is_keyed_by_the_exact_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two products that share a compiled plan (c_attn and attn c_proj through W.t(): same dtype,
-    strides, M and the same 1 / 16-divisibility of N) get two lean launches, each with its own N
-    and grid. One keyed by the plan alone ran c_attn's 2304 columns into attn c_proj's output
-    (found on an H100; tests/gpu/test_matmul_gluon_gpu.py keeps the GPU case)."""
+@pytest.fixture
+def fake_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """`lean_launch` on a 132-SM card without one: a bound plan whose C launch records its arguments
+    (returned), TMA fills that name their pointer."""
     g = gluon_mod
     launched: list[tuple] = []
 
@@ -134,6 +133,22 @@ def test_a_lean_launch_is_keyed_by_the_exact_shape(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(g, "TmaFill", Fill)
     monkeypatch.setattr(g, "num_sms", lambda dev: 132)
     monkeypatch.setattr(g, "_raw_stream", lambda dev: 7)
+    return launched
+
+
+def _lean_shape(launched: list[tuple], fn: Any) -> tuple[int, tuple]:
+    """(grid, the shape arguments: M, N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n) of one launch."""
+    fn(1000, 1000, 2000, 3000)
+    args = launched[-1]
+    return args[0], args[-9:-1]  # the constexpr tail follows the ints
+
+
+def test_a_lean_launch_is_keyed_by_the_exact_shape(fake_launches: list[tuple]) -> None:
+    """Two products that share a compiled plan (c_attn and attn c_proj through W.t(): same dtype,
+    strides, M and the same 1 / 16-divisibility of N) get two lean launches, each with its own N
+    and grid. One keyed by the plan alone ran c_attn's 2304 columns into attn c_proj's output
+    (found on an H100; tests/gpu/test_matmul_gluon_gpu.py keeps the GPU case)."""
+    g = gluon_mod
     m, k = 4173, 768
     a = FakeCudaTensor((m, k))
     sa = (0, *a.stride())
@@ -141,14 +156,30 @@ def test_a_lean_launch_is_keyed_by_the_exact_shape(monkeypatch: pytest.MonkeyPat
     for n in (2304, 768):
         b = FakeCudaTensor((k, n), strides=(1, k))  # an (N, K) nn.Linear weight seen as W.t()
         sb = (0, *b.stride())
-        assert g._key(a, None, n, k, (0, 0, 0), True) == g._key(a, None, 2304, k, (0, 0, 0), True), "one plan"
+        assert g._key(a, None, n, k, (0, 0, 0), True, g.BN) == g._key(a, None, 2304, k, (0, 0, 0), True, g.BN), \
+            "one plan"
         fns[n] = g.lean_launch(a, b, None, m, n, k, sa, sb, (0, 0, 0))
         assert g.lean_launch(a, b, None, m, n, k, sa, sb, (0, 0, 0)) is fns[n], "a repeat reuses its launch"
     assert fns[2304] is not fns[768]
     for n, fn in fns.items():
-        fn(1000, 1000, 2000, 3000)
-        args = launched[-1]
         tiles = -(-m // g.BM) * (n // g.BN)
-        assert args[0] == min(tiles, 132), f"N = {n}: grid"
-        ints = args[-9:-1]  # M, N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, then the constexpr tail
+        grid, ints = _lean_shape(fake_launches, fn)
+        assert grid == min(tiles, 132), f"N = {n}: grid"
         assert ints == (m, n, k, n, 0, 0, tiles, n // g.BN), f"N = {n}: the launch's shape arguments"
+
+
+@pytest.mark.parametrize("m,n,width", [(1024, 2304, 144), (1024 - 37, 2304, 144), (1152, 2304, 192),
+                                       (4096, 2304, 192), (1024, 3072, 192), (8192, 768, 192)])
+def test_the_tile_width_fills_the_one_wave(fake_launches: list[tuple], m: int, n: int, width: int) -> None:
+    """On 132 SMs c_attn at 1024 rows is 96 tiles of 128 x 192 and 128 of 128 x 144: the narrower
+    tile serves; at 1152 rows 144 tiles of 144 would be two waves, and at 4096 the 192 tiles fill
+    several; N = 3072 and 768 are not whole 144-column tiles. The lean launch has the width's grid
+    and tile count, and its own plan."""
+    g = gluon_mod
+    assert g.width(m, n, 0) == width
+    k = 768
+    a, b = FakeCudaTensor((m, k)), FakeCudaTensor((k, n))
+    fn = g.lean_launch(a, b, None, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, 0, 0))
+    tiles = -(-m // g.BM) * (n // width)
+    assert _lean_shape(fake_launches, fn) == (min(tiles, 132), (m, n, k, n, 0, 0, tiles, n // width))
+    assert g._key(a, None, n, k, (0, 0, 0), False, 144) != g._key(a, None, n, k, (0, 0, 0), False, 192)

@@ -151,7 +151,7 @@ GPT2_MM_SHAPES = ((768, 2304, "gpt2 c_attn"), (3072, 768, "gpt2 mlp c_proj"), (7
                   (768, 3072, "gpt2 c_fc"))
 
 
-def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], Callable[[], torch.Tensor]],
+def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], "Callable[[], torch.Tensor] | None"],
              cfgs: Sequence[Any], name: Callable[[Any], str], repeats: int = 1,
              shapes: Sequence[tuple[int, int, str]] = MM_SHAPES, ms: Sequence[int] = (1024, 4096, 8192),
              layouts: Sequence[bool] = (False,)) -> None:
@@ -177,6 +177,8 @@ def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], Callable[[],
                 for cfg in cfgs:
                     try:
                         fn = run_probe(a, b, cfg)
+                        if fn is None:  # the candidate does not apply to this shape
+                            continue
                         same = all(torch.equal(fn(), ref) for _ in range(repeats))
                         cells.append(f"{name(cfg)} {cub / t_us(fn):.2f} (g {gcub / g_us(fn):.2f})"
                                      f"{'' if same else ' OTHER BITS'}")

@@ -68,6 +68,33 @@ def test_gluon_mm_and_addmm_have_the_triton_kernels_bits(gluon, dtype, nk, k, n)
             assert torch.equal(_words(x), _words(y)), f"{what} M={m}: Gluon bits differ from the Triton kernel's"
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("nk", [False, True], ids=["KxN", "NxK"])
+def test_subwave_tile_has_the_triton_kernels_bits(gluon, dtype, nk) -> None:  # type: ignore[no-untyped-def]
+    """c_attn at the M where 128 x 192 tiles fill less than one wave and 128 x 144 tiles fit in it
+    (M = 1024 on a 132-SM card) runs the 144-column tile (`width`): mm, addmm with a row and a full
+    bias, ragged and whole, first call and lean repeat, against the Triton kernel's bits."""
+    from detllm_kernels import matmul
+
+    g = kc._gen(DEV, 13)
+    k, n = 768, 2304
+    b = _weight(k, n, nk, dtype, g)
+    m_full = 128 * (torch.cuda.get_device_properties(0).multi_processor_count // 16)
+    for m in (m_full, m_full - 37):
+        assert gluon.width(m, n, 0) == 144, f"M = {m} should take the 144-column tile"
+        a = kc._randn((m, k), dtype, DEV, g)
+        biases = (kc._randn((n,), dtype, DEV, g), kc._randn((m, n), dtype, DEV, g))
+        assert _routed(gluon, a, b) and _routed(gluon, a, b, bias=True)
+        for _ in range(2):  # the second round runs from the lean launches
+            hits = gluon._LAUNCH.hits + len(gluon._LAUNCH.plans)
+            got = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
+            assert gluon._LAUNCH.hits + len(gluon._LAUNCH.plans) >= hits + 3, "the Gluon kernel did not run"
+            with matmul.triton_kernel_only():
+                want = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
+            for what, x, y in zip(("mm", "addmm row bias", "addmm full bias"), got, want):
+                assert torch.equal(_words(x), _words(y)), f"{what} M={m}: 144-tile bits differ from the Triton kernel's"
+
+
 def test_gluon_rows_do_not_depend_on_the_batch(gluon) -> None:  # type: ignore[no-untyped-def]
     """A row's bits in a product that takes the Gluon tile (M = 8192) equal the same row's in
     products that do not (M = 1, 16, 64, 300: decode and small-prefill Triton tiles) and in a
