@@ -162,7 +162,7 @@ def gluon_tile(x: torch.Tensor, w: torch.Tensor) -> str:
     (m, k), n = x.shape, w.shape[1]
     if g is None or not g.usable(x, w, m, n, k, (0, *x.stride()), (0, *w.stride()), False, 1.0, 0.0):
         return ""
-    return f"gluon {g.BM}x{g.BN}x{g.BK} s{g.STAGES} persistent ws tma"
+    return f"gluon {g.BM}x{g.width(m, n, x.get_device())}x{g.BK} s{g.STAGES} persistent ws tma"
 
 
 def bench(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
