@@ -20,6 +20,9 @@ H100, ratio to cuBLAS over CUDA graphs (benchmarks/probes/gluon_mm_192.py, twent
 every cell same bits, 4 slots): M = 4096-8192 0.79-0.97 -> 0.96-1.04; M = 1024 c_attn 0.69 -> 0.82, c_fc
 0.79 -> 0.92. With few tiles (N = 768 at M = 1024: 32 tiles for 132 SMs) it ran at half of cuBLAS,
 where the Triton kernel's 64 x 128 tiles reach 0.9: `usable` routes by tile count.
+Where the 192-column tiles fill less than one wave and 144-column ones fit in it (c_attn at
+M = 1024), the second accumulator is 64 x 16 (m64n16k16), same chain, same bits (`width`): over
+graphs 0.79-0.81 -> 0.85-0.90 (twenty-second session).
 
 Gluon's API moves between Triton releases: like the attention kernel, this runs on the release it
 was checked on (`attention_gluon.VERIFIED_TRITON`), elsewhere the Triton kernel serves.
