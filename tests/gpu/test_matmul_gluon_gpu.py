@@ -45,27 +45,34 @@ def _words(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16)  # signed zeros and NaN payloads count
 
 
+def _check_against_triton(gluon: Any, a: torch.Tensor, b: torch.Tensor, g: torch.Generator, tile: str) -> None:
+    """mm and addmm (a row bias, as Conv1D passes it, and a full (M, N) bias) of a @ b run the Gluon
+    kernel and give the Triton kernel's bits, as raw 16-bit words."""
+    from detllm_kernels import matmul
+
+    m, n = a.shape[0], b.shape[1]
+    biases = (kc._randn((n,), a.dtype, DEV, g), kc._randn((m, n), a.dtype, DEV, g))
+    assert _routed(gluon, a, b) and _routed(gluon, a, b, bias=True), f"M = {m} should take the Gluon tile"
+    hits = gluon._LAUNCH.hits + len(gluon._LAUNCH.plans)
+    got = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
+    assert gluon._LAUNCH.hits + len(gluon._LAUNCH.plans) >= hits + 3, "the Gluon kernel did not run"
+    with matmul.triton_kernel_only():
+        want = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
+    for what, x, y in zip(("mm", "addmm row bias", "addmm full bias"), got, want):
+        assert torch.equal(_words(x), _words(y)), f"{what} M={m}: {tile} bits differ from the Triton kernel's"
+
+
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("nk", [False, True], ids=["KxN", "NxK"])
 @pytest.mark.parametrize("k,n", GPT2, ids=["c_attn", "mlp_c_proj", "c_fc", "attn_c_proj"])
 def test_gluon_mm_and_addmm_have_the_triton_kernels_bits(gluon, dtype, nk, k, n) -> None:  # type: ignore[no-untyped-def]
     """mm and addmm (a row bias, as Conv1D passes it, and a full (M, N) bias) at an M that takes the
     Gluon tile, ragged (not a multiple of 128) and whole, against the Triton kernel's bits."""
-    from detllm_kernels import matmul
-
     g = kc._gen(DEV, 7)
     b = _weight(k, n, nk, dtype, g)
     for m in (4096 + 77, 8192):
-        a = kc._randn((m, k), dtype, DEV, g)
-        biases = (kc._randn((n,), dtype, DEV, g), kc._randn((m, n), dtype, DEV, g))
-        assert _routed(gluon, a, b) and _routed(gluon, a, b, bias=True), f"M = {m} should take the Gluon tile"
-        hits = gluon._LAUNCH.hits + len(gluon._LAUNCH.plans)
-        got = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
-        assert gluon._LAUNCH.hits + len(gluon._LAUNCH.plans) >= hits + 3, "the Gluon kernel did not run"
-        with matmul.triton_kernel_only():
-            want = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
-        for what, x, y in zip(("mm", "addmm row bias", "addmm full bias"), got, want):
-            assert torch.equal(_words(x), _words(y)), f"{what} M={m}: Gluon bits differ from the Triton kernel's"
+        assert gluon.width(m, n, 0) == 192
+        _check_against_triton(gluon, kc._randn((m, k), dtype, DEV, g), b, g, "128 x 192 tile")
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
@@ -74,8 +81,6 @@ def test_subwave_tile_has_the_triton_kernels_bits(gluon, dtype, nk) -> None:  # 
     """c_attn at the M where 128 x 192 tiles fill less than one wave and 128 x 144 tiles fit in it
     (M = 1024 on a 132-SM card) runs the 144-column tile (`width`): mm, addmm with a row and a full
     bias, ragged and whole, first call and lean repeat, against the Triton kernel's bits."""
-    from detllm_kernels import matmul
-
     g = kc._gen(DEV, 13)
     k, n = 768, 2304
     b = _weight(k, n, nk, dtype, g)
@@ -83,16 +88,8 @@ def test_subwave_tile_has_the_triton_kernels_bits(gluon, dtype, nk) -> None:  # 
     for m in (m_full, m_full - 37):
         assert gluon.width(m, n, 0) == 144, f"M = {m} should take the 144-column tile"
         a = kc._randn((m, k), dtype, DEV, g)
-        biases = (kc._randn((n,), dtype, DEV, g), kc._randn((m, n), dtype, DEV, g))
-        assert _routed(gluon, a, b) and _routed(gluon, a, b, bias=True)
         for _ in range(2):  # the second round runs from the lean launches
-            hits = gluon._LAUNCH.hits + len(gluon._LAUNCH.plans)
-            got = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
-            assert gluon._LAUNCH.hits + len(gluon._LAUNCH.plans) >= hits + 3, "the Gluon kernel did not run"
-            with matmul.triton_kernel_only():
-                want = [matmul.mm(a, b)] + [matmul.addmm(x, a, b) for x in biases]
-            for what, x, y in zip(("mm", "addmm row bias", "addmm full bias"), got, want):
-                assert torch.equal(_words(x), _words(y)), f"{what} M={m}: 144-tile bits differ from the Triton kernel's"
+            _check_against_triton(gluon, a, b, g, "128 x 144 tile")
 
 
 def test_gluon_rows_do_not_depend_on_the_batch(gluon) -> None:  # type: ignore[no-untyped-def]
