@@ -140,28 +140,35 @@ def _mma_step(a, b1_smem, b2_smem, s, acc1, acc2, B_NK: gl.constexpr):
 
 
 @gluon.jit
+def _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG: gl.constexpr, B_NK: gl.constexpr,
+              BN2: gl.constexpr, STAGES: gl.constexpr):
+    """One warpgroup's part of a tile: its 64 rows' k16 steps in order, from ring index `it`, into
+    two fp32 accumulators (64 x 128 and 64 x BN2), each slot released once its MMAs are done.
+    (acc1, acc2, the ring index after the tile)."""
+    acc1 = gl.zeros([64, 128], gl.float32, layout=wgmma_layout(128))
+    acc2 = gl.zeros([64, BN2], gl.float32, layout=wgmma_layout(BN2))
+    for kk in range(0, k_tiles):
+        s = it % STAGES
+        mbarrier.wait(full.index(s), (it // STAGES) & 1)
+        acc1, acc2 = _mma_step(a_smem.index(s).slice(WG * 64, 64, dim=0), b1_smem, b2_smem, s, acc1, acc2, B_NK)
+        # the previous step's MMAs are done: release its slot
+        mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=kk > 0)
+        it += 1
+    acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, acc2))
+    mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k_tiles > 0)
+    return acc1, acc2, it
+
+
+@gluon.jit
 def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
               num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr,
               BN2: gl.constexpr, STAGES: gl.constexpr):
-    """One warpgroup: rows WG * 64 .. of every tile, the k16 steps in order into two accumulators
-    (64 x 128 and 64 x BN2)."""
-    l1: gl.constexpr = wgmma_layout(128)
-    l2: gl.constexpr = wgmma_layout(BN2)
+    """One warpgroup: rows WG * 64 .. of every tile (`_tile_acc`), then its epilogue."""
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         pid_m, pid_n = _tile_mn(t, num_pid_n)
-        acc1 = gl.zeros([64, 128], gl.float32, layout=l1)
-        acc2 = gl.zeros([64, BN2], gl.float32, layout=l2)
-        for kk in range(0, k_tiles):
-            s = it % STAGES
-            mbarrier.wait(full.index(s), (it // STAGES) & 1)
-            acc1, acc2 = _mma_step(a_smem.index(s).slice(WG * 64, 64, dim=0), b1_smem, b2_smem, s, acc1, acc2, B_NK)
-            # the previous step's MMAs are done: release its slot
-            mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=kk > 0)
-            it += 1
-        acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, acc2))
-        mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k_tiles > 0)
+        acc1, acc2, it = _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG, B_NK, BN2, STAGES)
         rows = pid_m * 128 + WG * 64
         n0 = pid_n * (128 + BN2)
         _store_part(c_ptr, x_ptr, acc1, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X, 128)

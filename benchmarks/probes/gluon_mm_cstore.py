@@ -17,7 +17,7 @@ bits; over CUDA graphs with 4 slots, M = 4096-8192 1.02-1.10 of cuBLAS where pro
 production (a C_TMA constexpr where an SM runs several tiles, the lean launch's C maps, the bias
 path) is on the branch `c-tma`, compiled for sm_90a but not yet run on a GPU.
 
-Everything else is production's: `_producer`, `_mma_step`, `_tile_mn`, the ring, the gate's
+Everything else is production's: `_producer`, `_tile_acc` (the k steps), `_tile_mn`, the ring, the gate's
 tile width (`matmul_gluon.width`). Shared memory: the 4-slot ring (160 KB at 192 columns) plus
 48 KB of staging, and no layout-conversion scratch.
 
@@ -32,32 +32,21 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from detllm_kernels import matmul_gluon as mg
-from detllm_kernels.matmul_gluon import _mma_step, _producer, _tile_mn, wgmma_layout
+from detllm_kernels.matmul_gluon import _producer, _tile_acc, _tile_mn
 
 
 @gluon.jit
 def _consumer(c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, K, num_tiles, num_pid_n,
               WG: gl.constexpr, B_NK: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr, STAGES: gl.constexpr):
     """Production's consumer (`matmul_gluon._consumer`) with the output through TMA from staging."""
-    l1: gl.constexpr = wgmma_layout(128)
-    l2: gl.constexpr = wgmma_layout(BN2)
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         pid_m, pid_n = _tile_mn(t, num_pid_n)
-        acc1 = gl.zeros([64, 128], gl.float32, layout=l1)
-        acc2 = gl.zeros([64, BN2], gl.float32, layout=l2)
-        for kk in range(0, k_tiles):
-            s = it % STAGES
-            mbarrier.wait(full.index(s), (it // STAGES) & 1)
-            acc1, acc2 = _mma_step(a_smem.index(s).slice(WG * 64, 64, dim=0), b1_smem, b2_smem, s, acc1, acc2, B_NK)
-            mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=kk > 0)
-            it += 1
-        acc1, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, acc2))
-        mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=k_tiles > 0)
+        acc1, acc2, it = _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG, B_NK, BN2, STAGES)
         rows = pid_m * 128 + WG * 64
         n0 = pid_n * (128 + BN2)
         tma.store_wait(0)  # the previous tile's stores have read this warpgroup's staging
