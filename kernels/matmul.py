@@ -493,13 +493,14 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     if m == 0 or n == 0 or batch == 0:
         return
     has_x = x is not None and beta != 0
-    if (_gluon is not None and config is None and use_tma is None and programs is None and not split and batch == 1
-            and a.dim() == 2 and out.dim() == 2 and sc == (0, n, 1)
-            and _gluon.usable(a, b, m, n, k, sa, sb, has_x, alpha, beta)
+    # the default 2-D call (no config, TMA choice, program count or split asked): the only one the
+    # Gluon tile and the row split may take
+    plain = (config is None and use_tma is None and programs is None and not split and batch == 1
+             and a.dim() == 2 and out.dim() == 2)
+    if (plain and _gluon is not None and sc == (0, n, 1) and _gluon.usable(a, b, m, n, k, sa, sb, has_x, alpha, beta)
             and _gluon.gluon_mm(a, b, out, x if has_x else None, m, n, k, sa, sb, sx)):
-        return  # GPT-2-like short-K prefill on Hopper: the same k16 chain in 128 x 192 tiles
-    if m > ROW_SPLIT_MAX_UNSPLIT_M and config is None and use_tma is None and programs is None and not split \
-            and batch == 1 and a.dim() == 2 and out.dim() == 2:
+        return  # GPT-2-like short-K prefill on Hopper: the same k16 chain in 128 x 192 (or 144) tiles
+    if plain and m > ROW_SPLIT_MAX_UNSPLIT_M:
         cut = _row_cut(a, m, n, k, sb)
         if cut is not None:
             first, rest = cut
@@ -768,12 +769,12 @@ def _fire(a: torch.Tensor, b: torch.Tensor, bias: "torch.Tensor | None", beta: f
     like = template((m, n), a.dtype, a.device)
     if like is None:
         return None
-    out = torch.empty_like(like)  # the allocator's alignment, as the general call's
-    x = bias if bias is not None else out  # mm: the bias slot holds out, as _launch passes it
     dev = a.get_device()
     if _gluon is not None and not split and _gluon.usable(a, b, m, n, k, sa, sb, bias is not None, alpha, beta):
         glaunch = _gluon.lean_launch(a, b, bias, m, n, k, sa, sb, sx)  # the general call ran the Gluon kernel
         return None if glaunch is None else (glaunch, like, dev, 0)  # it counts its own launches
+    out = torch.empty_like(like)  # the allocator's alignment, as the general call's
+    x = bias if bias is not None else out  # mm: the bias slot holds out, as _launch passes it
     cut = _row_cut(a, m, n, k, sb) if m > ROW_SPLIT_MAX_UNSPLIT_M and not split else None
     if cut is None:
         whole = _bound_part(a, b, out, x, bias, m, n, k, sa, sb, sc, sx, alpha, beta, None, split)
