@@ -60,6 +60,9 @@ STAGES = 4
 # 0.82; 32 tiles lost 0.93 -> 0.52).
 MAX_K = 3072
 MIN_TILES = 96
+# The output by TMA from staging tiles where an SM runs several tiles (`c_by_tma`); env
+# DETLLM_GLUON_MM_C_TMA=0: always st.global (same bits; for comparisons).
+C_TMA_ON = os.environ.get("DETLLM_GLUON_MM_C_TMA", "1") != "0"
 CONSUMER_REGS, PRODUCER_REGS = 232, 40
 
 
@@ -104,23 +107,41 @@ def io_layout(width):
 
 
 @gluon.jit
-def _store_part(c_ptr, x_ptr, acc, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.constexpr, WIDTH: gl.constexpr):
-    """`matmul._epilogue` for 64 x WIDTH outputs at rows x [n0, n0 + WIDTH): + bias in fp32 (beta
-    is 1 here, `usable`: the Triton kernel's `acc + beta * x` is then acc + x exactly, fused or
-    not), one rounding to c's dtype, a masked store."""
-    l: gl.constexpr = wgmma_layout(WIDTH)
+def _plus_bias(x_ptr, acc, rows, n0, M, N, s_xm, s_xn, HAS_X: gl.constexpr, WIDTH: gl.constexpr):
+    """`matmul._epilogue`'s bias for 64 x WIDTH outputs at rows x [n0, n0 + WIDTH): acc + x in fp32
+    (beta is 1 here, `usable`: the Triton kernel's `acc + beta * x` is then acc + x exactly, fused
+    or not)."""
     if HAS_X:
+        l: gl.constexpr = wgmma_layout(WIDTH)
         xr = rows + gl.arange(0, 64, layout=gl.SliceLayout(1, l))
         xc = n0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, l))
         xmask = (xr < M)[:, None] & (xc < N)[None, :]
         x = gl.load(x_ptr + xr.to(gl.int64)[:, None] * s_xm + xc.to(gl.int64)[None, :] * s_xn, mask=xmask,
                     other=0.0)
         acc = acc + x.to(gl.float32)
+    return acc
+
+
+@gluon.jit
+def _store_part(c_ptr, x_ptr, acc, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.constexpr, WIDTH: gl.constexpr):
+    """The epilogue of 64 x WIDTH outputs at rows x [n0, n0 + WIDTH): + bias (`_plus_bias`), one
+    rounding to c's dtype, a masked st.global through the store layout."""
+    acc = _plus_bias(x_ptr, acc, rows, n0, M, N, s_xm, s_xn, HAS_X, WIDTH)
     io: gl.constexpr = io_layout(WIDTH)
     r = rows + gl.arange(0, 64, layout=gl.SliceLayout(1, io))
     cols = n0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, io))
     out = gl.convert_layout(acc.to(c_ptr.dtype.element_ty), io)
     gl.store(c_ptr + r.to(gl.int64)[:, None] * s_cm + cols[None, :], out, mask=(r < M)[:, None] & (cols < N)[None, :])
+
+
+@gluon.jit
+def _stage_part(c_desc, stage, x_ptr, acc, rows, n0, M, N, s_xm, s_xn, HAS_X: gl.constexpr, WIDTH: gl.constexpr):
+    """The same values (+ bias, one rounding) into the warpgroup's staging tile, then one TMA store
+    of it; rows past M and columns past N are clipped by the copy engine as the mask drops them."""
+    acc = _plus_bias(x_ptr, acc, rows, n0, M, N, s_xm, s_xn, HAS_X, WIDTH)
+    stage.store(acc.to(c_desc.dtype))
+    fence_async_shared()  # the generic-proxy writes above, before the async proxy reads them
+    tma.async_copy_shared_to_global(c_desc, [rows, n0], stage)
 
 
 @gluon.jit
@@ -160,10 +181,12 @@ def _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG: gl.constex
 
 
 @gluon.jit
-def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
-              num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr,
-              BN2: gl.constexpr, STAGES: gl.constexpr):
-    """One warpgroup: rows WG * 64 .. of every tile (`_tile_acc`), then its epilogue."""
+def _consumer(c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N, K,
+              s_cm, s_xm, s_xn, num_tiles, num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr,
+              BK: gl.constexpr, BN2: gl.constexpr, C_TMA: gl.constexpr, STAGES: gl.constexpr):
+    """One warpgroup: rows WG * 64 .. of every tile (`_tile_acc`), then the epilogue: in line by st.global, or (C_TMA) by TMA from the
+    warpgroup's staging tiles, waited for only when the next tile's accumulators are ready, so the
+    write runs under that tile's k steps."""
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
@@ -171,17 +194,32 @@ def _consumer(c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm
         acc1, acc2, it = _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG, B_NK, BN2, STAGES)
         rows = pid_m * 128 + WG * 64
         n0 = pid_n * (128 + BN2)
-        _store_part(c_ptr, x_ptr, acc1, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X, 128)
-        _store_part(c_ptr, x_ptr, acc2, rows, n0 + 128, M, N, s_cm, s_xm, s_xn, HAS_X, BN2)
+        if C_TMA:
+            tma.store_wait(0)  # the previous tile's stores have read this warpgroup's staging
+            _stage_part(c1_desc, c1_smem.index(WG), x_ptr, acc1, rows, n0, M, N, s_xm, s_xn, HAS_X, 128)
+            _stage_part(c2_desc, c2_smem.index(WG), x_ptr, acc2, rows, n0 + 128, M, N, s_xm, s_xn, HAS_X, BN2)
+        else:
+            _store_part(c_ptr, x_ptr, acc1, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X, 128)
+            _store_part(c_ptr, x_ptr, acc2, rows, n0 + 128, M, N, s_cm, s_xm, s_xn, HAS_X, BN2)
+    if C_TMA:
+        tma.store_wait(0)
 
 
 @gluon.jit(do_not_specialize=["M", "num_tiles"])
-def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n,
-                  B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr,
-                  STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, c1_desc, c2_desc, M, N, K, s_cm, s_xm, s_xn, num_tiles,
+                  num_pid_n, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr,
+                  C_TMA: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                  PRODUCER_REGS: gl.constexpr):
+    # c1_desc / c2_desc: C's 64 x 128 and 64 x BN2 pieces when C_TMA, else None (st.global)
     a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b1_smem = gl.allocate_shared_memory(b1_desc.dtype, [STAGES] + b1_desc.block_type.shape, b1_desc.layout)
     b2_smem = gl.allocate_shared_memory(b2_desc.dtype, [STAGES] + b2_desc.block_type.shape, b2_desc.layout)
+    if C_TMA:  # one staging tile per piece and warpgroup
+        c1_smem = gl.allocate_shared_memory(c1_desc.dtype, [2] + c1_desc.block_type.shape, c1_desc.layout)
+        c2_smem = gl.allocate_shared_memory(c2_desc.dtype, [2] + c2_desc.block_type.shape, c2_desc.layout)
+    else:  # unused
+        c1_smem = b1_smem
+        c2_smem = b2_smem
     full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
@@ -189,10 +227,10 @@ def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, M, N, K, s_cm, s_xm, s
         mbarrier.init(empty.index(i), count=2)  # both consumers release a slot
     fence_async_shared()
     gl.warp_specialize([
-        (_consumer, (c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
-                     num_pid_n, 0, B_NK, HAS_X, BK, BN2, STAGES)),
-        (_consumer, (c_ptr, x_ptr, a_smem, b1_smem, b2_smem, full, empty, M, N, K, s_cm, s_xm, s_xn, num_tiles,
-                     num_pid_n, 1, B_NK, HAS_X, BK, BN2, STAGES)),
+        (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N,
+                     K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 0, B_NK, HAS_X, BK, BN2, C_TMA, STAGES)),
+        (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N,
+                     K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 1, B_NK, HAS_X, BK, BN2, C_TMA, STAGES)),
         (_producer, (a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n, B_NK,
                      BK, BN2, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -228,6 +266,13 @@ def width(m: int, n: int, dev: int) -> int:
     return BN
 
 
+def c_by_tma(m: int, n: int, bn: int, dev: int) -> bool:
+    """Whether the output leaves by TMA (`C_TMA`): where some SM runs more than one tile, so a
+    tile's store runs under the next tile's k steps (H100, over CUDA graphs, M = 4096-8192:
+    0.91-1.00 -> 0.97-1.10 of cuBLAS). Within one wave there is no next tile; st.global stays."""
+    return C_TMA_ON and _tiles(m, n, bn) > num_sms(dev)
+
+
 def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[int, int, int],
            sb: tuple[int, int, int], has_x: bool, alpha: float, beta: float) -> bool:
     """Whether `matmul._launch`'s default 2-D call (no config, split or program count asked) runs
@@ -253,14 +298,19 @@ def _views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int,
     return a, ([k, n], [sb[1], 1], [BK, BN1]), ([k, n], [sb[1], 1], [BK, bn - BN1])
 
 
+def _c_views(m: int, n: int, bn: int) -> tuple[tuple[list[int], list[int], list[int]], ...]:
+    """(shape, strides, block) of C's two descriptors (C_TMA): a warpgroup's 64 rows of each piece."""
+    return ([m, n], [n, 1], [64, BN1]), ([m, n], [n, 1], [64, bn - BN1])
+
+
 def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[int, int, int], nk: bool,
-         bn: int) -> tuple:
-    """What the compiled kernel specialises on: dtypes, weight layout, tile width, bias or not (its
-    dtype and alignment), and the ints' 1 / 16-divisibility. M and the tile count are not
-    specialised; the descriptors' blocks follow from dtype, layout and width; pointers are 16-byte
-    aligned (`usable`)."""
+         bn: int, c_tma: bool) -> tuple:
+    """What the compiled kernel specialises on: dtypes, weight layout, tile width, the output path,
+    bias or not (its dtype and alignment), and the ints' 1 / 16-divisibility. M and the tile count
+    are not specialised; the descriptors' blocks follow from dtype, layout and width; pointers are
+    16-byte aligned (`usable`)."""
     xs = None if x is None else (x.dtype, x.data_ptr() % 16 == 0, _spec(sx[1]), _spec(sx[2]))
-    return (a.dtype, a.get_device(), nk, bn, xs, _spec(n), _spec(k), _spec(n // bn))
+    return (a.dtype, a.get_device(), nk, bn, c_tma, xs, _spec(n), _spec(k), _spec(n // bn))
 
 
 def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tensor | None", m: int, n: int,
@@ -276,7 +326,8 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     nk = bool(_b_nk(sb, a.element_size()))
     dev = a.get_device()
     bn = width(m, n, dev)
-    key = _key(a, x, n, k, sx, nk, bn)
+    c_tma = c_by_tma(m, n, bn, dev) and out.data_ptr() % 16 == 0  # TMA's base alignment (mm allocates out)
+    key = _key(a, x, n, k, sx, nk, bn, c_tma)
     lean = _LEAN.get((key, m, n, k, sa, sb, sx))
     if lean is not None and ready(dev):
         op = out.data_ptr()
@@ -284,10 +335,12 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
         return True
     va, vb1, vb2 = _views(m, n, k, sa, sb, nk, bn)
     tiles = _tiles(m, n, bn)
-    args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2),
+    vc1, vc2 = _c_views(m, n, bn)
+    cd = (_descriptor(out, *vc1), _descriptor(out, *vc2)) if c_tma else (None, None)
+    args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2), *cd,
             m, n, k, n, sx[1], sx[2], tiles, n // bn)
-    meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, BN2=bn - BN1, STAGES=STAGES, CONSUMER_REGS=CONSUMER_REGS,
-                PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
+    meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, BN2=bn - BN1, C_TMA=c_tma, STAGES=STAGES,
+                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
     first = key not in _LAUNCH.plans
     try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
         _LAUNCH.launch(key, (min(tiles, num_sms(dev)), ), args, meta)
@@ -296,7 +349,7 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
             raise
         ENABLED = False
         return False
-    lean_launch(a, b, x, m, n, k, sa, sb, sx)  # binds this product's lean launch for its repeats
+    lean_launch(a, b, x, m, n, k, sa, sb, sx, c_tma)  # binds this product's lean launch for its repeats
     return True
 
 
@@ -306,39 +359,55 @@ _LEAN: dict[tuple, Callable[[int, int, int, int], None]] = {}
 
 
 def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: int, n: int, k: int,
-                sa: tuple[int, int, int], sb: tuple[int, int, int],
-                sx: tuple[int, int, int]) -> "Callable[[int, int, int, int], None] | None":
+                sa: tuple[int, int, int], sb: tuple[int, int, int], sx: tuple[int, int, int],
+                c_tma: "bool | None" = None) -> "Callable[[int, int, int, int], None] | None":
     """After `gluon_mm` ran a product of this plan: launch(out, bias slot, a, b pointers) for a
     repeat with the same dtypes, shapes, strides and alignments (`matmul._fire`'s contract; the
     bias slot holds out without a bias): three CUtensorMaps (B's cached per weight pointer,
-    `TmaFill`) and the compiled kernel's C launch, as Triton 3.6's wrapper would pass them. Same
-    compiled kernel, same argument values: same bits. The caller checks `_launch.ready`. None
-    where there is no such launch (no plan yet, another Triton's launcher)."""
+    `TmaFill`), two more for C when it leaves by TMA (cached per output pointer: the allocator
+    hands the same few blocks back), and the compiled kernel's C launch, as Triton 3.6's wrapper
+    would pass them. Same compiled kernel, same argument values: same bits. The caller checks
+    `_launch.ready`. None where there is no such launch (no plan yet, another Triton's launcher).
+    c_tma: the output path of the call that ran (default: `c_by_tma`, for a 16-byte aligned output
+    as the caller allocates it)."""
     nk = bool(_b_nk(sb, a.element_size()))
-    bn = width(m, n, a.get_device())
-    key = _key(a, x, n, k, sx, nk, bn)
+    dev = a.get_device()
+    bn = width(m, n, dev)
+    if c_tma is None:
+        c_tma = c_by_tma(m, n, bn, dev)
+    key = _key(a, x, n, k, sx, nk, bn, c_tma)
     full = (key, m, n, k, sa, sb, sx)
     done = _LEAN.get(full)
     if done is not None:
         return done
     bound = _LAUNCH.bound(key)
     raw = unwrap_tensordesc(bound.c) if bound is not None else None
-    if bound is None or raw is None or len(raw[1]) != 3:
+    if bound is None or raw is None or len(raw[1]) != (5 if c_tma else 3):
         return None
     c, metas = raw
     va, vb1, vb2 = _views(m, n, k, sa, sb, nk, bn)
     fa, fb1, fb2 = (TmaFill(metas[0], *va[:2], cache=False), TmaFill(metas[1], *vb1[:2], cache=True),
                     TmaFill(metas[2], *vb2[:2], cache=True))
     ta, tb1, tb2 = fa.tail, fb1.tail, fb2.tail
+    fc = tuple(TmaFill(meta, *v[:2], cache=True) for meta, v in zip(metas[3:], _c_views(m, n, bn)))
     function, coop, pdl, packed, tail, dev = bound.function, bound.coop, bound.pdl, bound.packed, bound.tail, bound.dev
     tiles = _tiles(m, n, bn)
     ints = (m, n, k, n, sx[1], sx[2], tiles, n // bn)
     g0, launcher = min(tiles, num_sms(dev)), _LAUNCH
 
-    def launch(op: int, xp: int, ap: int, bp: int) -> None:
-        launcher.hits += 1
-        c(g0, 1, 1, _raw_stream(dev), function, coop, pdl, None, None, packed, None, None, None,
-          op, xp, fa(ap), *ta, fb1(bp), *tb1, fb2(bp), *tb2, *ints, *tail)
+    if fc:
+        fc1, fc2 = fc
+        tc1, tc2 = fc1.tail, fc2.tail
+
+        def launch(op: int, xp: int, ap: int, bp: int) -> None:
+            launcher.hits += 1
+            c(g0, 1, 1, _raw_stream(dev), function, coop, pdl, None, None, packed, None, None, None,
+              op, xp, fa(ap), *ta, fb1(bp), *tb1, fb2(bp), *tb2, fc1(op), *tc1, fc2(op), *tc2, *ints, *tail)
+    else:
+        def launch(op: int, xp: int, ap: int, bp: int) -> None:
+            launcher.hits += 1
+            c(g0, 1, 1, _raw_stream(dev), function, coop, pdl, None, None, packed, None, None, None,
+              op, xp, fa(ap), *ta, fb1(bp), *tb1, fb2(bp), *tb2, None, None, *ints, *tail)
 
     if len(_LEAN) >= 4096:
         _LEAN.clear()

@@ -113,12 +113,22 @@ def test_launch_asks_the_gate_only_for_the_default_2d_call(monkeypatch: pytest.M
 @pytest.fixture
 def fake_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """`lean_launch` on a 132-SM card without one: a bound plan whose C launch records its arguments
-    (returned), TMA fills that name their pointer."""
+    (returned) and whose descriptors are A, B's two pieces and, when the plan sends C by TMA, C's
+    two; TMA fills that name their pointer."""
     g = gluon_mod
     launched: list[tuple] = []
+    plans: list[tuple] = []
 
     class Bound:
         c, function, coop, pdl, packed, tail, dev = object(), "function", False, False, "packed", ("tail",), 0
+
+    def bound(key: tuple) -> type:
+        plans.append(key)
+        return Bound
+
+    def unwrap(c: Any) -> tuple:
+        c_tma = plans[-1][4]  # `_key`: (dtype, device, B_NK, width, C by TMA, ...)
+        return (lambda *args: launched.append(args), [{}] * (5 if c_tma else 3))
 
     class Fill:
         def __init__(self, meta: Any, shape: list[int], strides: list[int], cache: bool) -> None:
@@ -128,8 +138,8 @@ def fake_launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
             return f"map@{ptr}"
 
     monkeypatch.setattr(g, "_LEAN", {})
-    monkeypatch.setattr(g._LAUNCH, "bound", lambda key: Bound)
-    monkeypatch.setattr(g, "unwrap_tensordesc", lambda c: (lambda *args: launched.append(args), [{}, {}, {}]))
+    monkeypatch.setattr(g._LAUNCH, "bound", bound)
+    monkeypatch.setattr(g, "unwrap_tensordesc", unwrap)
     monkeypatch.setattr(g, "TmaFill", Fill)
     monkeypatch.setattr(g, "num_sms", lambda dev: 132)
     monkeypatch.setattr(g, "_raw_stream", lambda dev: 7)
@@ -156,8 +166,8 @@ def test_a_lean_launch_is_keyed_by_the_exact_shape(fake_launches: list[tuple]) -
     for n in (2304, 768):
         b = FakeCudaTensor((k, n), strides=(1, k))  # an (N, K) nn.Linear weight seen as W.t()
         sb = (0, *b.stride())
-        assert g._key(a, None, n, k, (0, 0, 0), True, g.BN) == g._key(a, None, 2304, k, (0, 0, 0), True, g.BN), \
-            "one plan"
+        assert (g._key(a, None, n, k, (0, 0, 0), True, g.BN, True)
+                == g._key(a, None, 2304, k, (0, 0, 0), True, g.BN, True)), "one plan"
         fns[n] = g.lean_launch(a, b, None, m, n, k, sa, sb, (0, 0, 0))
         assert g.lean_launch(a, b, None, m, n, k, sa, sb, (0, 0, 0)) is fns[n], "a repeat reuses its launch"
     assert fns[2304] is not fns[768]
@@ -182,4 +192,31 @@ def test_the_tile_width_fills_the_one_wave(fake_launches: list[tuple], m: int, n
     fn = g.lean_launch(a, b, None, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, 0, 0))
     tiles = -(-m // g.BM) * (n // width)
     assert _lean_shape(fake_launches, fn) == (min(tiles, 132), (m, n, k, n, 0, 0, tiles, n // width))
-    assert g._key(a, None, n, k, (0, 0, 0), False, 144) != g._key(a, None, n, k, (0, 0, 0), False, 192)
+    assert g._key(a, None, n, k, (0, 0, 0), False, 144, False) != g._key(a, None, n, k, (0, 0, 0), False, 192, False)
+
+
+@pytest.mark.parametrize("m,n,c_tma", [(1024, 2304, False), (1024, 3072, False), (1536, 2304, True),
+                                       (4096, 2304, True), (8192, 768, True), (4096, 768, False)])
+def test_the_output_leaves_by_tma_where_an_sm_runs_several_tiles(fake_launches: list[tuple],
+                                                                 monkeypatch: pytest.MonkeyPatch, m: int, n: int,
+                                                                 c_tma: bool) -> None:
+    """C goes by TMA from staging tiles where the product has more tiles than SMs (a tile's store
+    then runs under the next tile's k steps): the plan differs, and the lean launch fills C's two
+    maps from the output pointer; within one wave (c_attn and c_fc at 1024 rows: 128 tiles; N = 768
+    at 4096 rows: 132) C stays on st.global and the two descriptor slots carry None.
+    DETLLM_GLUON_MM_C_TMA=0 (`C_TMA_ON`) keeps st.global everywhere."""
+    g = gluon_mod
+    bn = g.width(m, n, 0)
+    assert g.c_by_tma(m, n, bn, 0) is c_tma
+    k = 768
+    a, b = FakeCudaTensor((m, k)), FakeCudaTensor((k, n))
+    fn = g.lean_launch(a, b, None, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, 0, 0))
+    fn(1000, 1000, 2000, 3000)
+    args = list(fake_launches[-1])
+    c_slots = args[13 + 2 + 3 * 5:-9]  # after C's and the bias's pointers and A / B1 / B2 (map + 4 ints each)
+    if c_tma:
+        assert c_slots == ["map@1000", m, n, n, 1, "map@1000", m, n, n, 1], "C's two maps from the output"
+    else:
+        assert c_slots == [None, None]
+    monkeypatch.setattr(g, "C_TMA_ON", False)
+    assert not g.c_by_tma(m, n, bn, 0)

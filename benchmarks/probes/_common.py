@@ -190,20 +190,27 @@ def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], "Callable[[]
 def gluon_mm_resources(kernel: Any, descs: Sequence[Any], ints: Sequence[str], const: dict[str, Any],
                        label: str) -> None:
     """One line of a Gluon matmul probe's --ptxas report: `kernel` (arguments c_ptr, x_ptr, the
-    A / B1 / B2 descriptors, then `ints`) compiled for sm_90a with `const`."""
+    A / B1 / B2 descriptors and, if the kernel has them, C's two (None: st.global), then `ints`)
+    compiled for sm_90a with `const`."""
     import re
 
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     sig: dict[str, Any] = {"c_ptr": "*bf16", "x_ptr": "*bf16"}
-    sig.update({name: mangle_type(d) for name, d in zip(("a_desc", "b1_desc", "b2_desc"), descs)})
+    const = dict(const)
+    for name, d in zip(("a_desc", "b1_desc", "b2_desc", "c1_desc", "c2_desc"), descs):
+        if d is None:
+            sig[name], const[name] = "constexpr", None
+        else:
+            sig[name] = mangle_type(d)
     sig.update({x: "i32" for x in ints})
     sig.update({x: "constexpr" for x in const})
     r = sm90_resources(GluonASTSource(kernel, sig, const, {}))
     mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
+    bulk = r["ptx"].count("cp.async.bulk.tensor.2d.global.shared")
     print(f"{label}: {r['warps']} warps, shared {r['shared']} B, {r['regs']} registers, spill stores "
-          f"{r['spill']} B -> {r['fit']} CTA(s) per SM, wgmma {' '.join(mma)}", flush=True)
+          f"{r['spill']} B -> {r['fit']} CTA(s) per SM, wgmma {' '.join(mma)}, bulk stores {bulk}", flush=True)
 
 
 def gluon_probe_main(doc: str, ptxas: Callable[[], None], gpu: Callable[[], None]) -> None:

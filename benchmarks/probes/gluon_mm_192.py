@@ -22,35 +22,41 @@ from detllm_kernels import matmul_gluon as mg
 
 
 
-def _args(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bn: int) -> tuple[tuple, bool, int]:
+def _args(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bn: int, c_tma: bool) -> tuple[tuple, bool, int]:
     """(kernel arguments, B_NK, tiles) of out = a @ b in 128 x bn tiles as `matmul_gluon.gluon_mm`
-    passes them."""
+    passes them, C's descriptors with the output by TMA."""
     (m, k), n = a.shape, b.shape[1]
     sa, sb = (0, *a.stride()), (0, *b.stride())
     nk = bool(mg._b_nk(sb, a.element_size()))
     va, vb1, vb2 = mg._views(m, n, k, sa, sb, nk, bn)
+    cd = tuple(mg._descriptor(out, *v) for v in mg._c_views(m, n, bn)) if c_tma else (None, None)
     tiles = mg._tiles(m, n, bn)
-    return ((out, out, mg._descriptor(a, *va), mg._descriptor(b, *vb1), mg._descriptor(b, *vb2),
+    return ((out, out, mg._descriptor(a, *va), mg._descriptor(b, *vb1), mg._descriptor(b, *vb2), *cd,
              m, n, k, n, 0, 0, tiles, n // bn), nk, tiles)
 
 
-def _const(nk: bool, has_x: bool, stages: int, bn: int) -> dict[str, object]:
-    return dict(B_NK=nk, HAS_X=has_x, BK=mg.BK, BN2=bn - mg.BN1, STAGES=stages, CONSUMER_REGS=mg.CONSUMER_REGS,
-                PRODUCER_REGS=mg.PRODUCER_REGS)
+def _const(nk: bool, has_x: bool, cell: tuple[int, int, bool]) -> dict[str, object]:
+    stages, bn, c_tma = cell
+    return dict(B_NK=nk, HAS_X=has_x, BK=mg.BK, BN2=bn - mg.BN1, C_TMA=c_tma, STAGES=stages,
+                CONSUMER_REGS=mg.CONSUMER_REGS, PRODUCER_REGS=mg.PRODUCER_REGS)
 
 
-def mm_tile(a: torch.Tensor, b: torch.Tensor, stages: int, bn: int) -> torch.Tensor:
-    """a @ b by the production kernel in 128 x bn tiles with `stages` ring slots (no bias), through
-    Triton's launch."""
+def mm_tile(a: torch.Tensor, b: torch.Tensor, cell: tuple[int, int, bool]) -> torch.Tensor:
+    """a @ b by the production kernel with cell = (ring slots, tile width, output by TMA), no bias,
+    through Triton's launch."""
     out = torch.empty((a.shape[0], b.shape[1]), device=a.device, dtype=a.dtype)
-    args, nk, tiles = _args(a, b, out, bn)
+    args, nk, tiles = _args(a, b, out, cell[1], cell[2])
     grid = (min(tiles, torch.cuda.get_device_properties(a.device).multi_processor_count), )
-    mg._mm192_kernel[grid](*args, **_const(nk, False, stages, bn), num_warps=4)
+    mg._mm192_kernel[grid](*args, **_const(nk, False, cell), num_warps=4)
     return out
 
 
-# (ring slots, tile width) of the sweep; 144 only where N is a multiple of it (c_attn)
-SWEEP = ((3, 192), (4, 192), (5, 192), (4, 144), (5, 144))
+# (ring slots, tile width, output by TMA) of the sweep; 144 only where N is a multiple of it (c_attn)
+SWEEP = ((3, 192, False), (4, 192, False), (5, 192, False), (4, 192, True), (4, 144, False), (4, 144, True))
+
+
+def _name(cell: tuple[int, int, bool]) -> str:
+    return f"{cell[1]} s{cell[0]}{' c-tma' if cell[2] else ''}"
 
 
 def _ptxas() -> None:
@@ -62,21 +68,22 @@ def _ptxas() -> None:
     ints = ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_tiles", "num_pid_n")
     for nk in (False, True):
         w = torch.empty((2304, 768) if nk else (768, 2304), dtype=torch.bfloat16)
-        for stages, bn in SWEEP:
-            args, _nk, _tiles = _args(a, w.t() if nk else w, torch.empty(1024, 2304, dtype=torch.bfloat16), bn)
+        for cell in SWEEP:
+            args, _nk, _tiles = _args(a, w.t() if nk else w, torch.empty(1024, 2304, dtype=torch.bfloat16), cell[1],
+                                      cell[2])
             for has_x in (False, True):
-                gluon_mm_resources(mg._mm192_kernel, args[2:5], ints, _const(nk, has_x, stages, bn),
+                gluon_mm_resources(mg._mm192_kernel, args[2:7], ints, _const(nk, has_x, cell),
                                    f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'}{' + bias' if has_x else ''} "
-                                   f"{bn} s{stages}")
+                                   f"{_name(cell)}")
 
 
 def _gpu() -> None:
     from _common import GPT2_MM_SHAPES, mm_table
 
-    def run(a: torch.Tensor, b: torch.Tensor, cell: tuple[int, int]) -> "object | None":
-        return None if b.shape[1] % cell[1] else (lambda: mm_tile(a, b, *cell))
+    def run(a: torch.Tensor, b: torch.Tensor, cell: tuple[int, int, bool]) -> "object | None":
+        return None if b.shape[1] % cell[1] else (lambda: mm_tile(a, b, cell))
 
-    mm_table(run, SWEEP, lambda cell: f"{cell[1]} s{cell[0]}", shapes=GPT2_MM_SHAPES, layouts=(False, True))
+    mm_table(run, SWEEP, _name, shapes=GPT2_MM_SHAPES, layouts=(False, True))
 
 
 def main() -> None:
