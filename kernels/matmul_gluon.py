@@ -186,9 +186,9 @@ def _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG: gl.constex
 def _consumer(c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N, K,
               s_cm, s_xm, s_xn, num_tiles, num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr,
               BK: gl.constexpr, BN2: gl.constexpr, C_TMA: gl.constexpr, STAGES: gl.constexpr):
-    """One warpgroup: rows WG * 64 .. of every tile (`_tile_acc`), then the epilogue: in line by st.global, or (C_TMA) by TMA from the
-    warpgroup's staging tiles, waited for only when the next tile's accumulators are ready, so the
-    write runs under that tile's k steps."""
+    """One warpgroup: rows WG * 64 .. of every tile (`_tile_acc`), then the epilogue: in line by
+    st.global, or (C_TMA) by TMA from the warpgroup's staging tiles, waited for only when the next
+    tile's accumulators are ready, so the write runs under that tile's k steps."""
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
