@@ -204,7 +204,7 @@ def test_the_output_leaves_by_tma_where_an_sm_runs_several_tiles(fake_launches: 
     then runs under the next tile's k steps): the plan differs, and the lean launch fills C's two
     maps from the output pointer; within one wave (c_attn and c_fc at 1024 rows: 128 tiles; N = 768
     at 4096 rows: 132) C stays on st.global and the two descriptor slots carry None.
-    Off by default (`C_TMA_ON`, DETLLM_GLUON_MM_C_TMA=1), then st.global everywhere."""
+    With DETLLM_GLUON_MM_C_TMA=0 (`C_TMA_ON` False), st.global everywhere."""
     g = gluon_mod
     monkeypatch.setattr(g, "C_TMA_ON", True)
     bn = g.width(m, n, 0)
