@@ -316,6 +316,24 @@ def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[in
     return (a.dtype, a.get_device(), nk, bn, c_tma, xs, _spec(n), _spec(k), _spec(n // bn))
 
 
+def _plan(a: torch.Tensor, x: "torch.Tensor | None", m: int, n: int, k: int, sb: tuple[int, int, int],
+          sx: tuple[int, int, int], c_tma: "bool | None") -> tuple[bool, int, int, bool, tuple]:
+    """(B in (N, K) layout, device, tile width, output by TMA, plan key) of a product: what
+    `gluon_mm` and `lean_launch` both derive. c_tma None: `c_by_tma`'s answer."""
+    nk = bool(_b_nk(sb, a.element_size()))
+    dev = a.get_device()
+    bn = width(m, n, dev)
+    if c_tma is None:
+        c_tma = c_by_tma(m, n, bn, dev)
+    return nk, dev, bn, c_tma, _key(a, x, n, k, sx, nk, bn, c_tma)
+
+
+def _ints(m: int, n: int, k: int, sx: tuple[int, int, int], bn: int) -> tuple[int, ...]:
+    """The kernel's integer arguments, in its order: M, N, K, C's row stride, the bias strides, the
+    tile count and the tiles per row."""
+    return (m, n, k, n, sx[1], sx[2], _tiles(m, n, bn), n // bn)
+
+
 def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tensor | None", m: int, n: int,
              k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], sx: tuple[int, int, int]) -> bool:
     """out (m, n, contiguous) = a @ b (+ x broadcast by sx), where `usable` holds. False if this
@@ -326,27 +344,24 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     do_bench against 0.81-0.92 over CUDA graphs; lean, 0.91-0.94 (docs/benchmarks.md, twenty-first
     session)."""
     global ENABLED
-    nk = bool(_b_nk(sb, a.element_size()))
-    dev = a.get_device()
-    bn = width(m, n, dev)
-    c_tma = c_by_tma(m, n, bn, dev) and out.data_ptr() % 16 == 0  # TMA's base alignment (mm allocates out)
-    key = _key(a, x, n, k, sx, nk, bn, c_tma)
+    # C by TMA needs a 16-byte aligned base (mm allocates out: aligned)
+    nk, dev, bn, c_tma, key = _plan(a, x, m, n, k, sb, sx, None if out.data_ptr() % 16 == 0 else False)
     lean = _LEAN.get((key, m, n, k, sa, sb, sx))
     if lean is not None and ready(dev):
         op = out.data_ptr()
         lean(op, op if x is None else x.data_ptr(), a.data_ptr(), b.data_ptr())
         return True
     va, vb1, vb2 = _views(m, n, k, sa, sb, nk, bn)
-    tiles = _tiles(m, n, bn)
     vc1, vc2 = _c_views(m, n, bn)
     cd = (_descriptor(out, *vc1), _descriptor(out, *vc2)) if c_tma else (None, None)
+    ints = _ints(m, n, k, sx, bn)
     args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2), *cd,
-            m, n, k, n, sx[1], sx[2], tiles, n // bn)
+            *ints)
     meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, BN2=bn - BN1, C_TMA=c_tma, STAGES=STAGES,
                 CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
     first = key not in _LAUNCH.plans
     try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
-        _LAUNCH.launch(key, (min(tiles, num_sms(dev)), ), args, meta)
+        _LAUNCH.launch(key, (min(ints[6], num_sms(dev)), ), args, meta)
     except Exception:  # noqa: BLE001 - any build failure means: the Triton kernel, for good
         if not first:
             raise
@@ -373,12 +388,7 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
     `_launch.ready`. None where there is no such launch (no plan yet, another Triton's launcher).
     c_tma: the output path of the call that ran (default: `c_by_tma`, for a 16-byte aligned output
     as the caller allocates it)."""
-    nk = bool(_b_nk(sb, a.element_size()))
-    dev = a.get_device()
-    bn = width(m, n, dev)
-    if c_tma is None:
-        c_tma = c_by_tma(m, n, bn, dev)
-    key = _key(a, x, n, k, sx, nk, bn, c_tma)
+    nk, dev, bn, c_tma, key = _plan(a, x, m, n, k, sb, sx, c_tma)
     full = (key, m, n, k, sa, sb, sx)
     done = _LEAN.get(full)
     if done is not None:
@@ -394,9 +404,8 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
     ta, tb1, tb2 = fa.tail, fb1.tail, fb2.tail
     fc = tuple(TmaFill(meta, *v[:2], cache=True) for meta, v in zip(metas[3:], _c_views(m, n, bn)))
     function, coop, pdl, packed, tail, dev = bound.function, bound.coop, bound.pdl, bound.packed, bound.tail, bound.dev
-    tiles = _tiles(m, n, bn)
-    ints = (m, n, k, n, sx[1], sx[2], tiles, n // bn)
-    g0, launcher = min(tiles, num_sms(dev)), _LAUNCH
+    ints = _ints(m, n, k, sx, bn)
+    g0, launcher = min(ints[6], num_sms(dev)), _LAUNCH
 
     if fc:
         fc1, fc2 = fc

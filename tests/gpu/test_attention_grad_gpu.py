@@ -11,10 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
 pytest.importorskip("triton")
 
 

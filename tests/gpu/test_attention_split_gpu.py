@@ -5,19 +5,12 @@ The same checks run at small shapes and small chunks in the interpreter
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kernel_checks as kc  # noqa: E402
+import kernel_checks as kc  # tests/gpu is on sys.path (conftest.py)
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
 pytest.importorskip("triton")
 
 DEV = "cuda"

@@ -20,10 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
 pytest.importorskip("triton")
 
 RECORDED = Path(__file__).parent / "cross_card"

@@ -8,10 +8,6 @@ import random
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
 pytest.importorskip("triton")
 
 from pytest_detllm import batch_invariant  # noqa: E402

@@ -6,11 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
-
 
 def test_header_names_the_cuda_card(pytester: pytest.Pytester, tmp_path: Path) -> None:
     # A tiny model with a word-level tokenizer: the GPU host has no embedded model to borrow one from.

@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices"),
-]
+# the gpu mark and the one-CUDA-device skip come from conftest.py
+pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 pytest.importorskip("triton")
 pytest.importorskip("accelerate")
 

@@ -13,10 +13,6 @@ from pytest_detllm.invariant.sdpa import SDPA_OP
 from tests.test_ops_edges import FAMILIES, check_case, edge_settings
 from tests.test_sdpa import make_seqs, solo_vs_batched
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
 pytest.importorskip("triton")
 
 
