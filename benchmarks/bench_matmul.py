@@ -6,6 +6,7 @@
     python benchmarks/bench_matmul.py --models --rowsplit --only gpt2   # two-launch row splits at M >= 1024
     python benchmarks/bench_matmul.py --models --ptr --only gpt2 "x @ W" --ms 1 16 64   # (K, N) weights by pointer loads
     python benchmarks/bench_matmul.py --models --tma-store --only gpt2 --ms 1024 4096 8192   # C through TMA (probe)
+    python benchmarks/bench_matmul.py --models --only gpt2 --ms 1024 --repeat 5   # median of 5 paired rounds
 
 Both sides compute x @ W.t() with W an (N, K) nn.Linear weight, like F.linear. Timing is
 triton.testing.do_bench (median; it flushes L2 before every call) over rotating input buffers.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -185,6 +187,9 @@ def main() -> None:
                     help="force pointer loads (use_tma=False): e.g. (K, N) weights at decode, TMA's per-call descriptors left out")
     ap.add_argument("--tma-store", action="store_true",
                     help="also time the table config with C stored through TMA (MatmulConfig.tma_store) and check its bits")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds per cell, each timing cuBLAS next to ours; the cell reports the median round "
+                         "and, above 1, each column's spread")
     ap.add_argument("--rowsplit", action="store_true",
                     help="at M >= 1024 also time row-split plans (row_split_plans) and check their bits")
     args = ap.parse_args()
@@ -222,32 +227,45 @@ def main() -> None:
             xs = [torch.randn(k, m, device="cuda", dtype=dtype).t() if layout.startswith("T-")
                   else torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
             flops = 2.0 * m * n * k
-            t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             kn = layout == "KN"
             split = split_k_chunk(n, k, args.chunk) if args.split else 0
             cfg = split_config(m, n, dtype, kn, cdiv(k, split)) if split else matmul_config(m, n, dtype, kn, k)
-            t_inv = bench(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
-            tf_inv, tf_ref = flops / t_inv * 1e-9, flops / t_ref * 1e-9
-            g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)
-            g_inv = graph_ms(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
+            # --repeat R: R rounds, each timing cuBLAS next to ours; a round's ratios pair
+            # measurements taken moments apart, and the cell reports the median round
+            r_inv, r_user, r_graph, t_refs, t_invs = [], [], [], [], []
+            for _ in range(args.repeat):
+                t_ref = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
+                t_inv = bench(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
+                g_ref = graph_ms(lambda i: torch.mm(xs[i], ws[i]), nbuf)
+                g_inv = graph_ms(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
+                # what a user's code runs: torch.mm through the dispatcher in batch_invariant() (the
+                # mm lean path after the first call of a key), next to cuBLAS again
+                if args.split and args.chunk != SPLIT_K_CHUNK:
+                    t_user, t_ref2 = float("nan"), 1.0  # the mode has one chunk: no user path to compare
+                else:
+                    t_ref2 = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf) if args.repeat > 1 else t_ref
+                    with batch_invariant("cuda"), torch.inference_mode():
+                        t_user = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
+                r_inv.append(t_ref / t_inv)
+                r_user.append(t_ref2 / t_user)
+                r_graph.append(g_ref / g_inv)
+                t_refs.append(t_ref)
+                t_invs.append(t_inv)
+            ratio, u_ratio, g_ratio = (statistics.median(v) for v in (r_inv, r_user, r_graph))
+            tf_inv, tf_ref = flops / statistics.median(t_invs) * 1e-9, flops / statistics.median(t_refs) * 1e-9
             h_ref = host_us(lambda i: torch.mm(xs[i], ws[i]), nbuf)
             h_inv = host_us(lambda i: km.mm(xs[i], ws[i], **sk), nbuf)
-            # what a user's code runs: torch.mm through the dispatcher in batch_invariant() (the
-            # mm lean path after the first call of a key)
-            if args.split and args.chunk != SPLIT_K_CHUNK:
-                t_user = float("nan")  # the mode has one chunk: no user path to compare
-            else:
-                with batch_invariant("cuda"), torch.inference_mode():
-                    t_user = bench(lambda i: torch.mm(xs[i], ws[i]), nbuf)
-            rows.append((k, n, m, tf_inv, tf_ref, g_ref / g_inv, t_ref / t_user))
-            print(f"{label + ' ' + layout:<20} {k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {tf_inv / tf_ref:6.2f} | "
-                  f"{t_ref / t_user:5.2f} | {g_ref / g_inv:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
+            rows.append((k, n, m, ratio, g_ratio, u_ratio))
+            spread = (f" | rounds: do_bench {min(r_inv):.2f}-{max(r_inv):.2f}, user {min(r_user):.2f}-"
+                      f"{max(r_user):.2f}, graph {min(r_graph):.2f}-{max(r_graph):.2f}" if args.repeat > 1 else "")
+            print(f"{label + ' ' + layout:<20} {k:>6} {n:>7} {m:>5} | {tf_inv:8.1f} {tf_ref:10.1f} {ratio:6.2f} | "
+                  f"{u_ratio:5.2f} | {g_ratio:11.2f} | {h_inv:8.1f}/{h_ref:<8.1f} | "
                   + (("" if sk else gluon_tile(xs[0], ws[0])) or
                    f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k or km.matmul.BLOCK_K[dtype]} w{cfg.num_warps} "
                    f"s{cfg.num_stages} {'persistent' if cfg.persistent else 'grid'} "
                    f"{'tma' if cfg.tma and not args.ptr else 'ptr'}")
-                  + (f" split {-(-k // split)}x{split} {'cta' if cfg.split_cta else 'grid'}" if split else ""),
-                  flush=True)
+                  + (f" split {-(-k // split)}x{split} {'cta' if cfg.split_cta else 'grid'}" if split else "")
+                  + spread, flush=True)
             if args.rowsplit and m >= 1024 and not split:
                 ref = km.mm(xs[0], ws[0])
                 for r, big, small in row_split_plans(m, n, torch.cuda.get_device_properties(0).multi_processor_count):
@@ -282,12 +300,12 @@ def main() -> None:
             del xs
         del ws
         torch.cuda.empty_cache()
-    dec = [r[3] / r[4] for r in rows if r[2] <= 64]
-    pre = [r[3] / r[4] for r in rows if r[2] >= 1024]
-    gdec = [r[5] for r in rows if r[2] <= 64]
-    gpre = [r[5] for r in rows if r[2] >= 1024]
-    udec = [r[6] for r in rows if r[2] <= 64]
-    upre = [r[6] for r in rows if r[2] >= 1024]
+    dec = [r[3] for r in rows if r[2] <= 64]
+    pre = [r[3] for r in rows if r[2] >= 1024]
+    gdec = [r[4] for r in rows if r[2] <= 64]
+    gpre = [r[4] for r in rows if r[2] >= 1024]
+    udec = [r[5] for r in rows if r[2] <= 64]
+    upre = [r[5] for r in rows if r[2] >= 1024]
     geo = lambda v: torch.tensor(v).log().mean().exp().item()  # noqa: E731
     for name, v, uv, gv, goal in (("decode  (M<=64)", dec, udec, gdec, 0.80), ("prefill (M>=1024)", pre, upre, gpre, 0.90)):
         if v:
