@@ -15,7 +15,7 @@ ratio to cuBLAS under do_bench (Triton's launch wrapper: host-bound) and over CU
 Run on an H100 (docs/results/gluon_mm_wide_h100_session23.log): every cell the Triton kernel's bits
 (K = 4096 included), and slower: over graphs 0.70-0.90 at 256 wide and 0.77-0.81 at 192 against
 production's 0.84-1.03 in the same harness (llama gate/up M = 1024: 0.76 best against 0.84; only
-q/o at M = 1024, one tile per SM, 1.04 against 0.99). The 8B shapes stay on the Triton kernel.""")
+q/o at M = 1024, one tile per SM, 1.04 against 0.99). The 8B shapes stay on the Triton kernel."""
 from __future__ import annotations
 
 import sys
