@@ -35,6 +35,14 @@ except ImportError:  # pragma: no cover
 _MAX_PLANS = 8192  # prefill shapes vary; keep the table bounded
 # Triton's interpreter (CPU tests): triton reads the variable at import, so it is fixed from here on.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Programmatic dependent launch for the matmul kernels: a probe, off unless DETLLM_PDL=1 (read
+# once, at import). On, a kernel is launched with CUDA's programmatic-stream-serialization
+# attribute; it waits (griddepcontrol.wait) before its first memory access until the kernels
+# before it have finished and their writes are visible, then lets the next kernel's CTAs launch
+# (griddepcontrol.launch_dependents). The launch and CTA set-up overlap the previous kernel's tail;
+# the arithmetic is untouched, so the bits are the same.
+PDL = os.environ.get("DETLLM_PDL", "0") == "1"
+
 _current_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else (lambda: 0)
 
 @functools.lru_cache(maxsize=None)

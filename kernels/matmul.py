@@ -20,8 +20,15 @@ import torch
 import triton
 import triton.language as tl
 
+try:  # Triton 3.3+; the kernel asks for them only with `_launch.PDL`
+    from triton.language.extra.cuda import gdc_launch_dependents as _gdc_launch_dependents
+    from triton.language.extra.cuda import gdc_wait as _gdc_wait
+except ImportError:  # pragma: no cover
+    _gdc_wait = _gdc_launch_dependents = None
+
 from ._dot import dot_acc
 from ._launch import INTERPRET as _INTERPRET
+from ._launch import PDL
 from ._launch import (_RUNTIME, Launcher, TmaFill, _current_device, _raw_stream, arrival_counters, cc_major,
                       gluon_off, ready, template)
 from ._launch import num_sms as _num_sms
@@ -373,8 +380,11 @@ def _matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_PROGS: tl.constexpr, USE_TMA: tl.constexpr, B_NK: tl.constexpr, A_KM: tl.constexpr,
     HAS_X: tl.constexpr, SCALE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr, TMA_STORE: tl.constexpr,
+    KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr, TMA_STORE: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # `_launch.PDL`: the kernels before this one finish first; the next may launch now
+        _gdc_wait()
+        _gdc_launch_dependents()
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -612,8 +622,8 @@ def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[
         NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma and tma & TMA_B_NK),
         A_KM=bool(tma and tma & TMA_A_KM),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
-        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, PDL=PDL, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, launch_pdl=PDL,
     )
     ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0
     return (min(tiles * chunks, progs),), meta, tma, cfg.block_m, cfg.block_n, bk, ws_n, tiles

@@ -39,7 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from ._launch import INTERPRET, Launcher, TmaFill, _raw_stream, _spec, cc_major, num_sms, ready, unwrap_tensordesc
+from ._launch import INTERPRET, PDL, Launcher, TmaFill, _raw_stream, _spec, cc_major, num_sms, ready, unwrap_tensordesc
 from .attention_gluon import _GL_DTYPES, VERIFIED_TRITON, _descriptor, wgmma_layout
 
 __all__ = ["usable", "gluon_mm", "lean_launch", "ENV"]
@@ -211,8 +211,12 @@ def _consumer(c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem,
 def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, c1_desc, c2_desc, M, N, K, s_cm, s_xm, s_xn, num_tiles,
                   num_pid_n, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr,
                   C_TMA: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                  PRODUCER_REGS: gl.constexpr):
+                  PRODUCER_REGS: gl.constexpr, PDL: gl.constexpr):
     # c1_desc / c2_desc: C's 64 x 128 and 64 x BN2 pieces when C_TMA, else None (st.global)
+    if PDL:  # `_launch.PDL`: the kernels before this one finish first; the next may launch now
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
     a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b1_smem = gl.allocate_shared_memory(b1_desc.dtype, [STAGES] + b1_desc.block_type.shape, b1_desc.layout)
     b2_smem = gl.allocate_shared_memory(b2_desc.dtype, [STAGES] + b2_desc.block_type.shape, b2_desc.layout)
@@ -358,7 +362,7 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2), *cd,
             *ints)
     meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, BN2=bn - BN1, C_TMA=c_tma, STAGES=STAGES,
-                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4)
+                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, PDL=PDL, num_warps=4, launch_pdl=PDL)
     first = key not in _LAUNCH.plans
     try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
         _LAUNCH.launch(key, (min(ints[6], num_sms(dev)), ), args, meta)

@@ -11,13 +11,15 @@ LOAD_OPS = re.compile(r"\b(ld\.global[\w.]*|cp\.async\.c[ag]\.shared\.global[\w.
 
 
 def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int,
-               a_t: bool = False, tma: bool = False, tma_store: bool = False, persistent: int = 0) -> str:
+               a_t: bool = False, tma: bool = False, tma_store: bool = False, persistent: int = 0,
+               pdl: bool = False) -> str:
     """PTX of `_matmul_kernel` (bf16, one chain, no bias) for sm_<arch>, with the specialisations
     Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16, unit strides
     folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for a transposed A,
     `a_t`, else K). Pointer loads unless `tma` (A and B through host TMA descriptors, sm_90; with
     `a_t` A's descriptor holds its (K, M) rows);
-    tma_store: C too. persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile."""
+    tma_store: C too. persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile.
+    pdl: the kernel's grid dependency control (`_launch.PDL`)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -54,6 +56,7 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
                 B_NK=tma and not kn, A_KM=tma and a_t, HAS_X=False, SCALE=False, IEEE=False, UPCAST=False, KSPLIT=0, SPLIT_CTA=False)
     if "TMA_STORE" in fn.arg_names:
         meta["TMA_STORE"] = tma_store
+    meta["PDL"] = pdl
     meta = {k: v for k, v in meta.items() if k in fn.arg_names}  # an older kernel lacks newer flags
     for k, v in meta.items():
         sig[k], const[k] = "constexpr", v

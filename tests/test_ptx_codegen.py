@@ -5,6 +5,9 @@ Without the contiguity hint on the clamped column index (kernels/matmul.py) the 
 compiled to 2-byte `ld.global.b16` loads, which ran 60-100x below cuBLAS on an H100."""
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import pytest
 
 pytest.importorskip("triton")
@@ -78,3 +81,22 @@ def test_transposed_a_reads_through_tma_into_the_tensor_cores() -> None:
     assert cols.count(copy) == rows.count(copy), "A^T is not read by TMA like A"
     assert "wgmma.mma_async" in cols and not load_ops(cols), f"A^T: {dict(load_ops(cols))}"
     assert cols != rows, "A_KM compiled to the row-major kernel"
+
+
+@pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
+def test_pdl_adds_only_the_grid_dependency_control() -> None:
+    """DETLLM_PDL=1 (`_launch.PDL`): the kernel waits for the kernels before it ahead of its first
+    memory access and then lets the next one launch; its loads, MMAs and stores stay as they were
+    (same arithmetic, same bits), and off it compiles to no griddepcontrol at all."""
+    from detllm_kernels import matmul
+
+    cfg = dict(kn=False, bm=128, bn=256, bk=64, stages=4, warps=8, tma=True, persistent=132)
+    off = code_lines(matmul_ptx(matmul._matmul_kernel, 90, **cfg))
+    on = code_lines(matmul_ptx(matmul._matmul_kernel, 90, pdl=True, **cfg))
+    gdc = [ln.split(";")[0].strip() for ln in on if "griddepcontrol" in ln]
+    assert gdc == ["griddepcontrol.wait", "griddepcontrol.launch_dependents"], gdc
+    assert not any("griddepcontrol" in ln for ln in off)
+    first_access = next(i for i, ln in enumerate(on) if "cp.async" in ln or "ld.global" in ln or "st.global" in ln)
+    assert next(i for i, ln in enumerate(on) if "griddepcontrol.wait" in ln) < first_access
+    ops = re.compile(r"\b(wgmma\.mma_async[\w.]*|cp\.async\.bulk[\w.:]*|st\.global[\w.]*|ld\.global[\w.]*)")
+    assert Counter(ops.findall("\n".join(on))) == Counter(ops.findall("\n".join(off)))

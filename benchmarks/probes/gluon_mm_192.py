@@ -38,7 +38,7 @@ def _args(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bn: int, c_tma: b
 def _const(nk: bool, has_x: bool, cell: tuple[int, int, bool]) -> dict[str, object]:
     stages, bn, c_tma = cell
     return dict(B_NK=nk, HAS_X=has_x, BK=mg.BK, BN2=bn - mg.BN1, C_TMA=c_tma, STAGES=stages,
-                CONSUMER_REGS=mg.CONSUMER_REGS, PRODUCER_REGS=mg.PRODUCER_REGS)
+                CONSUMER_REGS=mg.CONSUMER_REGS, PRODUCER_REGS=mg.PRODUCER_REGS, PDL=False)
 
 
 def mm_tile(a: torch.Tensor, b: torch.Tensor, cell: tuple[int, int, bool]) -> torch.Tensor:
