@@ -22,7 +22,9 @@ every cell same bits, 4 slots): M = 4096-8192 0.79-0.97 -> 0.96-1.04; M = 1024 c
 where the Triton kernel's 64 x 128 tiles reach 0.9: `usable` routes by tile count.
 Where the 192-column tiles fill less than one wave and 144-column ones fit in it (c_attn at
 M = 1024), the second accumulator is 64 x 16 (m64n16k16), same chain, same bits (`width`): over
-graphs 0.79-0.81 -> 0.85-0.90 (twenty-second session).
+graphs 0.79-0.81 -> 0.85-0.90 (twenty-second session). Where an SM runs several tiles, the
+output leaves by TMA from per-warpgroup staging tiles under the next tile's k steps (`c_by_tma`;
+M = 4096-8192 0.92-1.02 -> 0.96-1.04, twenty-third session).
 
 Gluon's API moves between Triton releases: like the attention kernel, this runs on the release it
 was checked on (`attention_gluon.VERIFIED_TRITON`), elsewhere the Triton kernel serves.
@@ -274,9 +276,9 @@ def width(m: int, n: int, dev: int) -> int:
 
 def c_by_tma(m: int, n: int, bn: int, dev: int) -> bool:
     """Whether the output leaves by TMA (`C_TMA`): where some SM runs more than one tile, so a
-    tile's store runs under the next tile's k steps (H100, over CUDA graphs, M = 4096-8192:
-    0.91-1.00 -> 0.97-1.10 of cuBLAS, the probe kernel). Within one wave there is no next tile;
-    st.global stays. Only with `C_TMA_ON`."""
+    tile's store runs under the next tile's k steps (H100, over CUDA graphs, GPT-2 at M =
+    4096-8192: 0.92-1.02 -> 0.96-1.04 of cuBLAS in production, twenty-third session). Within one
+    wave there is no next tile; st.global stays. Only with `C_TMA_ON`."""
     return C_TMA_ON and _tiles(m, n, bn) > num_sms(dev)
 
 
