@@ -340,6 +340,12 @@ def _ints(m: int, n: int, k: int, sx: tuple[int, int, int], bn: int) -> tuple[in
     return (m, n, k, n, sx[1], sx[2], _tiles(m, n, bn), n // bn)
 
 
+def _meta(nk: bool, has_x: bool, bn: int, c_tma: bool, stages: int = STAGES, pdl: bool = PDL) -> dict[str, object]:
+    """The kernel's constexprs for a plan (the probes pass other ring depths)."""
+    return dict(B_NK=nk, HAS_X=has_x, BK=BK, BN2=bn - BN1, C_TMA=c_tma, STAGES=stages, CONSUMER_REGS=CONSUMER_REGS,
+                PRODUCER_REGS=PRODUCER_REGS, PDL=pdl)
+
+
 def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tensor | None", m: int, n: int,
              k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], sx: tuple[int, int, int]) -> bool:
     """out (m, n, contiguous) = a @ b (+ x broadcast by sx), where `usable` holds. False if this
@@ -363,8 +369,7 @@ def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tens
     ints = _ints(m, n, k, sx, bn)
     args = (out, x if x is not None else out, _descriptor(a, *va), _descriptor(b, *vb1), _descriptor(b, *vb2), *cd,
             *ints)
-    meta = dict(B_NK=nk, HAS_X=x is not None, BK=BK, BN2=bn - BN1, C_TMA=c_tma, STAGES=STAGES,
-                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, PDL=PDL, num_warps=4, launch_pdl=PDL)
+    meta = dict(_meta(nk, x is not None, bn, c_tma), num_warps=4, launch_pdl=PDL)
     first = key not in _LAUNCH.plans
     try:  # the first call of a key compiles: a Gluon API this Triton lacks or spells otherwise fails there
         _LAUNCH.launch(key, (min(ints[6], num_sms(dev)), ), args, meta)

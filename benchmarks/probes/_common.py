@@ -187,11 +187,10 @@ def mm_table(run_probe: Callable[[torch.Tensor, torch.Tensor, Any], "Callable[[]
                 print(f"{label}{' W.t()' if nk else ''} M={m}: cuBLAS {cub:.1f} us | " + " | ".join(cells), flush=True)
 
 
-def gluon_mm_resources(kernel: Any, descs: Sequence[Any], ints: Sequence[str], const: dict[str, Any],
-                       label: str) -> None:
+def gluon_mm_resources(kernel: Any, descs: Sequence[Any], const: dict[str, Any], label: str) -> None:
     """One line of a Gluon matmul probe's --ptxas report: `kernel` (arguments c_ptr, x_ptr, the
-    A / B1 / B2 descriptors and, if the kernel has them, C's two (None: st.global), then `ints`)
-    compiled for sm_90a with `const`."""
+    A / B1 / B2 descriptors and, if the kernel has them, C's two (None: st.global), then i32s: every
+    other argument that `const` does not fix) compiled for sm_90a with `const`."""
     import re
 
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -204,8 +203,7 @@ def gluon_mm_resources(kernel: Any, descs: Sequence[Any], ints: Sequence[str], c
             sig[name], const[name] = "constexpr", None
         else:
             sig[name] = mangle_type(d)
-    sig.update({x: "i32" for x in ints})
-    sig.update({x: "constexpr" for x in const})
+    sig = {x: sig.get(x, "constexpr" if x in const else "i32") for x in kernel.arg_names}  # the kernel's order
     r = sm90_resources(GluonASTSource(kernel, sig, const, {}))
     mma = sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", r["ptx"])))
     bulk = r["ptx"].count("cp.async.bulk.tensor.2d.global.shared")

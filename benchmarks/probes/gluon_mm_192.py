@@ -30,15 +30,14 @@ def _args(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bn: int, c_tma: b
     nk = bool(mg._b_nk(sb, a.element_size()))
     va, vb1, vb2 = mg._views(m, n, k, sa, sb, nk, bn)
     cd = tuple(mg._descriptor(out, *v) for v in mg._c_views(m, n, bn)) if c_tma else (None, None)
-    tiles = mg._tiles(m, n, bn)
-    return ((out, out, mg._descriptor(a, *va), mg._descriptor(b, *vb1), mg._descriptor(b, *vb2), *cd,
-             m, n, k, n, 0, 0, tiles, n // bn), nk, tiles)
+    ints = mg._ints(m, n, k, (0, 0, 0), bn)
+    return ((out, out, mg._descriptor(a, *va), mg._descriptor(b, *vb1), mg._descriptor(b, *vb2), *cd, *ints),
+            nk, ints[6])
 
 
 def _const(nk: bool, has_x: bool, cell: tuple[int, int, bool]) -> dict[str, object]:
     stages, bn, c_tma = cell
-    return dict(B_NK=nk, HAS_X=has_x, BK=mg.BK, BN2=bn - mg.BN1, C_TMA=c_tma, STAGES=stages,
-                CONSUMER_REGS=mg.CONSUMER_REGS, PRODUCER_REGS=mg.PRODUCER_REGS, PDL=False)
+    return mg._meta(nk, has_x, bn, c_tma, stages, pdl=False)
 
 
 def mm_tile(a: torch.Tensor, b: torch.Tensor, cell: tuple[int, int, bool]) -> torch.Tensor:
@@ -65,14 +64,13 @@ def _ptxas() -> None:
     print(f"triton {triton.__version__}, sm_90a, bf16 128 x 192 / 144 tiles (Gluon, kernels/matmul_gluon.py)",
           flush=True)
     a = torch.empty(1024, 768, dtype=torch.bfloat16)
-    ints = ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_tiles", "num_pid_n")
     for nk in (False, True):
         w = torch.empty((2304, 768) if nk else (768, 2304), dtype=torch.bfloat16)
         for cell in SWEEP:
             args, _nk, _tiles = _args(a, w.t() if nk else w, torch.empty(1024, 2304, dtype=torch.bfloat16), cell[1],
                                       cell[2])
             for has_x in (False, True):
-                gluon_mm_resources(mg._mm192_kernel, args[2:7], ints, _const(nk, has_x, cell),
+                gluon_mm_resources(mg._mm192_kernel, args[2:7], _const(nk, has_x, cell),
                                    f"{'x @ W.t() (N, K)' if nk else 'x @ W (K, N)'}{' + bias' if has_x else ''} "
                                    f"{_name(cell)}")
 

@@ -36,11 +36,10 @@ def _ptxas() -> None:
 
     print(f"triton {triton.__version__}, sm_90a, bf16, K = 4096 (Gluon, kernels/matmul_gluon.py)", flush=True)
     a = torch.empty(1024, 4096, dtype=torch.bfloat16)
-    ints = ("M", "N", "K", "s_cm", "s_xm", "s_xn", "num_tiles", "num_pid_n")
     w = torch.empty(12288, 4096, dtype=torch.bfloat16)
     for cell in SWEEP:
         args, nk, _tiles = _args(a, w.t(), torch.empty(1024, 12288, dtype=torch.bfloat16), cell[1], cell[2])
-        gluon_mm_resources(mg._mm192_kernel, args[2:7], ints, _const(nk, False, cell), f"x @ W.t() {_name(cell)}")
+        gluon_mm_resources(mg._mm192_kernel, args[2:7], _const(nk, False, cell), f"x @ W.t() {_name(cell)}")
 
 
 def _gpu() -> None:
