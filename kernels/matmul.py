@@ -574,6 +574,12 @@ def _key(a: torch.Tensor, b: torch.Tensor, out_ptr: int, xt_ptr: int, x_dtype: "
             a.dim() == 2 and b.dim() == 2, split)
 
 
+def _pdl(a: torch.Tensor) -> bool:
+    """Whether a product's kernel takes part in programmatic dependent launch (`_launch.PDL`):
+    griddepcontrol is sm_90's, so older cards (and the interpreter) run without it."""
+    return PDL and a.is_cuda and not _INTERPRET and cc_major(a.get_device()) >= 9
+
+
 def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[int, int, int],
           batch: int, m: int, n: int, k: int, has_x: bool, alpha: float, config: MatmulConfig | None,
           use_tma: bool | None, programs: int | None, split: int) -> tuple:
@@ -617,13 +623,14 @@ def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[
     # C through TMA: A/B are (so this is a 2-D product on a TMA card), C is one contiguous (m, n)
     # matrix (mm / addmm allocate it) with 16-byte aligned rows.
     tma_store = cfg.tma_store and tma is not None and (n * a.element_size()) % 16 == 0
+    pdl = _pdl(a)
     meta = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma and tma & TMA_B_NK),
         A_KM=bool(tma and tma & TMA_A_KM),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
-        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, PDL=PDL, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, launch_pdl=PDL,
+        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, PDL=pdl, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0
     return (min(tiles * chunks, progs),), meta, tma, cfg.block_m, cfg.block_n, bk, ws_n, tiles

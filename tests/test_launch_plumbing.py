@@ -348,3 +348,28 @@ def test_row_split_rule() -> None:
             if cut:
                 first, waves = cut[0], -(-m // 128) * 9 // sms
                 assert first % 128 == 0 and 0 < first < m and waves * sms - 9 < first // 128 * 9 <= waves * sms
+
+
+def test_pdl_only_on_hopper_and_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DETLLM_PDL=1 (`_launch.PDL`) compiles griddepcontrol into the matmul, an sm_90 instruction:
+    a pre-Hopper card, a CPU tensor or the switch off keep the kernel without it, and the plan's
+    launch option follows the constexpr."""
+    from detllm_kernels import matmul
+
+    class Gpu:
+        is_cuda = True
+
+        def get_device(self) -> int:
+            return 0
+
+    for on, major, want in ((True, 9, True), (True, 8, False), (False, 9, False)):
+        monkeypatch.setattr(matmul, "PDL", on)
+        monkeypatch.setattr(matmul, "cc_major", lambda dev, major=major: major)
+        assert matmul._pdl(Gpu()) is want, (on, major)  # type: ignore[arg-type]
+    monkeypatch.setattr(matmul, "PDL", True)
+    assert not matmul._pdl(torch.empty(1)), "a CPU tensor"
+    for pdl in (True, False):
+        monkeypatch.setattr(matmul, "_pdl", lambda a, pdl=pdl: pdl)
+        a, b = torch.empty((16, 64), dtype=torch.bfloat16), torch.empty((64, 64), dtype=torch.bfloat16)
+        meta = matmul._plan(a, b, (0, *a.stride()), (0, *b.stride()), 1, 16, 64, 64, False, 1.0, None, False, 4, 0)[1]
+        assert meta["PDL"] is pdl and meta["launch_pdl"] is pdl
