@@ -576,8 +576,9 @@ def _key(a: torch.Tensor, b: torch.Tensor, out_ptr: int, xt_ptr: int, x_dtype: "
 
 def _pdl(a: torch.Tensor) -> bool:
     """Whether a product's kernel takes part in programmatic dependent launch (`_launch.PDL`):
-    griddepcontrol is sm_90's, so older cards (and the interpreter) run without it."""
-    return PDL and a.is_cuda and not _INTERPRET and cc_major(a.get_device()) >= 9
+    griddepcontrol is sm_90's, so older cards, the interpreter and a Triton without
+    `triton.language.extra.cuda.gdc_wait` run without it."""
+    return PDL and _gdc_wait is not None and a.is_cuda and not _INTERPRET and cc_major(a.get_device()) >= 9
 
 
 def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[int, int, int],
