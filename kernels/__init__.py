@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "softmax_lastdim": "softmax",
     "log_softmax_lastdim": "softmax",
     "softmax_lean": "softmax",
+    "softmax_plan": "softmax",
     "invariant_attention": "attention",
     "AttnTile": "attention",
     "split_kv_attention": "attention_split",

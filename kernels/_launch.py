@@ -308,7 +308,7 @@ class Launcher:
         parts = _direct_parts(kernel.run)
         if parts is None:
             return None
-        return Bound(self, parts[0], function, parts[1], parts[2], packed, tail, dev)
+        return Bound(self, parts[0], function, parts[1], parts[2], packed, tail, dev, kernel)
 
 
 class Bound:
@@ -328,12 +328,12 @@ class Bound:
     The row kernels' lean functions inline `ready` for Triton's `HookChain` hooks (`not
     chain.calls`) and call `ready` itself where that raises (a hook that is not a HookChain)."""
 
-    __slots__ = ("launcher", "c", "function", "coop", "pdl", "packed", "tail", "dev")
+    __slots__ = ("launcher", "c", "function", "coop", "pdl", "packed", "tail", "dev", "kernel")
 
     def __init__(self, launcher: Launcher, c: Any, function: Any, coop: Any, pdl: Any, packed: Any,
-                 tail: tuple, dev: int) -> None:
+                 tail: tuple, dev: int, kernel: Any = None) -> None:
         self.launcher, self.c, self.function, self.coop, self.pdl = launcher, c, function, coop, pdl
-        self.packed, self.tail, self.dev = packed, tail, dev
+        self.packed, self.tail, self.dev, self.kernel = packed, tail, dev, kernel
 
 
 _RUNTIME = knobs.runtime

@@ -6,7 +6,7 @@ through out_dtype).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import triton
@@ -16,7 +16,7 @@ from ._launch import _RUNTIME, Launcher, _current_device, _raw_stream, ready, te
 
 from ._rows import row_block, row_warps
 
-__all__ = ["softmax_lastdim", "log_softmax_lastdim", "softmax_lean"]
+__all__ = ["softmax_lastdim", "log_softmax_lastdim", "softmax_lean", "softmax_plan"]
 
 
 @triton.jit
@@ -108,6 +108,18 @@ def softmax_lean(x: torch.Tensor, out_dtype: torch.dtype, log: bool
         return y
 
     return softmax_lean
+
+
+def softmax_plan(x: torch.Tensor, out_dtype: torch.dtype, log: bool) -> "Any | None":
+    """After `(log_)softmax_lastdim(x, out_dtype)` has run on a contiguous, non-empty x: the native
+    front's plan of the launch `softmax_lean` makes (`_native.plan`), or None."""
+    n = x.shape[-1]
+    b = _LAUNCH.bound(_key(x, out_dtype, n, n, n, log))
+    if b is None:
+        return None
+    from ._native import IN, OUT, plan
+
+    return plan(b, (x.numel() // n,), (IN, OUT, n, n, n))
 
 
 def softmax_lastdim(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -278,6 +278,30 @@ def log_softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tens
     return _softmax_slow(self, dim, half_to_float, True, key)
 
 
+# The native front (invariant/native.py) serves _softmax / _log_softmax where it holds the call's
+# launch, and sends every other call here. Keys (as softmax's) whose launch was offered to it:
+# True where it took one. Bounded with the front's own table (cleared together).
+_NATIVE_PUT: dict[tuple, bool] = {}
+
+
+def softmax_native_miss(front: Any, op: int, self: torch.Tensor, dim: int, half_to_float: bool,
+                        log: bool) -> torch.Tensor:
+    """A call the native front did not serve: the Python kernel runs it (and binds its lean launch);
+    where that launch is bound, the front gets its plan, so the next such call stays native."""
+    y = (log_softmax if log else softmax)(self, dim, half_to_float)
+    key = (self.shape, self.dtype, dim, half_to_float, log, self.is_contiguous(), self.data_ptr() & 15,
+           self.get_device())
+    if key not in _NATIVE_PUT and _SOFTMAX_LEAN.get(key):
+        p = _kernels().softmax_plan(self, y.dtype, log)
+        if len(_NATIVE_PUT) >= 2048:
+            _NATIVE_PUT.clear()
+            front.clear()
+        if p is not None:
+            front.put(op, self, dim, half_to_float, y.dtype, p)
+        _NATIVE_PUT[key] = p is not None
+    return y
+
+
 def _rms(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
          eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     nd = len(normalized_shape)

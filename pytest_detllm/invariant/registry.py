@@ -72,8 +72,16 @@ def count_call(device_type: str, op: str) -> None:
     _calls[(device_type, op)] += 1
 
 
+# Calls served outside Python (the native front: invariant/native.py), counted there.
+_counters: list[Callable[[str, str], int]] = []
+
+
+def add_call_counter(counter: Callable[[str, str], int]) -> None:
+    _counters.append(counter)
+
+
 def call_count(device_type: str, op: str) -> int:
-    return _calls[(device_type, op)]
+    return _calls[(device_type, op)] + sum(c(device_type, op) for c in _counters)
 
 
 def _counted(device_type: str, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -179,33 +187,64 @@ def _remove_attention() -> None:
     _saved_attention.clear()
 
 
+def _native_enter(tables: dict[str, dict[str, Callable[..., object]]]) -> set[str]:
+    """The CUDA ops the native front serves from now on (it registered them), where the CUDA table
+    is the invariant kernels' (not a tripwire)."""
+    if "CUDA" not in tables:
+        return set()
+    from .cuda import CUDA_IMPLS
+
+    if tables["CUDA"] is not CUDA_IMPLS:
+        return set()
+    from . import native
+
+    return native.enter()
+
+
+def _native_exit() -> None:
+    import sys
+
+    native = sys.modules.get(f"{__package__}.native")  # never imported: never entered
+    if native is not None:
+        native.exit()
+
+
 def enter() -> None:
     global _depth, _lib
     with _lock:
         if _depth == 0:
             lib = torch.library.Library("aten", "IMPL")
-            with warnings.catch_warnings():
-                # torch warns that we override a registered kernel: that is the point.
-                warnings.simplefilter("ignore")
-                tables = install_tables()
-                for key, table in tables.items():
-                    for name, fn in table.items():
-                        lib.impl(name, _counted(key.lower(), name, fn), key)
-                        _installed.setdefault(key, set()).add(name)
-                for key, table in extra_tables(tables).items():
-                    for name, fn in table.items():
-                        lib.impl(name, fn, key)
-                        _installed.setdefault(key, set()).add(name)
-                # Direct F.scaled_dot_product_attention calls: the composite op itself, above the
-                # backend choice and the autograd key, so no route bypasses it (sdpa.py counts calls).
-                from .sdpa import SDPA_OP, scaled_dot_product_attention
+            try:
+                with warnings.catch_warnings():
+                    # torch warns that we override a registered kernel: that is the point.
+                    warnings.simplefilter("ignore")
+                    tables = install_tables()
+                    native_ops = _native_enter(tables)
+                    for key, table in tables.items():
+                        for name, fn in table.items():
+                            if not (key == "CUDA" and name in native_ops):  # the front registered these
+                                lib.impl(name, _counted(key.lower(), name, fn), key)
+                            _installed.setdefault(key, set()).add(name)
+                    for key, table in extra_tables(tables).items():
+                        for name, fn in table.items():
+                            lib.impl(name, fn, key)
+                            _installed.setdefault(key, set()).add(name)
+                    # Direct F.scaled_dot_product_attention calls: the composite op itself, above the
+                    # backend choice and the autograd key, so no route bypasses it (sdpa.py counts calls).
+                    from .sdpa import SDPA_OP, scaled_dot_product_attention
 
-                lib.impl(SDPA_OP, scaled_dot_product_attention, SDPA_KEY)
-                _installed.setdefault(SDPA_KEY, set()).add(SDPA_OP)
+                    lib.impl(SDPA_OP, scaled_dot_product_attention, SDPA_KEY)
+                    _installed.setdefault(SDPA_KEY, set()).add(SDPA_OP)
+            except BaseException:
+                _native_exit()
+                lib._destroy()
+                _installed.clear()
+                raise
             _lib = lib
             try:
                 _install_attention()
             except Exception:
+                _native_exit()
                 lib._destroy()
                 _lib = None
                 _installed.clear()
@@ -227,6 +266,7 @@ def exit() -> None:
         _depth -= 1
         if _depth == 0:
             _remove_attention()
+            _native_exit()
             if _lib is not None:
                 _lib._destroy()
                 _lib = None
