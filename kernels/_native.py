@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,10 +42,14 @@ class NativeError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """$DETLLM_NATIVE_DIR, else `<$XDG_CACHE_HOME or ~/.cache>/pytest-detllm/native`."""
+    """$DETLLM_NATIVE_DIR, else `native/` in the plugin's cache ($DETLLM_CACHE_DIR, else
+    `<$XDG_CACHE_HOME or ~/.cache>/pytest-detllm`: pytest_detllm/_cache.py's rule)."""
     env = os.environ.get("DETLLM_NATIVE_DIR")
     if env:
         return Path(env)
+    root = os.environ.get("DETLLM_CACHE_DIR")
+    if root:
+        return Path(root) / "native"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-detllm" / "native"
 
 
@@ -92,6 +97,12 @@ def build(directory: "Path | None" = None) -> Path:
     if out.exists():
         return out
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".build-*.so"):  # left by a build killed midway (a daemon thread at exit)
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=directory)
     os.close(fd)
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import shutil
 import struct
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -211,3 +213,35 @@ def test_plan_refuses_launches_it_cannot_make(case: str) -> None:
     else:
         args = args[:2]
     assert _native.plan(_bound(sig, **kw), (1,), args) is None
+
+
+@pytest.fixture()
+def fresh(monkeypatch: pytest.MonkeyPatch, front: _native.Front):
+    """invariant/native.py's process state, empty, with the build cache of this module's library."""
+    for name in ("_front", "_built", "_error", "_thread"):
+        monkeypatch.setattr(front_mod, name, [])
+    monkeypatch.setenv("DETLLM_NATIVE_DIR", str(front.path.parent))
+    return monkeypatch
+
+
+def test_wait_mode_names_the_failure_and_the_way_out(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setenv("DETLLM_NATIVE", "wait")
+    fresh.setenv("CXX", "false")  # a compiler that always fails
+    fresh.setenv("DETLLM_NATIVE_DIR", str(Path(fresh_dir := tempfile.mkdtemp())))
+    with pytest.raises(RuntimeError, match="building the native front failed") as info:
+        front_mod.front()
+    assert "DETLLM_NATIVE=0" in str(info.value) and "false" in str(info.value)
+    assert front_mod.front() is None  # failed once: the Python path from then on, no rebuild
+    shutil.rmtree(fresh_dir)
+
+
+def test_default_mode_builds_in_the_background_and_falls_back_if_it_cannot_load(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setenv("DETLLM_NATIVE", "1")
+    assert front_mod.front() is None  # not built yet: the Python kernels serve meanwhile
+    [t] = front_mod._thread
+    t.join(120)
+    assert front_mod._built and front_mod._built[0].exists()
+    # loading needs the CUDA driver (cuLaunchKernel): this machine has none, so no front, an error
+    assert front_mod.front() is None and "libcuda" in front_mod.error()
+    fresh.setenv("DETLLM_NATIVE", "0")
+    assert front_mod.enter() == set()
