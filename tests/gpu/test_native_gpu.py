@@ -110,3 +110,30 @@ def test_off_the_python_kernels_serve(front, monkeypatch: pytest.MonkeyPatch) ->
         y = torch.softmax(x, -1)
         assert front.calls(native.OPS.index("_softmax")) == n
     assert torch.equal(y, dk.softmax_lastdim(x))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_each_card_gets_its_own_launch_and_another_current_card_falls_back(front) -> None:
+    log = native.OPS.index("_log_softmax")
+    xs = [torch.randn(4, 3000, device=f"cuda:{d}") for d in (0, 1)]
+    with torch.cuda.device(1):
+        ref1 = dk.log_softmax_lastdim(xs[1])
+    ref0 = dk.log_softmax_lastdim(xs[0])
+    assert torch.cuda.current_device() == 0
+    with batch_invariant("cuda"):
+        for _ in range(2):  # cuda:1's tensor while cuda:0 is current: the Python path switches card
+            n = front.calls(log)
+            assert torch.equal(torch.log_softmax(xs[1], -1), ref1) and front.calls(log) == n
+        with torch.cuda.device(1):
+            torch.log_softmax(xs[1], -1)
+            n = front.calls(log)
+            y1 = torch.log_softmax(xs[1], -1)  # its own plan, launched in cuda:1's context
+            assert front.calls(log) == n + 1 and y1.device == xs[1].device
+            assert torch.equal(torch.log_softmax(xs[0], -1), ref0) and front.calls(log) == n + 1
+        torch.log_softmax(xs[0], -1)
+        n = front.calls(log)
+        y0 = torch.log_softmax(xs[0], -1)
+        assert front.calls(log) == n + 1
+    torch.cuda.synchronize(0)
+    torch.cuda.synchronize(1)
+    assert torch.equal(y1, ref1) and torch.equal(y0, ref0)
