@@ -292,7 +292,8 @@ def softmax_native_miss(front: Any, op: int, self: torch.Tensor, dim: int, half_
     key = (self.shape, self.dtype, dim, half_to_float, log, self.is_contiguous(), self.data_ptr() & 15,
            self.get_device())
     if key not in _NATIVE_PUT and _SOFTMAX_LEAN.get(key):
-        p = _kernels().softmax_plan(self, y.dtype, log)
+        # the front keys at most 8 dims (_native.MAX_DIM); a longer shape stays on this path
+        p = _kernels().softmax_plan(self, y.dtype, log) if self.dim() <= 8 else None
         if len(_NATIVE_PUT) >= 2048:
             _NATIVE_PUT.clear()
             front.clear()

@@ -72,6 +72,9 @@ def test_misses_fall_back_and_hooks_take_the_python_path(front) -> None:
         finally:
             _RUNTIME.launch_enter_hook.remove(seen.append)
         assert len(seen) == 1 and torch.equal(y, ref)  # the hook saw the launch: Python ran it
+        x9 = x[:2, :50].reshape(1, 1, 1, 1, 1, 1, 1, 2, 50).contiguous()  # more dims than the front keys
+        for _ in range(2):
+            assert torch.equal(torch.log_softmax(x9, -1), dk.log_softmax_lastdim(x9))
         assert front.calls(native.OPS.index("_log_softmax")) == n
         assert torch.equal(torch.log_softmax(x, -1), ref)
         assert front.calls(native.OPS.index("_log_softmax")) == n + 1
