@@ -22,9 +22,10 @@ every cell same bits, 4 slots): M = 4096-8192 0.79-0.97 -> 0.96-1.04; M = 1024 c
 where the Triton kernel's 64 x 128 tiles reach 0.9: `usable` routes by tile count.
 Where the 192-column tiles fill less than one wave and 144-column ones fit in it (c_attn at
 M = 1024), the second accumulator is 64 x 16 (m64n16k16), same chain, same bits (`width`): over
-graphs 0.79-0.81 -> 0.85-0.90 (twenty-second session). Where an SM runs several tiles, the
-output leaves by TMA from per-warpgroup staging tiles under the next tile's k steps (`c_by_tma`;
-M = 4096-8192 0.92-1.02 -> 0.96-1.04, twenty-third session).
+graphs 0.79-0.81 -> 0.85-0.90 (twenty-second session). The output leaves by TMA from
+per-warpgroup staging tiles (`C_TMA_ON`), under the next tile's k steps where an SM runs several
+(M = 4096-8192 0.92-1.02 -> 0.96-1.04, twenty-third session), and within one wave too (c_attn at
+M = 1024 0.89-0.90 -> 0.90-0.92, twenty-fourth session).
 
 Gluon's API moves between Triton releases: like the attention kernel, this runs on the release it
 was checked on (`attention_gluon.VERIFIED_TRITON`), elsewhere the Triton kernel serves.
@@ -62,10 +63,14 @@ STAGES = 4
 # 0.82; 32 tiles lost 0.93 -> 0.52).
 MAX_K = 3072
 MIN_TILES = 96
-# The output by TMA from staging tiles where an SM runs several tiles (`c_by_tma`): on an H100
-# (twenty-third session) the Gluon tests gave the Triton kernel's bits with it, and GPT-2's M = 4096
-# and 8192 rows went 0.92-1.02 -> 0.96-1.04 of cuBLAS over graphs. DETLLM_GLUON_MM_C_TMA=0 keeps
-# st.global everywhere (a diagnosis knob: the bits are the same either way).
+# The output by TMA from staging tiles, for every product with a 16-byte aligned output. On an H100
+# the Gluon tests gave the Triton kernel's bits with it. Where an SM runs several tiles, a tile's
+# store runs under the next tile's k steps: GPT-2's M = 4096 and 8192 rows went 0.92-1.02 ->
+# 0.96-1.04 of cuBLAS over graphs (twenty-third session). Within one wave there is no next tile,
+# but the copy engine still writes the 64 x 16 piece of a 144-column tile better than st.global:
+# c_attn at M = 1024, paired processes, 3 rounds each, 0.89-0.90 -> 0.90-0.92 over graphs, c_fc
+# 0.93-0.94 -> 0.94 (twenty-fourth session). DETLLM_GLUON_MM_C_TMA=0 keeps st.global everywhere (a
+# diagnosis knob: the bits are the same either way).
 C_TMA_ON = os.environ.get("DETLLM_GLUON_MM_C_TMA", "1") != "0"
 CONSUMER_REGS, PRODUCER_REGS = 232, 40
 
@@ -274,14 +279,6 @@ def width(m: int, n: int, dev: int) -> int:
     return BN
 
 
-def c_by_tma(m: int, n: int, bn: int, dev: int) -> bool:
-    """Whether the output leaves by TMA (`C_TMA`): where some SM runs more than one tile, so a
-    tile's store runs under the next tile's k steps (H100, over CUDA graphs, GPT-2 at M =
-    4096-8192: 0.92-1.02 -> 0.96-1.04 of cuBLAS in production, twenty-third session). Within one
-    wave there is no next tile; st.global stays. Only with `C_TMA_ON`."""
-    return C_TMA_ON and _tiles(m, n, bn) > num_sms(dev)
-
-
 def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[int, int, int],
            sb: tuple[int, int, int], has_x: bool, alpha: float, beta: float) -> bool:
     """Whether `matmul._launch`'s default 2-D call (no config, split or program count asked) runs
@@ -325,12 +322,12 @@ def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[in
 def _plan(a: torch.Tensor, x: "torch.Tensor | None", m: int, n: int, k: int, sb: tuple[int, int, int],
           sx: tuple[int, int, int], c_tma: "bool | None") -> tuple[bool, int, int, bool, tuple]:
     """(B in (N, K) layout, device, tile width, output by TMA, plan key) of a product: what
-    `gluon_mm` and `lean_launch` both derive. c_tma None: `c_by_tma`'s answer."""
+    `gluon_mm` and `lean_launch` both derive. c_tma None: `C_TMA_ON`."""
     nk = bool(_b_nk(sb, a.element_size()))
     dev = a.get_device()
     bn = width(m, n, dev)
     if c_tma is None:
-        c_tma = c_by_tma(m, n, bn, dev)
+        c_tma = C_TMA_ON
     return nk, dev, bn, c_tma, _key(a, x, n, k, sx, nk, bn, c_tma)
 
 
@@ -397,7 +394,7 @@ def lean_launch(a: torch.Tensor, b: torch.Tensor, x: "torch.Tensor | None", m: i
     hands the same few blocks back), and the compiled kernel's C launch, as Triton 3.6's wrapper
     would pass them. Same compiled kernel, same argument values: same bits. The caller checks
     `_launch.ready`. None where there is no such launch (no plan yet, another Triton's launcher).
-    c_tma: the output path of the call that ran (default: `c_by_tma`, for a 16-byte aligned output
+    c_tma: the output path of the call that ran (default: `C_TMA_ON`, for a 16-byte aligned output
     as the caller allocates it)."""
     nk, dev, bn, c_tma, key = _plan(a, x, m, n, k, sb, sx, c_tma)
     full = (key, m, n, k, sa, sb, sx)

@@ -195,20 +195,16 @@ def test_the_tile_width_fills_the_one_wave(fake_launches: list[tuple], m: int, n
     assert g._key(a, None, n, k, (0, 0, 0), False, 144, False) != g._key(a, None, n, k, (0, 0, 0), False, 192, False)
 
 
-@pytest.mark.parametrize("m,n,c_tma", [(1024, 2304, False), (1024, 3072, False), (1536, 2304, True),
-                                       (4096, 2304, True), (8192, 768, True), (4096, 768, False)])
-def test_the_output_leaves_by_tma_where_an_sm_runs_several_tiles(fake_launches: list[tuple],
-                                                                 monkeypatch: pytest.MonkeyPatch, m: int, n: int,
-                                                                 c_tma: bool) -> None:
-    """C goes by TMA from staging tiles where the product has more tiles than SMs (a tile's store
-    then runs under the next tile's k steps): the plan differs, and the lean launch fills C's two
-    maps from the output pointer; within one wave (c_attn and c_fc at 1024 rows: 128 tiles; N = 768
-    at 4096 rows: 132) C stays on st.global and the two descriptor slots carry None.
-    With DETLLM_GLUON_MM_C_TMA=0 (`C_TMA_ON` False), st.global everywhere."""
+@pytest.mark.parametrize("m,n", [(1024, 2304), (1024, 3072), (1536, 2304), (4096, 2304), (8192, 768), (4096, 768)])
+@pytest.mark.parametrize("c_tma", [True, False], ids=["c-tma", "st-global"])
+def test_the_output_leaves_by_tma_unless_turned_off(fake_launches: list[tuple], monkeypatch: pytest.MonkeyPatch,
+                                                     m: int, n: int, c_tma: bool) -> None:
+    """C goes by TMA from staging tiles for every product, within one wave (c_attn and c_fc at 1024
+    rows: 128 tiles; N = 768 at 4096 rows: 132) as where an SM runs several tiles: the lean launch
+    fills C's two maps from the output pointer. With DETLLM_GLUON_MM_C_TMA=0 (`C_TMA_ON` False),
+    st.global everywhere: the two descriptor slots carry None."""
     g = gluon_mod
-    monkeypatch.setattr(g, "C_TMA_ON", True)
-    bn = g.width(m, n, 0)
-    assert g.c_by_tma(m, n, bn, 0) is c_tma
+    monkeypatch.setattr(g, "C_TMA_ON", c_tma)
     k = 768
     a, b = FakeCudaTensor((m, k)), FakeCudaTensor((k, n))
     fn = g.lean_launch(a, b, None, m, n, k, (0, *a.stride()), (0, *b.stride()), (0, 0, 0))
@@ -219,5 +215,3 @@ def test_the_output_leaves_by_tma_where_an_sm_runs_several_tiles(fake_launches: 
         assert c_slots == ["map@1000", m, n, n, 1, "map@1000", m, n, n, 1], "C's two maps from the output"
     else:
         assert c_slots == [None, None]
-    monkeypatch.setattr(g, "C_TMA_ON", False)
-    assert not g.c_by_tma(m, n, bn, 0)
