@@ -41,18 +41,6 @@ class NativeError(RuntimeError):
     """The native front could not be built or loaded (the Python path serves instead)."""
 
 
-def cache_dir() -> Path:
-    """$DETLLM_NATIVE_DIR, else `native/` in the plugin's cache ($DETLLM_CACHE_DIR, else
-    `<$XDG_CACHE_HOME or ~/.cache>/pytest-detllm`: pytest_detllm/_cache.py's rule)."""
-    env = os.environ.get("DETLLM_NATIVE_DIR")
-    if env:
-        return Path(env)
-    root = os.environ.get("DETLLM_CACHE_DIR")
-    if root:
-        return Path(root) / "native"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-detllm" / "native"
-
-
 def _compiler() -> str:
     """$CXX, else the first of c++ / g++ / clang++ on PATH."""
     env = os.environ.get("CXX")
@@ -89,10 +77,10 @@ def command(src: Path, out: Path) -> list[str]:
             str(src), "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
 
 
-def build(directory: "Path | None" = None) -> Path:
+def build(directory: Path) -> Path:
     """The library for this source and torch, compiled if it is not in `directory` yet (atomic:
-    compiled under a temporary name, then renamed, so concurrent builders never load half a file)."""
-    directory = directory or cache_dir()
+    compiled under a temporary name, then renamed, so concurrent builders never load half a file).
+    The plugin passes `native/` of its cache directory (pytest_detllm/_cache.py `native_dir`)."""
     out = directory / f"detllm_native-{build_key()}.so"
     if out.exists():
         return out

