@@ -252,3 +252,23 @@ def plan(bound: Any, grid: Sequence[int], args: Sequence[Any]) -> "Plan | None":
     g = tuple(grid) + (1,) * (3 - len(grid))
     return Plan(int(bound.function), (int(g[0]), int(g[1]), int(g[2])), 32 * int(packed[0]), int(packed[2]),
                 tuple(kinds), tuple(values), kernel)
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    """`python -m detllm_kernels._native DIRECTORY`: build into DIRECTORY and print the library's
+    path. The plugin's background build runs this in a session of its own, so that a build started
+    by a short pytest run still finishes, and the next run finds it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m detllm_kernels._native DIRECTORY", file=sys.stderr)
+        return 2
+    try:
+        print(build(Path(args[0])))
+    except NativeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -245,3 +245,16 @@ def test_default_mode_builds_in_the_background_and_falls_back_if_it_cannot_load(
     assert front_mod.front() is None and "libcuda" in front_mod.error()
     fresh.setenv("DETLLM_NATIVE", "0")
     assert front_mod.enter() == set()
+
+
+def test_a_failed_background_build_is_reported_not_raised(fresh: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The background build runs in a child process (so that it outlives a short run); its failure
+    comes back as the front's error, and the Python kernels keep serving."""
+    fresh.setenv("DETLLM_NATIVE", "1")
+    fresh.setenv("CXX", "false")
+    fresh.setenv("DETLLM_NATIVE_DIR", str(tmp_path))
+    assert front_mod.front() is None
+    front_mod._thread[0].join(120)
+    assert front_mod.front() is None
+    assert "building the native front failed" in front_mod.error() and "false" in front_mod.error()
+    assert not list(tmp_path.glob("*.so"))  # no half-built library left behind

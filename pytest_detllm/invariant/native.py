@@ -3,8 +3,8 @@ aten::_log_softmax on CUDA registered from C++, so a call whose launch is bound 
 dispatcher's trip into Python (issue 10, item 1; docs/kernels.md, "Launch overhead").
 
 DETLLM_NATIVE picks how it comes:
-* ``1`` (default): the first CUDA entry into batch_invariant() starts building it in a background
-  thread (once per torch and source: cached in `native/` of the plugin's cache directory or in
+* ``1`` (default): the first CUDA entry into batch_invariant() starts building it in a child process
+  of its own session, waited for by a background thread (once per torch and source: cached in `native/` of the plugin's cache directory or in
   $DETLLM_NATIVE_DIR, ~10 s on first use); an entry after the build is done
   turns it on. Until then, or if the build fails (no C++ compiler), the Python kernels serve, with
   the same bits: the front launches the same compiled kernels with the same arguments.
@@ -42,6 +42,7 @@ def _wanted() -> bool:
 
 
 def _build() -> None:
+    """Build in this process (DETLLM_NATIVE=wait)."""
     try:
         from detllm_kernels import _native
 
@@ -50,6 +51,32 @@ def _build() -> None:
         _built.append(_native.build(native_dir()))
     except Exception as exc:  # noqa: BLE001 - any failure leaves the Python path in place
         _error.append(f"{type(exc).__name__}: {exc}")
+
+
+def _build_detached() -> None:
+    """Build in a child process of its own session (the background thread waits for it): a test
+    run shorter than the build (~10 s) exits meanwhile, and the child still finishes the library,
+    which the next run loads."""
+    import subprocess
+    import sys
+
+    from .._cache import native_dir
+
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "detllm_kernels._native", str(native_dir())],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        out, err = proc.communicate()
+    except Exception as exc:  # noqa: BLE001
+        _error.append(f"{type(exc).__name__}: {exc}")
+        return
+    lines = out.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        from pathlib import Path
+
+        _built.append(Path(lines[-1]))
+    else:
+        _error.append(err.strip()[-2000:] or f"the build exited with {proc.returncode}")
 
 
 def define_fallbacks(impls: "dict[str, Callable[..., Any]]", key: str) -> torch.library.Library:
@@ -97,7 +124,7 @@ def front() -> Any:
                                "(DETLLM_NATIVE=0 runs without it)")
     if not _built:
         if not _thread:
-            t = threading.Thread(target=_build, name="detllm-native-build", daemon=True)
+            t = threading.Thread(target=_build_detached, name="detllm-native-build", daemon=True)
             _thread.append(t)
             t.start()
         return None
