@@ -3,11 +3,12 @@ aten::_log_softmax on CUDA registered from C++, so a call whose launch is bound 
 dispatcher's trip into Python (issue 10, item 1; docs/kernels.md, "Launch overhead").
 
 DETLLM_NATIVE picks how it comes:
-* ``1`` (default): the first CUDA entry into batch_invariant() starts building it in a child process
-  of its own session, waited for by a background thread (once per torch and source: cached in `native/` of the plugin's cache directory or in
-  $DETLLM_NATIVE_DIR, ~10 s on first use); an entry after the build is done
-  turns it on. Until then, or if the build fails (no C++ compiler), the Python kernels serve, with
-  the same bits: the front launches the same compiled kernels with the same arguments.
+* ``1`` (default): the first CUDA entry into batch_invariant() starts building it in a child
+  process of its own session, waited for by a background thread (once per torch and source:
+  cached in `native/` of the plugin's cache directory or in $DETLLM_NATIVE_DIR, ~10 s on first
+  use); an entry after the build is done turns it on. Until then, or if the build fails (no C++
+  compiler), the Python kernels serve, with the same bits: the front launches the same compiled
+  kernels with the same arguments.
 * ``wait``: built at the first entry, which waits; a failure is raised (benchmarks and tests).
 * ``0``: off.
 It is also off where the launch fast path is (DETLLM_FAST_LAUNCH=0) and where Triton's launch hooks
