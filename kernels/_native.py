@@ -85,7 +85,20 @@ def build(directory: Path) -> Path:
     if out.exists():
         return out
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(".build-*.so"):  # left by a build killed midway (a daemon thread at exit)
+    # One builder at a time per directory (xdist workers all start one at their first GPU use): the
+    # others wait here and then find the library.
+    import fcntl
+
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        return _compile(directory, out)
+
+
+def _compile(directory: Path, out: Path) -> Path:
+    """Compile into a temporary file of `directory`, then rename it to `out` (under `build`'s lock)."""
+    for stale in directory.glob(".build-*.so"):  # left by a build process killed midway
         try:
             if time.time() - stale.stat().st_mtime > 3600:
                 stale.unlink()

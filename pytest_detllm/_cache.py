@@ -93,6 +93,8 @@ def describe(root: Path | None = None) -> list[tuple[Path, str, int]]:
         except OSError:
             continue
         for p in entries:
+            if where / sub == native and p.name == ".lock":  # the builders' lock file: nothing kept
+                continue
             try:
                 if sub == "venvs":
                     kind = "test environment (scripts/dev.py)" if p.is_dir() else "failed install's reason (scripts/dev.py)"

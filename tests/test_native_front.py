@@ -258,3 +258,27 @@ def test_a_failed_background_build_is_reported_not_raised(fresh: pytest.MonkeyPa
     assert front_mod.front() is None
     assert "building the native front failed" in front_mod.error() and "false" in front_mod.error()
     assert not list(tmp_path.glob("*.so"))  # no half-built library left behind
+
+
+def test_concurrent_builders_compile_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """xdist workers all start a build at their first GPU use: one compiles, the others wait on the
+    directory's lock and load its library."""
+    import threading
+    import time
+
+    compiled: list[Path] = []
+
+    def slow_compile(directory: Path, out: Path) -> Path:
+        compiled.append(out)
+        time.sleep(0.3)
+        out.write_bytes(b"lib")
+        return out
+
+    monkeypatch.setattr(_native, "_compile", slow_compile)
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda: got.append(_native.build(tmp_path))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(compiled) == 1 and len(got) == 4 and len(set(got)) == 1 and got[0].read_bytes() == b"lib"
