@@ -43,21 +43,9 @@ def _wanted() -> bool:
 
 
 def _build() -> None:
-    """Build in this process (DETLLM_NATIVE=wait)."""
-    try:
-        from detllm_kernels import _native
-
-        from .._cache import native_dir
-
-        _built.append(_native.build(native_dir()))
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the Python path in place
-        _error.append(f"{type(exc).__name__}: {exc}")
-
-
-def _build_detached() -> None:
-    """Build in a child process of its own session (the background thread waits for it): a test
-    run shorter than the build (~10 s) exits meanwhile, and the child still finishes the library,
-    which the next run loads."""
+    """Build in a child process of its own session, and wait for it (DETLLM_NATIVE=wait waits in
+    the calling thread, the default in a background thread): a test run shorter than the build
+    (~10 s) exits meanwhile, and the child still finishes the library, which the next run loads."""
     import subprocess
     import sys
 
@@ -125,7 +113,7 @@ def front() -> Any:
                                "(DETLLM_NATIVE=0 runs without it)")
     if not _built:
         if not _thread:
-            t = threading.Thread(target=_build_detached, name="detllm-native-build", daemon=True)
+            t = threading.Thread(target=_build, name="detllm-native-build", daemon=True)
             _thread.append(t)
             t.start()
         return None
