@@ -63,6 +63,21 @@ struct Key {
 };
 static_assert(sizeof(Key) == 8 * kMaxDim + 8 + 6 * 4, "Key must have no padding");
 
+// The one place a Key is filled: by a call (softmax_like) and by the Python side's put.
+Key make_key(int32_t op, int32_t dtype, int32_t flag, int64_t arg, int32_t ndim, const int64_t* sizes,
+             int32_t align, int32_t device) {
+  Key k{};
+  for (int32_t i = 0; i < ndim; ++i) k.sizes[i] = sizes[i];
+  k.arg = arg;
+  k.op = op;
+  k.device = device;
+  k.ndim = ndim;
+  k.dtype = dtype;
+  k.flag = flag;
+  k.align = align;
+  return k;
+}
+
 struct KeyHash {
   size_t operator()(const Key& k) const noexcept {
     uint64_t w[sizeof(Key) / 8];
@@ -181,16 +196,10 @@ at::Tensor softmax_like(Op op, const at::Tensor& self, int64_t dim, bool half_to
   State& s = state();
   const int64_t nd = self.dim();
   if (s.launch != nullptr && nd >= 1 && nd <= kMaxDim && hooks_clear(s) && self.is_contiguous()) {
-    Key k{};
-    for (int64_t i = 0; i < nd; ++i) k.sizes[i] = self.size(i);
-    k.arg = dim;
-    k.op = op;
-    k.device = self.get_device();
-    k.ndim = static_cast<int32_t>(nd);
-    k.dtype = static_cast<int32_t>(self.scalar_type());
-    k.flag = half_to_float ? 1 : 0;
     void* in = self.data_ptr();
-    k.align = static_cast<int32_t>(reinterpret_cast<uintptr_t>(in) & 15);
+    const Key k = make_key(op, static_cast<int32_t>(self.scalar_type()), half_to_float ? 1 : 0, dim,
+                           static_cast<int32_t>(nd), self.sizes().data(),
+                           static_cast<int32_t>(reinterpret_cast<uintptr_t>(in) & 15), self.get_device());
     Entry e;
     bool hit = false;
     {
@@ -285,15 +294,7 @@ int detllm_native_put(int32_t op, int32_t dtype, int32_t flag, int64_t arg, int3
   if (op < 0 || op >= N_OPS || ndim < 1 || ndim > kMaxDim || n < 0 || n > kMaxParams || function == nullptr) {
     return fail("detllm_native_put: argument out of range");
   }
-  Key k{};
-  for (int i = 0; i < ndim; ++i) k.sizes[i] = sizes[i];
-  k.arg = arg;
-  k.op = op;
-  k.device = device;
-  k.ndim = ndim;
-  k.dtype = dtype;
-  k.flag = flag;
-  k.align = align;
+  const Key k = make_key(op, dtype, flag, arg, ndim, sizes, align, device);
   Entry e{};
   e.function = function;
   std::memcpy(e.grid, grid, sizeof e.grid);
