@@ -60,7 +60,11 @@ def sweep_configs(m: int) -> list[MatmulConfig]:
     if m <= 256:
         return [MatmulConfig(64, 128, 8, 4, 4, False), MatmulConfig(128, 128, 8, 8, 3, False),
                 MatmulConfig(128, 64, 8, 4, 4, False), MatmulConfig(64, 64, 8, 4, 4, False),
-                MatmulConfig(64, 128, 8, 4, 3, False, 128), MatmulConfig(128, 256, 8, 8, 3, True)]
+                MatmulConfig(64, 128, 8, 4, 3, False, 128), MatmulConfig(128, 256, 8, 8, 3, True),
+                # narrow N at M = 256 (Llama k/v: 32 tiles of 64x128 for 132 SMs): more, thinner tiles
+                MatmulConfig(64, 64, 8, 4, 4, False, 128), MatmulConfig(64, 32, 8, 4, 4, False, 256),
+                MatmulConfig(64, 64, 8, 4, 3, False, 256), MatmulConfig(64, 128, 8, 4, 4, False, 128),
+                MatmulConfig(128, 64, 8, 4, 4, False, 128), MatmulConfig(64, 32, 8, 4, 6, False, 128)]
     # prefill: the default 128x256 persistent tile next to smaller tiles (more programs where a
     # narrow N leaves most SMs idle: N = 768-1024 at M = 1024 makes only 24-32 tiles of 128x256)
     # (eleventh session: BLOCK_K 128, more stages, 256-row tiles; same bits by construction)
@@ -77,7 +81,12 @@ def sweep_configs(m: int) -> list[MatmulConfig]:
             MatmulConfig(128, 128, 8, 8, 3, False), MatmulConfig(128, 128, 8, 8, 2, False),
             MatmulConfig(64, 128, 8, 4, 3, False), MatmulConfig(64, 256, 8, 4, 2, False),
             MatmulConfig(128, 64, 8, 4, 3, False), MatmulConfig(64, 64, 8, 4, 4, False),
-            MatmulConfig(128, 128, 8, 4, 3, False), MatmulConfig(256, 128, 8, 8, 3, False)]
+            MatmulConfig(128, 128, 8, 4, 3, False), MatmulConfig(256, 128, 8, 8, 3, False),
+            # one-wave narrow products at M = 1024 (GPT-2 c_proj: 96 tiles of 64x128x128), timed
+            # from a cold L2 by do_bench: thinner tiles, deeper pipelines
+            MatmulConfig(64, 64, 8, 4, 4, False, 128), MatmulConfig(64, 128, 8, 4, 5, False, 128),
+            MatmulConfig(64, 64, 8, 4, 3, False, 256), MatmulConfig(128, 64, 8, 4, 4, False, 128),
+            MatmulConfig(64, 128, 8, 8, 4, False, 128), MatmulConfig(64, 64, 8, 4, 6, False, 128)]
 
 
 def split_sweep_configs(m: int) -> list[MatmulConfig]:

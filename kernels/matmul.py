@@ -174,7 +174,15 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
             return MatmulConfig(16, 32, 8, 4, 4, persistent=False, block_k=512, tma=False)
         return MatmulConfig(64, 64, 8, 4, 4, persistent=False, block_k=128, tma=False)
     if m <= 256:
-        return MatmulConfig(64, 128, 8, 4, 4, persistent=False)
+        # Short prefill: 64x128 tiles in K steps of 64 left a 256-row product at 0.52-0.79 of cuBLAS
+        # (Llama k/v: 32 tiles for 132 SMs). Narrow N takes 64 x 32 tiles in K steps of 256 (4x the
+        # programs, as many bytes in flight per program); wider N the narrow-prefill tile's K steps
+        # of 128. `bench_matmul.py --sweep --ms 256`, H100, twenty-fifth session, do_bench / graphs:
+        # Llama k/v 0.53 / 0.52 -> 1.02 / 1.10, GPT-2 mlp c_proj 0.56 / 0.50 -> 0.99 / 0.92, attn
+        # c_proj 0.72 / 0.78 -> 0.98 / 1.09, Llama down 0.76 / 0.81 -> 0.99 / 1.06; same bits.
+        if n <= NARROW_N:
+            return MatmulConfig(64, 32, 8, 4, 4, persistent=False, block_k=256)
+        return MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128)
     if cdiv(m, 128) * cdiv(n, 256) < 48:
         # A narrow N at prefill sizes: 128x256 tiles of a 1024-row product with N = 768-1024 are
         # 24-32 programs for 132 SMs (0.44-0.46 of cuBLAS); 64x128 tiles run 4x as many, and
@@ -303,7 +311,7 @@ def split_config(m: int, n: int, dtype: torch.dtype, kn: bool, chunks: int) -> M
 def candidate_configs(dtype: torch.dtype) -> list[MatmulConfig]:
     """Every config matmul_config can return for `dtype` (tests check they agree bitwise)."""
     shapes = [(1, 1024), (1, 4096), (1, 14336), (1, 128256), (32, 128256), (64, 1024), (64, 4096), (128, 4096),
-              (1024, 1024), (4096, 4096)]
+              (256, 1024), (1024, 1024), (4096, 4096)]
     configs = ({matmul_config(m, n, dtype) for m, n in shapes}
                | {matmul_config(m, n, dtype, True) for m, n in [(1, 2304), (64, 2304), (1, 768), (64, 768)]})
     return sorted(configs, key=repr)
