@@ -63,3 +63,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if torch.cuda.is_available() and torch.cuda.device_count() > 1:
             torch.cuda.set_device(int(worker[2:]) % torch.cuda.device_count())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The interpreter's kernel checks (one ~2-minute subprocess, one thread) start now, beside the
+    # tests that come before theirs; not under xdist, where each worker collects every test.
+    if os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
+        return
+    for item in session.items:
+        if item.nodeid.startswith("tests/test_kernels_interpret.py::"):
+            item.module.start_early()  # type: ignore[attr-defined]
+            return
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for item in getattr(session, "items", []):
+        if item.nodeid.startswith("tests/test_kernels_interpret.py::"):
+            item.module.stop_early()  # type: ignore[attr-defined]
+            return

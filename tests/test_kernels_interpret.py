@@ -33,18 +33,48 @@ NAMES = [
 USES_DOT = {n for n in NAMES if not n.startswith(("reductions", "hf_rmsnorm", "rope"))}
 
 
+# The run takes ~2 minutes of one core on a 2-core CI machine. tests/conftest.py starts it when
+# collection ends (`start_early`), one thread, so that it runs beside the tests before this module
+# instead of after them; the fixture below starts it itself where that did not happen (xdist).
+_EARLY: list[subprocess.Popen[str]] = []
+
+
+def _start(threads: int | None) -> subprocess.Popen[str]:
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return subprocess.Popen([sys.executable, str(SCRIPT), *NAMES], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env)
+
+
+def start_early() -> None:
+    if not _EARLY:
+        _EARLY.append(_start(threads=1))
+
+
+def stop_early() -> None:
+    """At the session's end: a run whose tests never came (-x stopped first) must not outlive it."""
+    for proc in _EARLY:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict[str, Any]]:
-    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(SCRIPT), *NAMES], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = _EARLY[0] if _EARLY else _start(threads=None)
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
     out: dict[str, dict[str, Any]] = {}
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("{"):
             rec = json.loads(line)
             out[rec["check"]] = rec
     if not out:
-        pytest.fail(f"interpreter run produced no results (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+        pytest.fail(f"interpreter run produced no results (rc={proc.returncode}):\n{stderr[-4000:]}")
     return out
 
 
