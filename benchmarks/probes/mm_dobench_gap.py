@@ -10,10 +10,14 @@ tell the suspects apart (us per call, cuBLAS's next to each):
 * ``warm``: the same per-call events with no zeroing in between (L2 as the last call left it);
 * ``cold-g``: a CUDA graph of n x (zero 256 MB, call) minus one of n x (zero 256 MB): the call
   from do_bench's cold, dirty L2 with no host in the loop;
+* ``tiny-g``: as cold-g with a 4 KB memset: the switch from a memset kernel to ours (shared-memory
+  carveout, launch) without the cold L2;
 * ``graph``: do_bench_cudagraph (median), as bench_matmul.py's graph column.
 
-dob against cold-g is host time leaking into the events (it should not: the 256 MB memset keeps
-the GPU ahead of the host); cold-g against graph is what the cold L2 costs. Then the candidates
+``warm`` includes host time wherever the host is slower than the GPU (the events wait for it).
+dob against cold-g is host time leaking into do_bench's events (it should not: the 256 MB memset
+keeps the GPU ahead of the host); cold-g against tiny-g is what the cold L2 costs, tiny-g against
+graph what the kernel switch costs. Then the candidates
 (tile, GROUP_M, stages, the TMA-store epilogue: none changes a row's bits, which the script
 checks) under dob and cold-g, so that a fix is picked on the timing that fails, not on graphs.
 """
@@ -72,6 +76,7 @@ def warm(fn: Callable[[int], object], nbuf: int, n: int = 400) -> float:
 
 
 def cold_graph(fn: Callable[[int], object], nbuf: int, cache: torch.Tensor, n: int = 40) -> float:
+    """us per call in a graph of n x (cache.zero_(), call), less a graph of the zeroing alone."""
     def replay_us(with_fn: bool) -> float:
         stream = torch.cuda.Stream()
         with torch.cuda.stream(stream):
@@ -108,8 +113,9 @@ def main() -> None:
     args = ap.parse_args()
     dtype = torch.bfloat16
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
-    print("# us per call: dob | warm | cold-g | graph; ratios are cuBLAS's time / ours", flush=True)
+    print("# us per call: dob | warm | cold-g | tiny-g | graph; ratios are cuBLAS's time / ours", flush=True)
     cache = torch.empty(CACHE_BYTES // 4, dtype=torch.int32, device="cuda")
+    tiny = torch.empty(1024, dtype=torch.int32, device="cuda")
     warmup = torch.randn(4096, 4096, device="cuda", dtype=dtype)
     triton.testing.do_bench(lambda: warmup @ warmup, warmup=500, rep=1000)  # clocks up first
     del warmup
@@ -125,7 +131,8 @@ def main() -> None:
             ref = km.mm(xs[0], ws[0])
 
             def timings(fn: Callable[[int], object]) -> list[float]:
-                return [dob(fn, nbuf), warm(fn, nbuf), cold_graph(fn, nbuf, cache), graph(fn, nbuf)]
+                return [dob(fn, nbuf), warm(fn, nbuf), cold_graph(fn, nbuf, cache), cold_graph(fn, nbuf, tiny),
+                        graph(fn, nbuf)]
 
             base = timings(lambda i: torch.mm(xs[i], ws[i]))
             print(f"{label} M={m} K={k} N={n}: cuBLAS " + " | ".join(f"{t:6.1f}" for t in base), flush=True)
