@@ -1,8 +1,8 @@
 """Build, load and feed the native front (`_native.cpp`): the row ops' lean launches without the
 dispatcher's trip into Python.
 
-The shared library is compiled once per (source, torch, Python) with the C++ compiler Triton's
-own launcher build would use, into a cache directory, and loaded with ctypes; no pybind11, no
+The shared library is compiled once per (source, torch, Python) with $CXX or the first C++
+compiler on PATH (`_compiler`), into a cache directory, and loaded with ctypes; no pybind11, no
 ninja. A launch is described to it by `plan`: the compiled Triton kernel's function handle, grid,
 block and shared memory, and each kernel parameter (the call's input or output pointer, or a value
 fixed by the plan's key) in the order of Triton's own launcher: the kernel's non-constexpr

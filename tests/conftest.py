@@ -65,6 +65,9 @@ def pytest_configure(config: pytest.Config) -> None:
             torch.cuda.set_device(int(worker[2:]) % torch.cuda.device_count())
 
 
+_interpret_module: list = []  # tests/test_kernels_interpret.py, where its run was started early
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # The interpreter's kernel checks (one ~2-minute subprocess, one thread) start now, beside the
     # tests that come before theirs; not under xdist, where each worker collects every test.
@@ -73,11 +76,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if item.nodeid.startswith("tests/test_kernels_interpret.py::"):
             item.module.start_early()  # type: ignore[attr-defined]
+            _interpret_module.append(item.module)  # type: ignore[attr-defined]
             return
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    for item in getattr(session, "items", []):
-        if item.nodeid.startswith("tests/test_kernels_interpret.py::"):
-            item.module.stop_early()  # type: ignore[attr-defined]
-            return
+    for module in _interpret_module:
+        module.stop_early()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -224,15 +223,14 @@ def fresh(monkeypatch: pytest.MonkeyPatch, front: _native.Front):
     return monkeypatch
 
 
-def test_wait_mode_names_the_failure_and_the_way_out(fresh: pytest.MonkeyPatch) -> None:
+def test_wait_mode_names_the_failure_and_the_way_out(fresh: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fresh.setenv("DETLLM_NATIVE", "wait")
     fresh.setenv("CXX", "false")  # a compiler that always fails
-    fresh.setenv("DETLLM_NATIVE_DIR", str(Path(fresh_dir := tempfile.mkdtemp())))
+    fresh.setenv("DETLLM_NATIVE_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="building the native front failed") as info:
         front_mod.front()
     assert "DETLLM_NATIVE=0" in str(info.value) and "false" in str(info.value)
     assert front_mod.front() is None  # failed once: the Python path from then on, no rebuild
-    shutil.rmtree(fresh_dir)
 
 
 def test_default_mode_builds_in_the_background_and_falls_back_if_it_cannot_load(fresh: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import statistics
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -36,6 +37,9 @@ import triton.testing
 import detllm_kernels as km
 from detllm_kernels.matmul import MatmulConfig, matmul_config, with_tma_store
 from pytest_detllm import batch_invariant
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_matmul import bench, graph_ms  # noqa: E402  (the table's own do_bench and graph timings)
 
 # (K, N, weight stored (K, N) as GPT-2's Conv1D, label)
 SHAPES = ((3072, 768, True, "gpt2 mlp c_proj"), (768, 768, True, "gpt2 attn c_proj"),
@@ -59,8 +63,7 @@ def candidates(prod: MatmulConfig, dtype: torch.dtype) -> list[tuple[str, Matmul
 
 
 def dob(fn: Callable[[int], object], nbuf: int) -> float:
-    it = itertools.count()
-    return triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200, return_mode="median") * 1e3
+    return bench(fn, nbuf) * 1e3
 
 
 def warm(fn: Callable[[int], object], nbuf: int, n: int = 400) -> float:
@@ -102,8 +105,7 @@ def cold_graph(fn: Callable[[int], object], nbuf: int, cache: torch.Tensor, n: i
 
 
 def graph(fn: Callable[[int], object], nbuf: int) -> float:
-    it = itertools.count()
-    return triton.testing.do_bench_cudagraph(lambda: fn(next(it) % nbuf), rep=100, return_mode="median") * 1e3
+    return graph_ms(fn, nbuf) * 1e3
 
 
 def main() -> None:

@@ -258,10 +258,15 @@ def _softmax_slow(self: torch.Tensor, dim: int, half_to_float: bool, log: bool, 
     return y
 
 
+def _softmax_key(self: torch.Tensor, xp: int, dim: int, half_to_float: bool, log: bool) -> tuple:
+    """The lean launch's key (what its plan depends on; the native front keys the same fields)."""
+    return (self.shape, self.dtype, dim, half_to_float, log, self.is_contiguous(), xp & 15, self.get_device())
+
+
 def softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
     _calls[_K_SOFTMAX] += 1
     xp = self.data_ptr()
-    key = (self.shape, self.dtype, dim, half_to_float, False, self.is_contiguous(), xp & 15, self.get_device())
+    key = _softmax_key(self, xp, dim, half_to_float, False)
     lean = _SOFTMAX_LEAN.get(key)
     if lean:
         return lean(self, xp)
@@ -271,7 +276,7 @@ def softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
 def log_softmax(self: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
     _calls[_K_LOG_SOFTMAX] += 1
     xp = self.data_ptr()
-    key = (self.shape, self.dtype, dim, half_to_float, True, self.is_contiguous(), xp & 15, self.get_device())
+    key = _softmax_key(self, xp, dim, half_to_float, True)
     lean = _SOFTMAX_LEAN.get(key)
     if lean:
         return lean(self, xp)
@@ -289,8 +294,7 @@ def softmax_native_miss(front: Any, op: int, self: torch.Tensor, dim: int, half_
     """A call the native front did not serve: the Python kernel runs it (and binds its lean launch);
     where that launch is bound, the front gets its plan, so the next such call stays native."""
     y = (log_softmax if log else softmax)(self, dim, half_to_float)
-    key = (self.shape, self.dtype, dim, half_to_float, log, self.is_contiguous(), self.data_ptr() & 15,
-           self.get_device())
+    key = _softmax_key(self, self.data_ptr(), dim, half_to_float, log)
     if key not in _NATIVE_PUT and _SOFTMAX_LEAN.get(key):
         # the front keys at most 8 dims (_native.MAX_DIM); a longer shape stays on this path
         p = _kernels().softmax_plan(self, y.dtype, log) if self.dim() <= 8 else None

@@ -122,11 +122,20 @@ def extra_tables(tables: dict[str, dict[str, Callable[..., object]]]) -> dict[st
     install_tables() returned) where its CUDA table is cuda.CUDA_IMPLS: dispatch key -> {op: impl},
     e.g. AutogradCUDA for rms_norm, a CompositeImplicitAutograd op with a CUDA override. Not
     wrapped in the call counter: each counts the calls it serves itself."""
-    if "CUDA" not in tables:
+    if not _invariant_cuda(tables):
         return {}
-    from .cuda import CUDA_EXTRA_IMPLS, CUDA_IMPLS
+    from .cuda import CUDA_EXTRA_IMPLS
 
-    return CUDA_EXTRA_IMPLS if tables["CUDA"] is CUDA_IMPLS else {}
+    return CUDA_EXTRA_IMPLS
+
+
+def _invariant_cuda(tables: dict[str, dict[str, Callable[..., object]]]) -> bool:
+    """Whether `tables` (install_tables()) registers the invariant CUDA kernels, not a tripwire."""
+    if "CUDA" not in tables:
+        return False
+    from .cuda import CUDA_IMPLS
+
+    return tables["CUDA"] is CUDA_IMPLS
 
 
 def _tripwire(op: str, why: str) -> Callable[..., object]:
@@ -190,11 +199,7 @@ def _remove_attention() -> None:
 def _native_enter(tables: dict[str, dict[str, Callable[..., object]]]) -> set[str]:
     """The CUDA ops the native front serves from now on (it registered them), where the CUDA table
     is the invariant kernels' (not a tripwire)."""
-    if "CUDA" not in tables:
-        return set()
-    from .cuda import CUDA_IMPLS
-
-    if tables["CUDA"] is not CUDA_IMPLS:
+    if not _invariant_cuda(tables):
         return set()
     from . import native
 
