@@ -72,14 +72,6 @@ MIN_TILES = 96
 # 0.93-0.94 -> 0.94 (twenty-fourth session). DETLLM_GLUON_MM_C_TMA=0 keeps st.global everywhere (a
 # diagnosis knob: the bits are the same either way).
 C_TMA_ON = os.environ.get("DETLLM_GLUON_MM_C_TMA", "1") != "0"
-# The narrow tile (twenty-sixth session): 64 x 96, one consumer warpgroup with pieces of 64 and 32
-# columns (m64n64k16 + m64n32k16 per k16 step, the same chain). For products whose 128 x 192 tiles
-# are too few for the card (GPT-2's N = 768 at M = 1024: 32 tiles for 132 SMs), where the Triton
-# kernel's 64 x 128 tiles give 96 and the narrow tile 128. NARROW_MIN_TILES: see `usable`.
-NARROW_BN = 96
-NARROW_MIN_TILES = 96
-NARROW_STAGES = 6  # ring slots of the narrow tile: 20 KB each
-NARROW_ON = os.environ.get("DETLLM_GLUON_MM_NARROW", "1") != "0"
 CONSUMER_REGS, PRODUCER_REGS = 232, 40
 
 
@@ -91,41 +83,26 @@ def _tile_mn(t, num_pid_n):
 
 @gluon.jit
 def _producer(a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n,
-              B_NK: gl.constexpr, BM: gl.constexpr, BK: gl.constexpr, BN1: gl.constexpr, BN2: gl.constexpr,
-              STAGES: gl.constexpr, SWAP: gl.constexpr):
-    """One warp: per tile and k step, A's BM x 64 rows and B's BN1- and BN2-column pieces. Rows,
-    columns and K past the operands' ends arrive as zeros (the Triton kernel's TMA path too).
-    SWAP: the weight's BM output columns in the MMA's A role and x's BN1 + BN2 rows in its B role."""
+              B_NK: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr, STAGES: gl.constexpr):
+    """One warp: per tile and k step, A's 128 x 64 rows and B's 128- and BN2-column pieces. Rows,
+    columns and K past the operands' ends arrive as zeros (the Triton kernel's TMA path too)."""
     it = 0
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         pid_m, pid_n = _tile_mn(t, num_pid_n)
-        if SWAP:
-            m0 = pid_m * (BN1 + BN2)
-            n0 = pid_n * BM
-        else:
-            m0 = pid_m * BM
-            n0 = pid_n * (BN1 + BN2)
+        n0 = pid_n * (128 + BN2)
         for kk in range(0, k_tiles):
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # a fresh barrier passes parity 1
             mbarrier.expect(full.index(s), a_desc.block_type.nbytes + b1_desc.block_type.nbytes
                             + b2_desc.block_type.nbytes)
-            if SWAP:  # the weight's columns n0.. (as (N, K) rows or (K, N) columns), x's rows m0..
-                if B_NK:
-                    tma.async_copy_global_to_shared(a_desc, [n0, kk * BK], full.index(s), a_smem.index(s))
-                else:
-                    tma.async_copy_global_to_shared(a_desc, [kk * BK, n0], full.index(s), a_smem.index(s))
-                tma.async_copy_global_to_shared(b1_desc, [m0, kk * BK], full.index(s), b1_smem.index(s))
-                tma.async_copy_global_to_shared(b2_desc, [m0 + BN1, kk * BK], full.index(s), b2_smem.index(s))
-            elif B_NK:  # an nn.Linear weight (N, K): its rows n0.. are B's columns
-                tma.async_copy_global_to_shared(a_desc, [m0, kk * BK], full.index(s), a_smem.index(s))
+            tma.async_copy_global_to_shared(a_desc, [pid_m * 128, kk * BK], full.index(s), a_smem.index(s))
+            if B_NK:  # an nn.Linear weight (N, K): its rows n0.. are B's columns
                 tma.async_copy_global_to_shared(b1_desc, [n0, kk * BK], full.index(s), b1_smem.index(s))
-                tma.async_copy_global_to_shared(b2_desc, [n0 + BN1, kk * BK], full.index(s), b2_smem.index(s))
+                tma.async_copy_global_to_shared(b2_desc, [n0 + 128, kk * BK], full.index(s), b2_smem.index(s))
             else:  # a (K, N) weight (x @ W, GPT-2's Conv1D)
-                tma.async_copy_global_to_shared(a_desc, [m0, kk * BK], full.index(s), a_smem.index(s))
                 tma.async_copy_global_to_shared(b1_desc, [kk * BK, n0], full.index(s), b1_smem.index(s))
-                tma.async_copy_global_to_shared(b2_desc, [kk * BK, n0 + BN1], full.index(s), b2_smem.index(s))
+                tma.async_copy_global_to_shared(b2_desc, [kk * BK, n0 + 128], full.index(s), b2_smem.index(s))
             it += 1
 
 
@@ -177,23 +154,6 @@ def _stage_part(c_desc, stage, x_ptr, acc, rows, n0, M, N, s_xm, s_xn, HAS_X: gl
 
 
 @gluon.jit
-def _store_part_t(c_ptr, x_ptr, acc, r0, n0, M, N, s_cm, s_xm, s_xn, HAS_X: gl.constexpr, ROWS: gl.constexpr):
-    """The epilogue of a swapped tile's piece: acc holds 64 output columns (n0..) x ROWS rows (r0..);
-    transposed into the store layout, + bias in fp32, one rounding to c's dtype, a masked st.global.
-    The same values and operations as `_store_part`'s, in another register layout."""
-    io: gl.constexpr = io_layout(64)
-    out = gl.convert_layout(gl.permute(acc, (1, 0)), io)
-    r = r0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io))
-    cols = n0 + gl.arange(0, 64, layout=gl.SliceLayout(0, io))
-    mask = (r < M)[:, None] & (cols < N)[None, :]
-    if HAS_X:
-        x = gl.load(x_ptr + r.to(gl.int64)[:, None] * s_xm + cols.to(gl.int64)[None, :] * s_xn, mask=mask,
-                    other=0.0)
-        out = out + x.to(gl.float32)
-    gl.store(c_ptr + r.to(gl.int64)[:, None] * s_cm + cols[None, :], out.to(c_ptr.dtype.element_ty), mask=mask)
-
-
-@gluon.jit
 def _mma_step(a, b1_smem, b2_smem, s, acc1, acc2, B_NK: gl.constexpr):
     """One k step: a (64 rows x BK, shared) times B's two pieces in ring slot s, accumulated into
     acc1 and acc2 by two async wgmma; returns when the previous step's MMAs are done, this step's
@@ -211,22 +171,16 @@ def _mma_step(a, b1_smem, b2_smem, s, acc1, acc2, B_NK: gl.constexpr):
 
 @gluon.jit
 def _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG: gl.constexpr, B_NK: gl.constexpr,
-              BN1: gl.constexpr, BN2: gl.constexpr, STAGES: gl.constexpr, SWAP: gl.constexpr):
+              BN2: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup's part of a tile: its 64 rows' k16 steps in order, from ring index `it`, into
-    two fp32 accumulators (64 x BN1 and 64 x BN2), each slot released once its MMAs are done.
+    two fp32 accumulators (64 x 128 and 64 x BN2), each slot released once its MMAs are done.
     (acc1, acc2, the ring index after the tile)."""
-    acc1 = gl.zeros([64, BN1], gl.float32, layout=wgmma_layout(BN1))
+    acc1 = gl.zeros([64, 128], gl.float32, layout=wgmma_layout(128))
     acc2 = gl.zeros([64, BN2], gl.float32, layout=wgmma_layout(BN2))
     for kk in range(0, k_tiles):
         s = it % STAGES
         mbarrier.wait(full.index(s), (it // STAGES) & 1)
-        if SWAP:  # A: 64 weight columns ((K, N) weights read transposed); B: x's rows, read transposed
-            a = a_smem.index(s)
-            if not B_NK:
-                a = a.permute((1, 0))
-            acc1, acc2 = _mma_step(a, b1_smem, b2_smem, s, acc1, acc2, True)
-        else:
-            acc1, acc2 = _mma_step(a_smem.index(s).slice(WG * 64, 64, dim=0), b1_smem, b2_smem, s, acc1, acc2, B_NK)
+        acc1, acc2 = _mma_step(a_smem.index(s).slice(WG * 64, 64, dim=0), b1_smem, b2_smem, s, acc1, acc2, B_NK)
         # the previous step's MMAs are done: release its slot
         mbarrier.arrive(empty.index((it + STAGES - 1) % STAGES), pred=kk > 0)
         it += 1
@@ -238,8 +192,7 @@ def _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG: gl.constex
 @gluon.jit
 def _consumer(c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N, K,
               s_cm, s_xm, s_xn, num_tiles, num_pid_n, WG: gl.constexpr, B_NK: gl.constexpr, HAS_X: gl.constexpr,
-              BM: gl.constexpr, BK: gl.constexpr, BN1: gl.constexpr, BN2: gl.constexpr, C_TMA: gl.constexpr,
-              STAGES: gl.constexpr, SWAP: gl.constexpr):
+              BK: gl.constexpr, BN2: gl.constexpr, C_TMA: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup: rows WG * 64 .. of every tile (`_tile_acc`), then the epilogue: in line by
     st.global, or (C_TMA) by TMA from the warpgroup's staging tiles, waited for only when the next
     tile's accumulators are ready, so the write runs under that tile's k steps."""
@@ -247,34 +200,26 @@ def _consumer(c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem,
     k_tiles = gl.cdiv(K, BK)
     for t in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         pid_m, pid_n = _tile_mn(t, num_pid_n)
-        acc1, acc2, it = _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG, B_NK, BN1, BN2, STAGES,
-                                   SWAP)
-        if SWAP:  # 64 output columns x BN1 + BN2 rows; no TMA output (the host passes C_TMA off)
-            m0 = pid_m * (BN1 + BN2)
-            _store_part_t(c_ptr, x_ptr, acc1, m0, pid_n * BM, M, N, s_cm, s_xm, s_xn, HAS_X, BN1)
-            _store_part_t(c_ptr, x_ptr, acc2, m0 + BN1, pid_n * BM, M, N, s_cm, s_xm, s_xn, HAS_X, BN2)
-        elif C_TMA:
-            rows = pid_m * BM + WG * 64
-            n0 = pid_n * (BN1 + BN2)
+        acc1, acc2, it = _tile_acc(a_smem, b1_smem, b2_smem, full, empty, it, k_tiles, WG, B_NK, BN2, STAGES)
+        rows = pid_m * 128 + WG * 64
+        n0 = pid_n * (128 + BN2)
+        if C_TMA:
             tma.store_wait(0)  # the previous tile's stores have read this warpgroup's staging
-            _stage_part(c1_desc, c1_smem.index(WG), x_ptr, acc1, rows, n0, M, N, s_xm, s_xn, HAS_X, BN1)
-            _stage_part(c2_desc, c2_smem.index(WG), x_ptr, acc2, rows, n0 + BN1, M, N, s_xm, s_xn, HAS_X, BN2)
+            _stage_part(c1_desc, c1_smem.index(WG), x_ptr, acc1, rows, n0, M, N, s_xm, s_xn, HAS_X, 128)
+            _stage_part(c2_desc, c2_smem.index(WG), x_ptr, acc2, rows, n0 + 128, M, N, s_xm, s_xn, HAS_X, BN2)
         else:
-            rows = pid_m * BM + WG * 64
-            n0 = pid_n * (BN1 + BN2)
-            _store_part(c_ptr, x_ptr, acc1, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X, BN1)
-            _store_part(c_ptr, x_ptr, acc2, rows, n0 + BN1, M, N, s_cm, s_xm, s_xn, HAS_X, BN2)
+            _store_part(c_ptr, x_ptr, acc1, rows, n0, M, N, s_cm, s_xm, s_xn, HAS_X, 128)
+            _store_part(c_ptr, x_ptr, acc2, rows, n0 + 128, M, N, s_cm, s_xm, s_xn, HAS_X, BN2)
     if C_TMA:
         tma.store_wait(0)
 
 
 @gluon.jit(do_not_specialize=["M", "num_tiles"])
 def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, c1_desc, c2_desc, M, N, K, s_cm, s_xm, s_xn, num_tiles,
-                  num_pid_n, B_NK: gl.constexpr, HAS_X: gl.constexpr, BM: gl.constexpr, BK: gl.constexpr,
-                  BN1: gl.constexpr, BN2: gl.constexpr, C_TMA: gl.constexpr, STAGES: gl.constexpr,
-                  CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, PDL: gl.constexpr, SWAP: gl.constexpr):
-    # BM: 128 (two consumer warpgroups of 64 rows) or 64 (one; `NARROW`). c1_desc / c2_desc: C's
-    # 64 x BN1 and 64 x BN2 pieces when C_TMA, else None (st.global)
+                  num_pid_n, B_NK: gl.constexpr, HAS_X: gl.constexpr, BK: gl.constexpr, BN2: gl.constexpr,
+                  C_TMA: gl.constexpr, STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                  PRODUCER_REGS: gl.constexpr, PDL: gl.constexpr):
+    # c1_desc / c2_desc: C's 64 x 128 and 64 x BN2 pieces when C_TMA, else None (st.global)
     if PDL:  # `_launch.PDL`: the kernels before this one finish first; the next may launch now
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
         gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
@@ -282,10 +227,9 @@ def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, c1_desc, c2_desc, M, N
     a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
     b1_smem = gl.allocate_shared_memory(b1_desc.dtype, [STAGES] + b1_desc.block_type.shape, b1_desc.layout)
     b2_smem = gl.allocate_shared_memory(b2_desc.dtype, [STAGES] + b2_desc.block_type.shape, b2_desc.layout)
-    NWG: gl.constexpr = BM // 64
     if C_TMA:  # one staging tile per piece and warpgroup
-        c1_smem = gl.allocate_shared_memory(c1_desc.dtype, [NWG] + c1_desc.block_type.shape, c1_desc.layout)
-        c2_smem = gl.allocate_shared_memory(c2_desc.dtype, [NWG] + c2_desc.block_type.shape, c2_desc.layout)
+        c1_smem = gl.allocate_shared_memory(c1_desc.dtype, [2] + c1_desc.block_type.shape, c1_desc.layout)
+        c2_smem = gl.allocate_shared_memory(c2_desc.dtype, [2] + c2_desc.block_type.shape, c2_desc.layout)
     else:  # unused
         c1_smem = b1_smem
         c2_smem = b2_smem
@@ -293,27 +237,16 @@ def _mm192_kernel(c_ptr, x_ptr, a_desc, b1_desc, b2_desc, c1_desc, c2_desc, M, N
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(full.index(i), count=1)
-        mbarrier.init(empty.index(i), count=NWG)  # every consumer releases a slot
+        mbarrier.init(empty.index(i), count=2)  # both consumers release a slot
     fence_async_shared()
-    if NWG == 2:
-        gl.warp_specialize([
-            (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M,
-                         N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 0, B_NK, HAS_X, BM, BK, BN1, BN2, C_TMA,
-                         STAGES, SWAP)),
-            (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M,
-                         N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 1, B_NK, HAS_X, BM, BK, BN1, BN2, C_TMA,
-                         STAGES, SWAP)),
-            (_producer, (a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n,
-                         B_NK, BM, BK, BN1, BN2, STAGES, SWAP)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
-    else:
-        gl.warp_specialize([
-            (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M,
-                         N, K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 0, B_NK, HAS_X, BM, BK, BN1, BN2, C_TMA,
-                         STAGES, SWAP)),
-            (_producer, (a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n,
-                         B_NK, BM, BK, BN1, BN2, STAGES, SWAP)),
-        ], [1], [PRODUCER_REGS])
+    gl.warp_specialize([
+        (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N,
+                     K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 0, B_NK, HAS_X, BK, BN2, C_TMA, STAGES)),
+        (_consumer, (c_ptr, x_ptr, c1_desc, c2_desc, a_smem, b1_smem, b2_smem, c1_smem, c2_smem, full, empty, M, N,
+                     K, s_cm, s_xm, s_xn, num_tiles, num_pid_n, 1, B_NK, HAS_X, BK, BN2, C_TMA, STAGES)),
+        (_producer, (a_desc, b1_desc, b2_desc, a_smem, b1_smem, b2_smem, full, empty, K, num_tiles, num_pid_n, B_NK,
+                     BK, BN2, STAGES)),
+    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 _LAUNCH = Launcher(_mm192_kernel)
@@ -332,30 +265,14 @@ def _b_nk(sb: tuple[int, int, int], es: int) -> "bool | None":
     return None
 
 
-def geometry(bn: int) -> tuple[int, int]:
-    """(rows, first piece's columns) of a tile bn wide: from 144 columns up 128 rows (two consumer
-    warpgroups) and a 128-column first piece, below that 64 rows (one) and a 64-column piece."""
-    return (BM, BN1) if bn >= BN_SUBWAVE else (64, 64)
-
-
 def _tiles(m: int, n: int, bn: int = BN) -> int:
-    """Output tiles bn wide (`geometry`'s rows) of an (m, n) product, N a multiple of bn (`usable`,
-    `width`)."""
-    bm = geometry(bn)[0]
-    return (m + bm - 1) // bm * (n // bn)
-
-
-def _wide(m: int, n: int) -> bool:
-    """Whether the 128-row tiles apply: N in whole 192-column tiles, enough of them."""
-    return n % BN == 0 and _tiles(m, n) >= MIN_TILES
+    """128 x bn output tiles of an (m, n) product, N a multiple of bn (`usable`, `width`)."""
+    return (m + BM - 1) // BM * (n // bn)
 
 
 def width(m: int, n: int, dev: int) -> int:
     """The tile width of a product `usable` admits: 144 where 192 leaves part of the one wave idle
-    and 144 still fits in it (more tiles, each smaller: same bits, `BN_SUBWAVE`), 192 where the
-    128-row tiles are enough, else the narrow 64 x 96 tile."""
-    if not _wide(m, n):
-        return NARROW_BN
+    and 144 still fits in it (more tiles, each smaller: same bits, `BN_SUBWAVE`), else 192."""
     sms = num_sms(dev)
     if n % BN_SUBWAVE == 0 and _tiles(m, n) < sms and _tiles(m, n, BN_SUBWAVE) <= sms:
         return BN_SUBWAVE
@@ -368,12 +285,8 @@ def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[i
     here: short K, N in whole 192-column tiles, enough tiles (module docstring), alpha 1 and beta 1
     (a bias) or no bias (the epilogue's arithmetic is then exact whichever way it is contracted),
     a row-major A and either weight layout through TMA, 2-byte floats, Hopper, the verified
-    Triton. Cheapest tests first: decode fails the first. Where the 128-row tiles are too few, N in
-    whole 96-column tiles takes the narrow tile if that makes one wave of at least NARROW_MIN_TILES."""
-    if m < 64 or k > MAX_K or not ENABLED:
-        return False
-    if not _wide(m, n) and not (NARROW_ON and n % NARROW_BN == 0 and a.is_cuda
-                                and NARROW_MIN_TILES <= _tiles(m, n, NARROW_BN) <= num_sms(a.get_device())):
+    Triton. Cheapest tests first: decode fails the first."""
+    if m < BM or k > MAX_K or n % BN or _tiles(m, n) < MIN_TILES or not ENABLED:
         return False
     if alpha != 1 or (has_x and beta != 1) or a.dtype not in _GL_DTYPES or not a.is_cuda or INTERPRET:
         return False
@@ -384,19 +297,16 @@ def usable(a: torch.Tensor, b: torch.Tensor, m: int, n: int, k: int, sa: tuple[i
 
 def _views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], nk: bool,
            bn: int = BN) -> tuple[tuple[list[int], list[int], list[int]], ...]:
-    """(shape, strides, block) of the A descriptor and B's two (bn1- and bn - bn1-column pieces,
-    `geometry`)."""
-    bm, bn1 = geometry(bn)
-    a = ([m, k], [sa[1], 1], [bm, BK])
+    """(shape, strides, block) of the A descriptor and B's two (128- and bn - 128-column pieces)."""
+    a = ([m, k], [sa[1], 1], [BM, BK])
     if nk:
-        return a, ([n, k], [sb[2], 1], [bn1, BK]), ([n, k], [sb[2], 1], [bn - bn1, BK])
-    return a, ([k, n], [sb[1], 1], [BK, bn1]), ([k, n], [sb[1], 1], [BK, bn - bn1])
+        return a, ([n, k], [sb[2], 1], [BN1, BK]), ([n, k], [sb[2], 1], [bn - BN1, BK])
+    return a, ([k, n], [sb[1], 1], [BK, BN1]), ([k, n], [sb[1], 1], [BK, bn - BN1])
 
 
 def _c_views(m: int, n: int, bn: int) -> tuple[tuple[list[int], list[int], list[int]], ...]:
     """(shape, strides, block) of C's two descriptors (C_TMA): a warpgroup's 64 rows of each piece."""
-    bn1 = geometry(bn)[1]
-    return ([m, n], [n, 1], [64, bn1]), ([m, n], [n, 1], [64, bn - bn1])
+    return ([m, n], [n, 1], [64, BN1]), ([m, n], [n, 1], [64, bn - BN1])
 
 
 def _key(a: torch.Tensor, x: "torch.Tensor | None", n: int, k: int, sx: tuple[int, int, int], nk: bool,
@@ -427,14 +337,10 @@ def _ints(m: int, n: int, k: int, sx: tuple[int, int, int], bn: int) -> tuple[in
     return (m, n, k, n, sx[1], sx[2], _tiles(m, n, bn), n // bn)
 
 
-def _meta(nk: bool, has_x: bool, bn: int, c_tma: bool, stages: "int | None" = None,
-          pdl: bool = PDL) -> dict[str, object]:
-    """The kernel's constexprs for a plan (the probes pass other ring depths; None: the tile's)."""
-    bm, bn1 = geometry(bn)
-    if stages is None:
-        stages = STAGES if bm == BM else NARROW_STAGES
-    return dict(B_NK=nk, HAS_X=has_x, BM=bm, BK=BK, BN1=bn1, BN2=bn - bn1, C_TMA=c_tma, STAGES=stages,
-                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, PDL=pdl, SWAP=False)
+def _meta(nk: bool, has_x: bool, bn: int, c_tma: bool, stages: int = STAGES, pdl: bool = PDL) -> dict[str, object]:
+    """The kernel's constexprs for a plan (the probes pass other ring depths)."""
+    return dict(B_NK=nk, HAS_X=has_x, BK=BK, BN2=bn - BN1, C_TMA=c_tma, STAGES=stages, CONSUMER_REGS=CONSUMER_REGS,
+                PRODUCER_REGS=PRODUCER_REGS, PDL=pdl)
 
 
 def gluon_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: "torch.Tensor | None", m: int, n: int,
