@@ -1,0 +1,72 @@
+"""python benchmarks/probes/mm_dobench_rounds.py [--rounds 8]  (one GPU; twenty-sixth session)
+
+Is a low do_bench cell in `bench_matmul.py --models` the kernel or the timing? The same call read
+0.47-0.96 of cuBLAS over three do_bench rounds in one run (GPT-2 attn c_proj at M = 1), where
+torch.mm in the mode, the same kernel behind more host work, read 0.95-1.07. Per cell and round,
+triton.testing.do_bench (as bench_matmul.py: 256 MB zeroed before each call, rotating buffers)
+of cuBLAS, detllm_kernels.mm and torch.mm in batch_invariant(), in that order, each call's times
+kept (return_mode="all"): per round the median and the 10th / 90th percentiles in us, and the
+median ratio; at the end the ratio of the pooled medians over all rounds."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from typing import Callable
+
+import torch
+import triton
+import triton.testing
+
+import detllm_kernels as km
+from pytest_detllm import batch_invariant
+
+# (M, K, N, weight stored (K, N), label)
+CELLS = ((1, 768, 768, True, "gpt2 attn c_proj"), (1024, 768, 768, True, "gpt2 attn c_proj"),
+         (1024, 3072, 768, True, "gpt2 mlp c_proj"), (1024, 4096, 14336, False, "llama-8b gate/up"))
+
+
+def times(fn: Callable[[int], object], nbuf: int) -> list[float]:
+    it = itertools.count()
+    return [t * 1e3 for t in triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200,
+                                                      return_mode="all")]
+
+
+def q(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    args = ap.parse_args()
+    dt = torch.bfloat16
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
+    print("# per round, us: median [p10, p90] for cuBLAS | km.mm | torch.mm in the mode; ratios of the medians")
+    for m, k, n, kn, label in CELLS:
+        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        ws = [torch.randn(k, n, device="cuda", dtype=dt) if kn else torch.randn(n, k, device="cuda", dtype=dt).t()
+              for _ in range(nbuf)]
+        xs = [torch.randn(m, k, device="cuda", dtype=dt) for _ in range(nbuf)]
+        fns = [lambda i: torch.mm(xs[i], ws[i]), lambda i: km.mm(xs[i], ws[i])]
+        pooled: list[list[float]] = [[], [], []]
+        print(f"{label} M={m} K={k} N={n}", flush=True)
+        for r in range(args.rounds):
+            row = [times(f, nbuf) for f in fns]
+            with batch_invariant("cuda"), torch.inference_mode():
+                row.append(times(lambda i: torch.mm(xs[i], ws[i]), nbuf))
+            meds = [statistics.median(t) for t in row]
+            for p, t in zip(pooled, row):
+                p.extend(t)
+            cells = " | ".join(f"{md:6.1f} [{q(t, 0.1):6.1f}, {q(t, 0.9):6.1f}]" for md, t in zip(meds, row))
+            print(f"  round {r}: {cells}   ratios {meds[0] / meds[1]:.2f} / {meds[0] / meds[2]:.2f}", flush=True)
+        pm = [statistics.median(p) for p in pooled]
+        print(f"  pooled medians {pm[0]:.1f} / {pm[1]:.1f} / {pm[2]:.1f} us: ratios {pm[0] / pm[1]:.2f} / "
+              f"{pm[0] / pm[2]:.2f}", flush=True)
+        del xs, ws
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
