@@ -149,7 +149,7 @@ def graph_ms(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
 def probe(dtype: torch.dtype, ms: list[int]) -> None:
     print("probe: us per call from do_bench | cuda graph | host enqueue")
     for k, n in SHAPES:
-        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        nbuf = rotating_buffers(k, n)
         ws = [torch.randn(n, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
         for m in ms:
             xs = [torch.randn(m, k, device="cuda", dtype=dtype) for _ in range(nbuf)]
@@ -176,10 +176,30 @@ def gluon_tile(x: torch.Tensor, w: torch.Tensor) -> str:
     return f"gluon {g.BM}x{g.width(m, n, x.get_device())}x{g.BK} s{g.STAGES} persistent ws tma"
 
 
+def rotating_buffers(k: int, n: int) -> int:
+    """Copies of a (K, N) bf16 weight (and of its inputs) to rotate through: enough that
+    consecutive calls never share a weight (>= 256 MB in all), 2 to 8."""
+    return max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+
+
+def clocks_up() -> None:
+    """Run the card at full clocks before anything is timed."""
+    warm = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    triton.testing.do_bench(lambda: warm @ warm, warmup=500, rep=1000)
+
+
+DO_BENCH = dict(warmup=50, rep=200)  # ms of warm-up and of timed calls per do_bench cell
+
+
 def bench(fn: Callable[[int], torch.Tensor], nbuf: int) -> float:
     it = itertools.count()
-    return triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200,
-                                   return_mode="median")
+    return triton.testing.do_bench(lambda: fn(next(it) % nbuf), **DO_BENCH, return_mode="median")
+
+
+def bench_times(fn: Callable[[int], object], nbuf: int) -> list[float]:
+    """`bench`'s do_bench with every call's time kept (ms), not only their median."""
+    it = itertools.count()
+    return triton.testing.do_bench(lambda: fn(next(it) % nbuf), **DO_BENCH, return_mode="all")
 
 
 def main() -> None:
@@ -219,15 +239,12 @@ def main() -> None:
     if args.split:  # the user column runs the mode's split-K bits (its chunk is the default one)
         os.environ[SPLIT_K_ENV] = "1"
     rows = []
-    warm = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    triton.testing.do_bench(lambda: warm @ warm, warmup=500, rep=1000)  # clocks up before timing
-    del warm
+    clocks_up()
     shapes = MODEL_SHAPES if args.models else [(k, n, "NK", "") for k, n in SHAPES]
     if args.only:
         shapes = [sh for sh in shapes if sh[3].startswith(tuple(args.only))]
     for k, n, layout, label in shapes:
-        # enough weight copies that consecutive calls never share a weight (>= 256 MB in all)
-        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        nbuf = rotating_buffers(k, n)
         if layout.endswith("NK"):
             ws = [torch.randn(n, k, device="cuda", dtype=dtype).t() for _ in range(nbuf)]
         else:

@@ -32,14 +32,13 @@ from typing import Callable
 
 import torch
 import triton
-import triton.testing
 
 import detllm_kernels as km
 from detllm_kernels.matmul import MatmulConfig, matmul_config, with_tma_store
 from pytest_detllm import batch_invariant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_matmul import bench, graph_ms  # noqa: E402  (the table's own do_bench and graph timings)
+from bench_matmul import bench, clocks_up, graph_ms, rotating_buffers  # noqa: E402  (the table's own timings)
 
 # (K, N, weight stored (K, N) as GPT-2's Conv1D, label)
 SHAPES = ((3072, 768, True, "gpt2 mlp c_proj"), (768, 768, True, "gpt2 attn c_proj"),
@@ -118,13 +117,11 @@ def main() -> None:
     print("# us per call: dob | warm | cold-g | tiny-g | graph; ratios are cuBLAS's time / ours", flush=True)
     cache = torch.empty(CACHE_BYTES // 4, dtype=torch.int32, device="cuda")
     tiny = torch.empty(1024, dtype=torch.int32, device="cuda")
-    warmup = torch.randn(4096, 4096, device="cuda", dtype=dtype)
-    triton.testing.do_bench(lambda: warmup @ warmup, warmup=500, rep=1000)  # clocks up first
-    del warmup
+    clocks_up()
     for k, n, kn, label in SHAPES:
         if args.only and not label.startswith(tuple(args.only)):
             continue
-        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        nbuf = rotating_buffers(k, n)
         ws = [torch.randn(k, n, device="cuda", dtype=dtype) if kn
               else torch.randn(n, k, device="cuda", dtype=dtype).t() for _ in range(nbuf)]
         for m in args.m:

@@ -10,16 +10,19 @@ median ratio; at the end the ratio of the pooled medians over all rounds."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
 import triton
-import triton.testing
 
 import detllm_kernels as km
 from pytest_detllm import batch_invariant
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_matmul import bench_times, rotating_buffers  # noqa: E402  (the table's own do_bench)
 
 # (M, K, N, weight stored (K, N), label)
 CELLS = ((1, 768, 768, True, "gpt2 attn c_proj"), (1024, 768, 768, True, "gpt2 attn c_proj"),
@@ -27,9 +30,7 @@ CELLS = ((1, 768, 768, True, "gpt2 attn c_proj"), (1024, 768, 768, True, "gpt2 a
 
 
 def times(fn: Callable[[int], object], nbuf: int) -> list[float]:
-    it = itertools.count()
-    return [t * 1e3 for t in triton.testing.do_bench(lambda: fn(next(it) % nbuf), warmup=50, rep=200,
-                                                      return_mode="all")]
+    return [t * 1e3 for t in bench_times(fn, nbuf)]
 
 
 def q(xs: list[float], p: float) -> float:
@@ -45,7 +46,7 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__}")
     print("# per round, us: median [p10, p90] for cuBLAS | km.mm | torch.mm in the mode; ratios of the medians")
     for m, k, n, kn, label in CELLS:
-        nbuf = max(2, min(8, (256 << 20) // (n * k * 2) + 1))
+        nbuf = rotating_buffers(k, n)
         ws = [torch.randn(k, n, device="cuda", dtype=dt) if kn else torch.randn(n, k, device="cuda", dtype=dt).t()
               for _ in range(nbuf)]
         xs = [torch.randn(m, k, device="cuda", dtype=dt) for _ in range(nbuf)]
