@@ -381,7 +381,7 @@ def _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N
 
 @triton.jit(do_not_specialize=["BATCH", "M"])
 def _matmul_kernel(
-    a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc, c_desc, ws_ptr, cnt_ptr,
+    a_ptr, b_ptr, c_ptr, x_ptr, a_desc, b_desc, c_desc, bh_desc, ws_ptr, cnt_ptr,
     BATCH, M, N, K,
     s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn, s_xb, s_xm, s_xn,
     alpha, beta,
@@ -389,6 +389,7 @@ def _matmul_kernel(
     NUM_PROGS: tl.constexpr, USE_TMA: tl.constexpr, B_NK: tl.constexpr, A_KM: tl.constexpr,
     HAS_X: tl.constexpr, SCALE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     KSPLIT: tl.constexpr, SPLIT_CTA: tl.constexpr, TMA_STORE: tl.constexpr, PDL: tl.constexpr,
+    REST_HALVES: tl.constexpr = False,
 ):
     if PDL:  # `_launch.PDL`: the kernels before this one finish first; the next may launch now
         _gdc_wait()
@@ -403,7 +404,10 @@ def _matmul_kernel(
     # another; else one program per (tile, chunk), and the tile's last one folds.
     KC: tl.constexpr = KSPLIT // BLOCK_K if KSPLIT > 0 else 1
     n_chunks = tl.cdiv(K, KSPLIT) if KSPLIT > 0 and not SPLIT_CTA else 1
-    for work in tl.range(pid, num_tiles * n_chunks, NUM_PROGS, flatten=KSPLIT == 0):
+    last = num_tiles * n_chunks
+    if REST_HALVES:  # `rest_halves`: the tiles past the whole waves run below, in halves
+        last = num_tiles // NUM_PROGS * NUM_PROGS
+    for work in tl.range(pid, last, NUM_PROGS, flatten=KSPLIT == 0):
         tile_id = work // n_chunks
         chunk = work % n_chunks
         bat, pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
@@ -453,6 +457,20 @@ def _matmul_kernel(
                     acc = acc + tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + tile_off, cache_modifier=".cg")
                 _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
                           s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, BLOCK_N, TMA_STORE)
+    if REST_HALVES:
+        # The last, partial wave's tiles, each as two BLOCK_M x BLOCK_N / 2 halves (bh_desc: B's
+        # half-width blocks), so twice as many SMs share it at half the work each. Each half is the
+        # same whole K chain into the same epilogue: a tile's width never changes a bit.
+        HALF_N: tl.constexpr = BLOCK_N // 2
+        for h in tl.range(pid, 2 * (num_tiles - last), NUM_PROGS):
+            bat, pid_m, pid_n = _tile_coords(last + h // 2, num_pid_m, num_pid_n, GROUP_M)
+            pid_n = pid_n * 2 + h % 2
+            offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            offs_n = pid_n * HALF_N + tl.arange(0, HALF_N)
+            acc = _k_chain(tl.zeros((BLOCK_M, HALF_N), dtype=tl.float32), 0, k_tiles, pid_m, pid_n, a_desc, bh_desc,
+                           a_ptr, b_ptr, s_ak, s_bk, K, BLOCK_M, HALF_N, BLOCK_K, USE_TMA, B_NK, A_KM, IEEE, UPCAST)
+            _epilogue(acc, c_ptr, x_ptr, c_desc, bat, pid_m, pid_n, offs_m, offs_n, M, N, s_cb, s_cm, s_cn,
+                      s_xb, s_xm, s_xn, alpha, beta, HAS_X, SCALE, BLOCK_M, HALF_N, False)
 
 
 TMA_B_NK = 1  # `_tma_layout` flags: B read as its (N, K) rows (an nn.Linear weight through W.t())
@@ -548,17 +566,40 @@ def _launch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, x: torch.Tensor
     # gets its own) and the per-tile arrival counters; the kernel never reads them otherwise.
     ws = torch.empty(ws_n, device=a.device, dtype=torch.float32) if ws_n else out
     cnt = arrival_counters(a, tiles) if ws_n else out
-    a_desc = b_desc = c_desc = None
+    a_desc = b_desc = c_desc = bh_desc = None
     if tma is not None:
         # Descriptors hold base pointers, so they are built per call.
         va, vb, vc = _tma_views(m, n, k, sa, sb, sc, tma)
         a_desc = desc(a, *va, [bk, bm] if tma & TMA_A_KM else [bm, bk])
-        b_desc = desc(b, *vb, [bn, bk] if tma & TMA_B_NK else [bk, bn])
+        b_desc = desc(b, *vb, _b_block(tma, bn, bk))
         if meta["TMA_STORE"]:
             c_desc = desc(out, *vc, [bm, bn])
+        if meta["REST_HALVES"]:
+            bh_desc = desc(b, *vb, _b_block(tma, bn // 2, bk))
     _LAUNCH.launch(key, grid, (
-        a, b, out, xt, a_desc, b_desc, c_desc, ws, cnt,
+        a, b, out, xt, a_desc, b_desc, c_desc, bh_desc, ws, cnt,
         batch, m, n, k, *sa, *sb, *sc, *sx, float(alpha), float(beta)), meta)
+
+
+def _b_block(flags: int, bn: int, bk: int) -> list[int]:
+    """B's TMA block for BLOCK_N = bn: bn rows of an nn.Linear weight (TMA_B_NK), else bn columns."""
+    return [bn, bk] if flags & TMA_B_NK else [bk, bn]
+
+
+def rest_halves(tiles: int, progs: int) -> bool:
+    """Whether a persistent product runs its last, partial wave in half-width tiles
+    (`_matmul_kernel`'s REST_HALVES): at least one whole wave, then at most half a wave of tiles,
+    which become at most one wave of halves. Llama-3-8B gate/up at M = 1024 is 448 tiles of
+    128 x 256 on 132 SMs: three waves, then 52 tiles on 52 SMs while 80 idle; as 104 halves in the
+    same launch, do_bench / cold-L2 / CUDA graphs 0.91 / 0.90 / 0.92 -> 0.99 / 0.98 / 0.99 of
+    cuBLAS, `x @ W` 0.93-0.95 -> 1.01-1.04 (H100, `benchmarks/probes/mm_tail_halves.py`,
+    twenty-seventh session). The same tail in a second launch lost (`row_split`'s cut with three
+    waves: 0.84-0.85), and so did stream-K with the K chain carried (0.86). On the default 2-D call
+    the row split takes one or two waves first; this covers three and more, and every other
+    persistent call. Same bits: a tile's width never changes a row's (each half runs the whole K
+    chain into the same epilogue)."""
+    rest = tiles % progs
+    return tiles > progs and 0 < 2 * rest <= progs
 
 
 def _tma_views(m: int, n: int, k: int, sa: tuple[int, int, int], sb: tuple[int, int, int], sc: tuple[int, int, int],
@@ -632,14 +673,16 @@ def _plan(a: torch.Tensor, b: torch.Tensor, sa: tuple[int, int, int], sb: tuple[
     # C through TMA: A/B are (so this is a 2-D product on a TMA card), C is one contiguous (m, n)
     # matrix (mm / addmm allocate it) with 16-byte aligned rows.
     tma_store = cfg.tma_store and tma is not None and (n * a.element_size()) % 16 == 0
+    halves = (cfg.persistent and not split and tma is not None and not tma_store and cfg.block_n >= 64
+              and rest_halves(tiles, progs))
     pdl = _pdl(a)
     meta = dict(
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk, GROUP_M=cfg.group_m,
         NUM_PROGS=step, USE_TMA=tma is not None, B_NK=bool(tma and tma & TMA_B_NK),
         A_KM=bool(tma and tma & TMA_A_KM),
         HAS_X=has_x, SCALE=alpha != 1, IEEE=a.dtype == torch.float32 or upcast,
-        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, PDL=pdl, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, launch_pdl=pdl,
+        UPCAST=upcast, KSPLIT=split, SPLIT_CTA=cfg.split_cta, TMA_STORE=tma_store, PDL=pdl, REST_HALVES=halves,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     ws_n = tiles * chunks * cfg.block_m * cfg.block_n if chunks > 1 else 0
     return (min(tiles * chunks, progs),), meta, tma, cfg.block_m, cfg.block_n, bk, ws_n, tiles
@@ -844,24 +887,27 @@ def _bound_part(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, xt: torch.T
         def launch(op: int, xp: int, ap: int, bp: int) -> None:
             # the kernel's arguments as _launch passes them: no descriptors; ws and counters unread
             c(g0, 1, 1, stream_of(dev), function, coop, pdl, None, None, packed, None, None, None,
-              ap, bp, op, xp, None, None, None, op, op, *ints, *tail)
+              ap, bp, op, xp, None, None, None, None, op, op, *ints, *tail)
 
         return launch
     raw = unwrap_tensordesc(c)
-    if raw is None or len(raw[1]) != (3 if meta["TMA_STORE"] else 2):
+    store, halves = meta["TMA_STORE"], meta["REST_HALVES"]
+    if raw is None or len(raw[1]) != 2 + store + halves:
         return None
     c_raw, metas = raw
     va, vb, vc = _tma_views(m, n, k, sa, sb, sc, tma)
     fill_a = TmaFill(metas[0], *va, cache=False)
     fill_b = TmaFill(metas[1], *vb, cache=True)
-    fill_c = TmaFill(metas[2], *vc, cache=False) if meta["TMA_STORE"] else None
+    fill_c = TmaFill(metas[2], *vc, cache=False) if store else None
+    fill_h = TmaFill(metas[2 + store], *vb, cache=True) if halves else None  # B again, half-width blocks
     a_tail, b_tail = fill_a.tail, fill_b.tail
 
     def launch_tma(op: int, xp: int, ap: int, bp: int) -> None:
         # descriptors expanded as Triton's wrapper would: (CUtensorMap, *shape, *strides) each
         cd = (fill_c(op), *fill_c.tail) if fill_c is not None else (None,)
+        hd = (fill_h(bp), *fill_h.tail) if fill_h is not None else (None,)
         c_raw(g0, 1, 1, stream_of(dev), function, coop, pdl, None, None, packed, None, None, None,
-              ap, bp, op, xp, fill_a(ap), *a_tail, fill_b(bp), *b_tail, *cd, op, op, *ints, *tail)
+              ap, bp, op, xp, fill_a(ap), *a_tail, fill_b(bp), *b_tail, *cd, *hd, op, op, *ints, *tail)
 
     return launch_tma
 

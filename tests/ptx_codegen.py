@@ -12,14 +12,15 @@ LOAD_OPS = re.compile(r"\b(ld\.global[\w.]*|cp\.async\.c[ag]\.shared\.global[\w.
 
 def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: int, warps: int,
                a_t: bool = False, tma: bool = False, tma_store: bool = False, persistent: int = 0,
-               pdl: bool = False) -> str:
+               pdl: bool = False, rest_halves: bool = False) -> str:
     """PTX of `_matmul_kernel` (bf16, one chain, no bias) for sm_<arch>, with the specialisations
     Triton makes at a launch: 16-byte aligned pointers, strides divisible by 16, unit strides
     folded to the constant 1 (K for an nn.Linear weight, N for a (K, N) one; M for a transposed A,
     `a_t`, else K). Pointer loads unless `tma` (A and B through host TMA descriptors, sm_90; with
     `a_t` A's descriptor holds its (K, M) rows);
     tma_store: C too. persistent: the loop step NUM_PROGS (an SM count), 0 for one program per tile.
-    pdl: the kernel's grid dependency control (`_launch.PDL`)."""
+    pdl: the kernel's grid dependency control (`_launch.PDL`). rest_halves: the last partial wave
+    in half-width tiles (`matmul.rest_halves`; TMA, persistent), B's second descriptor with them."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -28,7 +29,9 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
     const: dict[str, object] = {}
     attrs: dict[tuple[int, ...], list] = {}
     div16 = [["tt.divisibility", 16]]
-    descs = {"a_desc": [bk, bm] if a_t else [bm, bk], "b_desc": [bk, bn] if kn else [bn, bk], "c_desc": [bm, bn]}
+    descs = {"a_desc": [bk, bm] if a_t else [bm, bk], "b_desc": [bk, bn] if kn else [bn, bk], "c_desc": [bm, bn],
+             "bh_desc": [bk, bn // 2] if kn else [bn // 2, bk]}
+    wanted = {"a_desc": tma, "b_desc": tma, "c_desc": tma and tma_store, "bh_desc": tma and rest_halves}
     for i, name in enumerate(fn.arg_names):
         if name in ("a_ptr", "b_ptr", "c_ptr", "x_ptr"):
             sig[name], attrs[(i,)] = "*bf16", div16
@@ -37,7 +40,7 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
         elif name == "cnt_ptr":
             sig[name], attrs[(i,)] = "*i32", div16
         elif name in descs:
-            if tma and (name != "c_desc" or tma_store):
+            if wanted[name]:
                 sig[name] = f"tensordesc<bf16{descs[name]}>".replace(" ", "")
             else:
                 sig[name], const[name] = "constexpr", None
@@ -57,6 +60,7 @@ def matmul_ptx(fn: Any, arch: int, kn: bool, bm: int, bn: int, bk: int, stages: 
     if "TMA_STORE" in fn.arg_names:
         meta["TMA_STORE"] = tma_store
     meta["PDL"] = pdl
+    meta["REST_HALVES"] = rest_halves
     meta = {k: v for k, v in meta.items() if k in fn.arg_names}  # an older kernel lacks newer flags
     for k, v in meta.items():
         sig[k], const[k] = "constexpr", v

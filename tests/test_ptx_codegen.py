@@ -100,3 +100,21 @@ def test_pdl_adds_only_the_grid_dependency_control() -> None:
     assert next(i for i, ln in enumerate(on) if "griddepcontrol.wait" in ln) < first_access
     ops = re.compile(r"\b(wgmma\.mma_async[\w.]*|cp\.async\.bulk[\w.:]*|st\.global[\w.]*|ld\.global[\w.]*)")
     assert Counter(ops.findall("\n".join(on))) == Counter(ops.findall("\n".join(off)))
+
+
+@pytest.mark.skipif(_compiler_available() is not None, reason=str(_compiler_available()))
+def test_rest_halves_adds_a_half_width_loop_and_leaves_the_waves_alone() -> None:
+    """`matmul.rest_halves` (gate/up at M = 1024: the last 52 tiles as 104 halves): on sm_90 the
+    prefill tile with REST_HALVES has a second MMA loop in 128-wide wgmma (m64n128k16) beside the
+    waves' m64n256k16, reading B through its second, half-width descriptor; without it the kernel
+    has only the waves' MMA. The GPU tests compare the bits of both (tests/gpu)."""
+    from detllm_kernels import matmul
+
+    cfg = dict(kn=False, bm=128, bn=256, bk=64, stages=4, warps=8, tma=True, persistent=132)
+    off = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, **cfg)))
+    on = "\n".join(code_lines(matmul_ptx(matmul._matmul_kernel, 90, rest_halves=True, **cfg)))
+    mma = re.compile(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)")
+    assert set(mma.findall(off)) == {"m64n256k16"}, set(mma.findall(off))
+    assert set(mma.findall(on)) == {"m64n256k16", "m64n128k16"}, set(mma.findall(on))
+    copy = re.compile(r"cp\.async\.bulk\.tensor\.2d\.shared::\w+\.global")  # ::cta (Triton 3.9), ::cluster (3.6)
+    assert len(copy.findall(on)) > len(copy.findall(off)) > 0, "the halves' loop does not read through TMA"

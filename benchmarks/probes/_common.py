@@ -231,3 +231,31 @@ def attention_probe_main(doc: str, ptxas: Callable[[], None],
         prefill_table(variants)
 
     gluon_probe_main(doc, ptxas, gpu)
+
+
+def paired_ratio_table(runs: "dict[str, Callable[[int], Any]]", nbuf: int, rounds: int, cache: torch.Tensor) -> None:
+    """Time every entry of `runs` (cuBLAS first; each fn(i) runs the i-th of nbuf rotating buffer
+    sets) once per round, `rounds` rounds, in µs: do_bench as bench_matmul.py, cold-g
+    (`mm_dobench_gap.cold_graph`: after do_bench's 256 MB zeroing, no host) and CUDA graphs; print
+    each entry's medians and its ratios to cuBLAS (median, and the spread over rounds)."""
+    import statistics
+
+    from bench_matmul import bench, graph_ms
+    from mm_dobench_gap import cold_graph
+
+    per: dict[str, tuple[list[float], list[float], list[float]]] = {x: ([], [], []) for x in runs}
+    for _ in range(rounds):
+        for x, fn in runs.items():
+            per[x][0].append(bench(fn, nbuf) * 1e3)
+            per[x][1].append(cold_graph(fn, nbuf, cache))
+            per[x][2].append(graph_ms(fn, nbuf) * 1e3)
+    med = {x: [statistics.median(v) for v in per[x]] for x in runs}
+    first = next(iter(runs))
+    c = med[first]
+    print(f"  {first:<26} do_bench / cold-g / graph {c[0]:7.1f} / {c[1]:7.1f} / {c[2]:7.1f} us", flush=True)
+    for x in list(runs)[1:]:
+        t = med[x]
+        lo = [min(c0 / t0 for c0, t0 in zip(per[first][j], per[x][j])) for j in range(3)]
+        hi = [max(c0 / t0 for c0, t0 in zip(per[first][j], per[x][j])) for j in range(3)]
+        print(f"  {x:<26} {t[0]:7.1f} / {t[1]:7.1f} / {t[2]:7.1f} us  ratio " +
+              " / ".join(f"{c[j] / t[j]:.2f} ({lo[j]:.2f}-{hi[j]:.2f})" for j in range(3)), flush=True)

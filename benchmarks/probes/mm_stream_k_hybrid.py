@@ -202,8 +202,8 @@ def _ptxas() -> None:
 
 def _gpu(rounds: int, shapes: int, first: "int | None" = None) -> None:
     import detllm_kernels as km
-    from bench_matmul import bench, clocks_up, graph_ms, rotating_buffers
-    from mm_dobench_gap import cold_graph
+    from _common import paired_ratio_table
+    from bench_matmul import clocks_up, rotating_buffers
 
     dev = torch.cuda.current_device()
     progs = torch.cuda.get_device_properties(dev).multi_processor_count
@@ -245,21 +245,7 @@ def _gpu(rounds: int, shapes: int, first: "int | None" = None) -> None:
             runs[f"{name} dp{d}"] = run
         print(f"{label} M={m} K={k} N={n}{' W.t()' if nk else ''}: " +
               ", ".join(f"{x} {'same bits' if s else 'OTHER BITS'}" for x, s in bits.items()), flush=True)
-        per = {x: ([], [], []) for x in runs}
-        for _ in range(rounds):  # paired rounds: every kernel once per round, cuBLAS first
-            for x, fn in runs.items():
-                per[x][0].append(bench(fn, nbuf) * 1e3)
-                per[x][1].append(cold_graph(fn, nbuf, cache))
-                per[x][2].append(graph_ms(fn, nbuf) * 1e3)
-        med = {x: [statistics.median(v) for v in per[x]] for x in runs}
-        c = med["cuBLAS"]
-        print(f"  {'cuBLAS':<26} do_bench / cold-g / graph {c[0]:7.1f} / {c[1]:7.1f} / {c[2]:7.1f} us", flush=True)
-        for x in list(runs)[1:]:
-            t = med[x]
-            lo = [min(c0 / t0 for c0, t0 in zip(per['cuBLAS'][j], per[x][j])) for j in range(3)]
-            hi = [max(c0 / t0 for c0, t0 in zip(per['cuBLAS'][j], per[x][j])) for j in range(3)]
-            print(f"  {x:<26} {t[0]:7.1f} / {t[1]:7.1f} / {t[2]:7.1f} us  ratio " +
-                  " / ".join(f"{c[j] / t[j]:.2f} ({lo[j]:.2f}-{hi[j]:.2f})" for j in range(3)), flush=True)
+        paired_ratio_table(runs, nbuf, rounds, cache)
         del wts, xs, bs, outs, runs
         torch.cuda.empty_cache()
 

@@ -786,3 +786,48 @@ def check_row_split(device: str, dtype: torch.dtype, k: int, n: int, seed: int =
             ref = km.addmm(bias, a, b, config=matmul.MatmulConfig(128, 256, 8, 8, 4))
             assert torch.equal(km.addmm(bias, a, b), ref), \
                 f"addmm with a {tuple(bias.shape)} bias: the row split changed bits"
+
+
+def rest_halves_shape(sms: int, rows: int = 8) -> int:
+    """N (a multiple of 256) at which a product of `rows` 128-row tiles has three or more whole waves
+    of 128 x 256 tiles on `sms` SMs and a last wave at most half full (`matmul.rest_halves`), so the
+    default call takes the halves and not the row split (one or two waves). Llama gate/up's 14336
+    on a 132-SM H100."""
+    from detllm_kernels import matmul
+
+    return 256 * next(c for c in range(1, 4096) if rows * c >= 3 * sms and matmul.rest_halves(rows * c, sms))
+
+
+def check_rest_halves(device: str, dtype: torch.dtype, k: int, seed: int = 32) -> None:
+    """The last, partial wave in half-width tiles (`matmul.rest_halves`) gives the bits of one tile
+    per program: mm through both weight layouts at M = 1024 and 1000 (the last row tile ends
+    mid-tile), addmm with a row bias and with beta / alpha, other program counts (ones that take
+    the halves and ones that do not), and rows of the halved region computed alone. Asserts that
+    the calls were planned with the halves (a quiet fallback would test nothing)."""
+    km = load_kernels()
+    from detllm_kernels import matmul
+
+    g = _gen(device, seed)
+    sms = matmul.split_sms(torch.empty(0, device=device))
+    n = rest_halves_shape(sms)
+    one_each = matmul.MatmulConfig(128, 256, 8, 8, 4, persistent=False)  # never halves
+    w = _randn((n, k), dtype, device, g) / 30
+    bias = _randn((n,), dtype, device, g)
+    matmul._PLANS.clear()
+    for m in (1024, 1000):
+        a = _randn((m, k), dtype, device, g)
+        for name, b in (("W.t()", w.t()), ("(K, N)", w.t().contiguous())):
+            ref = km.mm(a, b, config=one_each)
+            out = km.mm(a, b)
+            assert torch.equal(out, ref), f"mm M={m} {name} N={n}: the halves changed bits"
+            for r in (m - 1, 900, 0):  # 896.. is the last row tile, halved in part
+                assert torch.equal(km.mm(a[r:r + 1], b)[0], out[r]), f"row {r} alone differs (M={m} {name})"
+            assert torch.equal(km.addmm(bias, a, b), km.addmm(bias, a, b, config=one_each)), f"addmm M={m} {name}"
+            assert torch.equal(km.addmm(bias, a, b, beta=0.5, alpha=2.0),
+                               km.addmm(bias, a, b, beta=0.5, alpha=2.0, config=one_each)), f"addmm beta alpha {name}"
+        tiles = matmul.cdiv(m, 128) * (n // 256)
+        for progs in (100, 128, 78):  # on a 132-SM card's N = 14336: halves, halves, whole tiles
+            assert torch.equal(km.mm(a, w.t(), programs=progs), km.mm(a, w.t(), config=one_each)), \
+                f"M={m}: {progs} programs ({'halves' if matmul.rest_halves(tiles, progs) else 'whole tiles'})"
+    halved = [p for p in matmul._PLANS.values() if p[1].get("REST_HALVES")]
+    assert halved, "no call was planned with the halves: the rule or the TMA path moved"

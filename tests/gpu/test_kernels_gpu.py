@@ -49,6 +49,13 @@ def test_mm_row_split_same_bits(k: int, n: int) -> None:
     kc.check_row_split(DEV, BF16, k, n)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+def test_mm_rest_halves_same_bits(dtype: torch.dtype) -> None:
+    """The last partial wave in half-width tiles (matmul.rest_halves): one tile per program's bits;
+    K = 200 ends mid-step."""
+    kc.check_rest_halves(DEV, dtype, 200)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_mm_clamped_tails_pointer_loads(dtype: torch.dtype) -> None:
     """N = 1000 and M = 100 end mid-tile for every table config; B's rows 1024 elements apart (A^T's
