@@ -791,11 +791,12 @@ def check_row_split(device: str, dtype: torch.dtype, k: int, n: int, seed: int =
 def rest_halves_shape(sms: int, rows: int = 8) -> int:
     """N (a multiple of 256) at which a product of `rows` 128-row tiles has three or more whole waves
     of 128 x 256 tiles on `sms` SMs and a last wave at most half full (`matmul.rest_halves`), so the
-    default call takes the halves and not the row split (one or two waves). Llama gate/up's 14336
-    on a 132-SM H100."""
+    default call takes the halves and not the row split (one or two waves), nor, N not being a
+    multiple of 192, the Hopper Gluon tile: 12800 on a 132-SM H100 (400 tiles: three waves and 4)."""
     from detllm_kernels import matmul
 
-    return 256 * next(c for c in range(1, 4096) if rows * c >= 3 * sms and matmul.rest_halves(rows * c, sms))
+    return 256 * next(c for c in range(1, 4096)
+                      if c % 3 and rows * c >= 3 * sms and matmul.rest_halves(rows * c, sms))
 
 
 def check_rest_halves(device: str, dtype: torch.dtype, k: int, seed: int = 32) -> None:
@@ -826,7 +827,7 @@ def check_rest_halves(device: str, dtype: torch.dtype, k: int, seed: int = 32) -
             assert torch.equal(km.addmm(bias, a, b, beta=0.5, alpha=2.0),
                                km.addmm(bias, a, b, beta=0.5, alpha=2.0, config=one_each)), f"addmm beta alpha {name}"
         tiles = matmul.cdiv(m, 128) * (n // 256)
-        for progs in (100, 128, 78):  # on a 132-SM card's N = 14336: halves, halves, whole tiles
+        for progs in (100, 128, 78):  # other cards' counts; with N = 12800: whole tiles, halves, halves
             assert torch.equal(km.mm(a, w.t(), programs=progs), km.mm(a, w.t(), config=one_each)), \
                 f"M={m}: {progs} programs ({'halves' if matmul.rest_halves(tiles, progs) else 'whole tiles'})"
     halved = [p for p in matmul._PLANS.values() if p[1].get("REST_HALVES")]

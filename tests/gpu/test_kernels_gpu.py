@@ -320,6 +320,9 @@ def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any,
     sms = km.matmul.split_sms(wc)
     ms = next(m for m in [4096, *range(300, 40000, 100)] if km.matmul.row_split(m, 2304, 768, BF16, True, sms))
     rows = kc._randn((ms, 2304), BF16, DEV, g)
+    # A product whose last partial wave runs in half tiles on this card (matmul.rest_halves): its
+    # lean launch binds B's second, half-width descriptor.
+    wh = kc._randn((kc.rest_halves_shape(sms), 512), BF16, DEV, g)
 
     return [
         ("mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
@@ -346,6 +349,8 @@ def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any,
          lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0), lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0)),
         (f"addmm bf16 row split full bias [{ms},768]", new((ms, 768), BF16),
          lambda x: cuda.addmm(rows, x, wc), lambda x: km.addmm(rows, x, wc)),
+        (f"mm bf16 last wave in halves [1024,512]@W.t() (N = {wh.shape[0]})", new((1024, 512), BF16),
+         lambda x: cuda.mm(x, wh.t()), lambda x: km.mm(x, wh.t())),
     ]
 
 
