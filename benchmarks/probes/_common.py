@@ -259,3 +259,15 @@ def paired_ratio_table(runs: "dict[str, Callable[[int], Any]]", nbuf: int, round
         hi = [max(c0 / t0 for c0, t0 in zip(per[first][j], per[x][j])) for j in range(3)]
         print(f"  {x:<26} {t[0]:7.1f} / {t[1]:7.1f} / {t[2]:7.1f} us  ratio " +
               " / ".join(f"{c[j] / t[j]:.2f} ({lo[j]:.2f}-{hi[j]:.2f})" for j in range(3)), flush=True)
+
+
+def mm_operands(m: int, k: int, n: int, nk: bool, nbuf: int, seed: int = 0) -> tuple[list[torch.Tensor], ...]:
+    """nbuf rotating operand sets of an (m, k) @ (k, n) bf16 product (seed `seed`): (weights as
+    stored: (n, k) if nk, an nn.Linear weight read as W.t(), else (k, n), scaled by 1/30;
+    activations; the B operands as the product reads them; outputs)."""
+    torch.manual_seed(seed)
+    wts = [torch.randn((n, k) if nk else (k, n), device="cuda", dtype=torch.bfloat16) / 30 for _ in range(nbuf)]
+    xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
+    bs = [w.t() if nk else w for w in wts]
+    outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
+    return wts, xs, bs, outs

@@ -202,7 +202,7 @@ def _ptxas() -> None:
 
 def _gpu(rounds: int, shapes: int, first: "int | None" = None) -> None:
     import detllm_kernels as km
-    from _common import paired_ratio_table
+    from _common import mm_operands, paired_ratio_table
     from bench_matmul import clocks_up, rotating_buffers
 
     dev = torch.cuda.current_device()
@@ -215,11 +215,7 @@ def _gpu(rounds: int, shapes: int, first: "int | None" = None) -> None:
     flags = torch.zeros(progs, device="cuda", dtype=torch.int32)
     for m, k, n, nk, label, variants in SHAPES[:shapes] if first is None else SHAPES[first:first + shapes]:
         nbuf = rotating_buffers(k, n)
-        torch.manual_seed(0)
-        wts = [torch.randn((n, k) if nk else (k, n), device="cuda", dtype=torch.bfloat16) / 30 for _ in range(nbuf)]
-        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
-        bs = [w.t() if nk else w for w in wts]
-        outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
+        wts, xs, bs, outs = mm_operands(m, k, n, nk, nbuf)
         ref = km.mm(xs[0], bs[0])
         runs = {"cuBLAS": lambda i: torch.mm(xs[i], bs[i]), "production": lambda i: km.mm(xs[i], bs[i])}
         bits = {}

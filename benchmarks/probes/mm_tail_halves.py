@@ -110,7 +110,7 @@ def _ptxas() -> None:
 
 def _gpu(rounds: int) -> None:
     import detllm_kernels as km
-    from _common import paired_ratio_table
+    from _common import mm_operands, paired_ratio_table
     from bench_matmul import clocks_up, rotating_buffers
 
     progs = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
@@ -124,11 +124,7 @@ def _gpu(rounds: int) -> None:
             print(f"{label} M={m}: no last wave to split", flush=True)
             continue
         nbuf = rotating_buffers(k, n)
-        torch.manual_seed(0)
-        wts = [torch.randn((n, k) if nk else (k, n), device="cuda", dtype=torch.bfloat16) / 30 for _ in range(nbuf)]
-        xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
-        bs = [w.t() if nk else w for w in wts]
-        outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
+        wts, xs, bs, outs = mm_operands(m, k, n, nk, nbuf)
         ref = km.mm(xs[0], bs[0])
         runs = {"cuBLAS": lambda i: torch.mm(xs[i], bs[i]), "production": lambda i: km.mm(xs[i], bs[i])}
         bits = {}
