@@ -594,7 +594,7 @@ def rest_halves(tiles: int, progs: int) -> bool:
     same launch, do_bench / cold-L2 / CUDA graphs 0.91 / 0.90 / 0.92 -> 0.99 / 0.98 / 0.99 of
     cuBLAS, `x @ W` 0.93-0.95 -> 1.01-1.04 (H100, `benchmarks/probes/mm_tail_halves.py`,
     twenty-seventh session). The same tail in a second launch lost (`row_split`'s cut with three
-    waves: 0.84-0.85), and so did stream-K with the K chain carried (0.86). On the default 2-D call
+    waves: 0.76-0.85), and so did stream-K with the K chain carried (0.86). On the default 2-D call
     the row split takes one or two waves first; this covers three and more, and every other
     persistent call. Same bits: a tile's width never changes a row's (each half runs the whole K
     chain into the same epilogue)."""
