@@ -271,3 +271,44 @@ def mm_operands(m: int, k: int, n: int, nk: bool, nbuf: int, seed: int = 0) -> t
     bs = [w.t() if nk else w for w in wts]
     outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
     return wts, xs, bs, outs
+
+
+def paired_variant_tables(cells: Sequence[tuple], make_runs: Callable[..., "list[tuple[str, Callable[[int], Any]]] | str"],
+                          rounds: int) -> None:
+    """The matmul probes' table: per cell (M, K, N, weight read as W.t(), label, ...), rotating operand
+    sets (`mm_operands`), then cuBLAS, production (`detllm_kernels.mm`) and the probe's variants,
+    `make_runs(cell, wts, xs, outs, sms)` -> [(name, fn(i) -> output i)], or a string saying why
+    no variant applies (printed, the cell skipped). Each variant's bits against production (three
+    calls; one that fails to build is reported and left out), then `paired_ratio_table`."""
+    import detllm_kernels as km
+    from bench_matmul import clocks_up, rotating_buffers
+
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | {sms} SMs",
+          flush=True)
+    clocks_up()
+    cache = torch.empty(256 << 18, dtype=torch.int32, device="cuda")
+    for cell in cells:
+        m, k, n, nk, label = cell[:5]
+        nbuf = rotating_buffers(k, n)
+        wts, xs, bs, outs = mm_operands(m, k, n, nk, nbuf)
+        made = make_runs(cell, wts, xs, outs, sms)
+        if isinstance(made, str):
+            print(f"{label} M={m}: {made}", flush=True)
+            continue
+        ref = km.mm(xs[0], bs[0])
+        runs = {"cuBLAS": lambda i: torch.mm(xs[i], bs[i]), "production": lambda i: km.mm(xs[i], bs[i])}
+        bits = {}
+        for name, run in made:
+            try:
+                bits[name] = all(torch.equal(run(0), ref) for _ in range(3))
+                torch.cuda.synchronize()
+            except Exception as ex:  # a variant may not compile or fit
+                print(f"  {name}: failed {type(ex).__name__}: {str(ex)[:200]}", flush=True)
+                continue
+            runs[name] = run
+        print(f"{label} M={m} K={k} N={n}{' W.t()' if nk else ''}: " +
+              ", ".join(f"{x} {'same bits' if s else 'OTHER BITS'}" for x, s in bits.items()), flush=True)
+        paired_ratio_table(runs, nbuf, rounds, cache)
+        del wts, xs, bs, outs, runs
+        torch.cuda.empty_cache()

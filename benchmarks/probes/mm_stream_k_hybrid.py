@@ -201,29 +201,20 @@ def _ptxas() -> None:
 
 
 def _gpu(rounds: int, shapes: int, first: "int | None" = None) -> None:
-    import detllm_kernels as km
-    from _common import mm_operands, paired_ratio_table
-    from bench_matmul import clocks_up, rotating_buffers
+    from _common import paired_variant_tables
 
-    dev = torch.cuda.current_device()
-    progs = torch.cuda.get_device_properties(dev).multi_processor_count
-    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | {progs} SMs",
-          flush=True)
-    clocks_up()
-    cache = torch.empty(256 << 18, dtype=torch.int32, device="cuda")
-    ws = torch.empty(progs * 128 * 256, device="cuda", dtype=torch.float32)
-    flags = torch.zeros(progs, device="cuda", dtype=torch.int32)
-    for m, k, n, nk, label, variants in SHAPES[:shapes] if first is None else SHAPES[first:first + shapes]:
-        nbuf = rotating_buffers(k, n)
-        wts, xs, bs, outs = mm_operands(m, k, n, nk, nbuf)
-        ref = km.mm(xs[0], bs[0])
-        runs = {"cuBLAS": lambda i: torch.mm(xs[i], bs[i]), "production": lambda i: km.mm(xs[i], bs[i])}
-        bits = {}
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    ws = torch.empty(sms * 128 * 256, device="cuda", dtype=torch.float32)
+    flags = torch.zeros(sms, device="cuda", dtype=torch.int32)
+
+    def make_runs(cell, wts, xs, outs, progs):  # type: ignore[no-untyped-def]
+        m, k, n, nk, _label, variants = cell
+        made = []
         for name, bm, bn, warps, stages, gm, dp, flat, fix in variants:
             d = plan(m, k, n, bm, bn, progs, dp)
             if d is None:
                 continue
-            descs = [_descs(xs[i], wts[i], nk, bm, bn) for i in range(nbuf)]
+            descs = [_descs(x, w, nk, bm, bn) for x, w in zip(xs, wts)]
 
             def run(i, bm=bm, bn=bn, warps=warps, stages=stages, gm=gm, d=d, flat=flat, fix=fix, descs=descs):
                 mm_hybrid[(progs,)](descs[i][0], descs[i][1], outs[i], ws, flags, ws, m, n, k, n, d, BLOCK_M=bm,
@@ -231,19 +222,10 @@ def _gpu(rounds: int, shapes: int, first: "int | None" = None) -> None:
                                     FLATTEN=flat, CLOCKS=False, FIXUP=fix, num_warps=warps,
                                     num_stages=stages)
                 return outs[i]
-            try:
-                same = all(torch.equal(run(0), ref) for _ in range(3))
-                torch.cuda.synchronize()
-            except Exception as ex:  # a variant may not compile or fit
-                print(f"  {name}: failed {type(ex).__name__}: {str(ex)[:200]}", flush=True)
-                continue
-            bits[f"{name} dp{d}"] = same
-            runs[f"{name} dp{d}"] = run
-        print(f"{label} M={m} K={k} N={n}{' W.t()' if nk else ''}: " +
-              ", ".join(f"{x} {'same bits' if s else 'OTHER BITS'}" for x, s in bits.items()), flush=True)
-        paired_ratio_table(runs, nbuf, rounds, cache)
-        del wts, xs, bs, outs, runs
-        torch.cuda.empty_cache()
+            made.append((f"{name} dp{d}", run))
+        return made
+
+    paired_variant_tables(SHAPES[:shapes] if first is None else SHAPES[first:first + shapes], make_runs, rounds)
 
 
 def _clocks(fixup: bool, reps: int = 20) -> None:
@@ -252,11 +234,10 @@ def _clocks(fixup: bool, reps: int = 20) -> None:
     predecessor's head, the tail (a program without a head reads garbage in the first two)."""
     dev = torch.cuda.current_device()
     progs = torch.cuda.get_device_properties(dev).multi_processor_count
+    from _common import mm_operands
+
     m, k, n = 1024, 4096, 14336
-    torch.manual_seed(0)
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 30
-    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    (w,), (a,), _, (out,) = mm_operands(m, k, n, True, 1)
     ws = torch.empty(progs * 128 * 256, device="cuda", dtype=torch.float32)
     flags = torch.zeros(progs, device="cuda", dtype=torch.int32)
     clk = torch.zeros(progs, 6, device="cuda", dtype=torch.int64)  # programs without a head leave stamp 2 at 0

@@ -109,45 +109,26 @@ def _ptxas() -> None:
 
 
 def _gpu(rounds: int) -> None:
-    import detllm_kernels as km
-    from _common import mm_operands, paired_ratio_table
-    from bench_matmul import clocks_up, rotating_buffers
+    from _common import paired_variant_tables
 
-    progs = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | {progs} SMs",
-          flush=True)
-    clocks_up()
-    cache = torch.empty(256 << 18, dtype=torch.int32, device="cuda")
-    for m, k, n, nk, label in SHAPES:
+    def make_runs(cell, wts, xs, outs, progs):  # type: ignore[no-untyped-def]
+        m, k, n, nk, _label = cell
         full = full_tiles(m, n, progs)
         if full is None:
-            print(f"{label} M={m}: no last wave to split", flush=True)
-            continue
-        nbuf = rotating_buffers(k, n)
-        wts, xs, bs, outs = mm_operands(m, k, n, nk, nbuf)
-        ref = km.mm(xs[0], bs[0])
-        runs = {"cuBLAS": lambda i: torch.mm(xs[i], bs[i]), "production": lambda i: km.mm(xs[i], bs[i])}
-        bits = {}
+            return "no last wave to split"
+        made = []
         for name, split_n, s_full, s_rest in VARIANTS:
-            descs = [_descs(xs[i], wts[i], nk, split_n) for i in range(nbuf)]
+            descs = [_descs(x, w, nk, split_n) for x, w in zip(xs, wts)]
 
             def run(i, split_n=split_n, s_full=s_full, s_rest=s_rest, descs=descs):
                 mm_halves[(progs,)](*descs[i], outs[i], m, n, k, n, full, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64,
                                     GROUP_M=8, NUM_PROGS=progs, B_NK=nk, SPLIT_N=split_n, REST_STAGES=s_rest,
                                     num_warps=8, num_stages=s_full)
                 return outs[i]
-            try:
-                bits[name] = all(torch.equal(run(0), ref) for _ in range(3))
-                torch.cuda.synchronize()
-            except Exception as ex:  # a variant may not compile or fit
-                print(f"  {name}: failed {type(ex).__name__}: {str(ex)[:200]}", flush=True)
-                continue
-            runs[name] = run
-        print(f"{label} M={m} K={k} N={n}{' W.t()' if nk else ''}, {full} tiles in whole waves: " +
-              ", ".join(f"{x} {'same bits' if s else 'OTHER BITS'}" for x, s in bits.items()), flush=True)
-        paired_ratio_table(runs, nbuf, rounds, cache)
-        del wts, xs, bs, outs, runs
-        torch.cuda.empty_cache()
+            made.append((name, run))  # the whole waves: full_tiles(m, n, SMs), from the printed SM count
+        return made
+
+    paired_variant_tables(SHAPES, make_runs, rounds)
 
 
 if __name__ == "__main__":
