@@ -188,8 +188,11 @@ def matmul_config(m: int, n: int, dtype: torch.dtype, kn: bool = False, k: int =
         # 24-32 programs for 132 SMs (0.44-0.46 of cuBLAS); 64x128 tiles run 4x as many, and
         # K steps of 128 with four stages keep more bytes in flight per program: Llama k/v and
         # GPT-2 c_proj at M = 1024 0.67-0.72 -> 0.91-0.95 (bench_matmul.py --sweep, H100,
-        # eleventh session; same bits, as every BLOCK_K issues the same k16 steps).
-        return MatmulConfig(64, 128, 8, 4, 4, persistent=False, block_k=128)
+        # eleventh session; same bits, as every BLOCK_K issues the same k16 steps). Groups of 4
+        # tile rows, not 8: +0.02-0.03 of cuBLAS under do_bench in all four 1024-row cells (GPT-2
+        # mlp / attn c_proj, Llama k/v, `x @ W` 4096 x 1024; `probes/mm_dobench_rounds.py
+        # --group-m`, H100, twenty-eighth session); the grouping only orders the tiles.
+        return MatmulConfig(64, 128, 4, 4, 4, persistent=False, block_k=128)
     # Four stages rather than three: +3-8 % on the H100 sweep's M = 4096-8192 rows, same bits.
     return MatmulConfig(128, 256, 8, 8, 4)
 
