@@ -30,6 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+@triton.jit
+def _whole_tile(a_desc, b_desc, c_ptr, bat, pid_m, pid_n, kt, M, N, K, s_cm, BM: tl.constexpr, BN: tl.constexpr,
+                BK: tl.constexpr, B_NK: tl.constexpr):
+    """One BM x BN tile of C: the whole K chain through TMA into production's epilogue (no bias)."""
+    acc = _k_chain(tl.zeros((BM, BN), dtype=tl.float32), 0, kt, pid_m, pid_n, a_desc, b_desc,
+                   c_ptr, c_ptr, 0, 0, K, BM, BN, BK, True, B_NK, False, False, False)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    _epilogue(acc, c_ptr, c_ptr, None, bat, pid_m, pid_n, offs_m, offs_n, M, N, 0, s_cm, 1,
+              0, 0, 0, 1.0, 1.0, False, False, BM, BN, False)
+
+
 @triton.jit(do_not_specialize=["M", "FULL_TILES"])
 def mm_halves(a_desc, b_desc, ah_desc, bh_desc, c_ptr, M, N, K, s_cm, FULL_TILES,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -42,12 +54,7 @@ def mm_halves(a_desc, b_desc, ah_desc, bh_desc, c_ptr, M, N, K, s_cm, FULL_TILES
     kt = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(pid, FULL_TILES, NUM_PROGS, flatten=True):
         bat, pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
-        acc = _k_chain(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), 0, kt, pid_m, pid_n, a_desc, b_desc,
-                       c_ptr, c_ptr, 0, 0, K, BLOCK_M, BLOCK_N, BLOCK_K, True, B_NK, False, False, False)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        _epilogue(acc, c_ptr, c_ptr, None, bat, pid_m, pid_n, offs_m, offs_n, M, N, 0, s_cm, 1,
-                  0, 0, 0, 1.0, 1.0, False, False, BLOCK_M, BLOCK_N, False)
+        _whole_tile(a_desc, b_desc, c_ptr, bat, pid_m, pid_n, kt, M, N, K, s_cm, BLOCK_M, BLOCK_N, BLOCK_K, B_NK)
     HM: tl.constexpr = BLOCK_M if SPLIT_N else BLOCK_M // 2
     HN: tl.constexpr = BLOCK_N // 2 if SPLIT_N else BLOCK_N
     for h in tl.range(pid, 2 * (num_pid_m * num_pid_n - FULL_TILES), NUM_PROGS, num_stages=REST_STAGES):
@@ -56,12 +63,7 @@ def mm_halves(a_desc, b_desc, ah_desc, bh_desc, c_ptr, M, N, K, s_cm, FULL_TILES
             pid_n = pid_n * 2 + h % 2
         else:
             pid_m = pid_m * 2 + h % 2
-        acc = _k_chain(tl.zeros((HM, HN), dtype=tl.float32), 0, kt, pid_m, pid_n, ah_desc, bh_desc,
-                       c_ptr, c_ptr, 0, 0, K, HM, HN, BLOCK_K, True, B_NK, False, False, False)
-        offs_m = pid_m * HM + tl.arange(0, HM)
-        offs_n = pid_n * HN + tl.arange(0, HN)
-        _epilogue(acc, c_ptr, c_ptr, None, bat, pid_m, pid_n, offs_m, offs_n, M, N, 0, s_cm, 1,
-                  0, 0, 0, 1.0, 1.0, False, False, HM, HN, False)
+        _whole_tile(ah_desc, bh_desc, c_ptr, bat, pid_m, pid_n, kt, M, N, K, s_cm, HM, HN, BLOCK_K, B_NK)
 
 
 # (name, split N (else M), stages of the full waves' loop, of the halves' loop)
