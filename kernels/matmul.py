@@ -741,11 +741,67 @@ def triton_kernel_only() -> contextlib.AbstractContextManager[None]:
     return gluon_off(_gluon)
 
 
+# Repeat default calls of `mm` / `addmm` on CUDA take the launch their key's first call bound
+# (`mm_lean` / `addmm_lean`), as the mode's ops do (pytest_detllm/invariant/cuda.py): the general
+# path costs 28-48 us of host per call on an H100 host against ~16-22 for the bound launch, and
+# under do_bench the slower calls' host tails reached past its 256 MB zeroing (GPT-2 attn c_proj at
+# M = 1024: 0.82-0.87 of cuBLAS, 0.93-0.95 through the mode; docs/benchmarks.md). Call key -> lean
+# function, or False (no bound launch for that key). The key holds everything the route and the
+# plan depend on: shapes, strides, dtypes, each pointer's alignment mod 16, the devices, split-K,
+# addmm's beta and alpha, and whether the Gluon tile may serve (`triton_kernel_only`).
+_LEAN: dict[tuple, "Callable[..., torch.Tensor] | bool"] = {}
+
+
+def _gluon_on() -> bool:
+    return _gluon is not None and _gluon.ENABLED
+
+
+def _mm_key(a: torch.Tensor, b: torch.Tensor, ap: int, bp: int, split_k: bool) -> tuple:
+    return (a.shape, b.shape, a.stride(), b.stride(), a.dtype, b.dtype, ap & 15, bp & 15, a.get_device(),
+            b.get_device(), split_k, _gluon_on())
+
+
+def _addmm_key(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, xp: int, ap: int, bp: int, beta: float,
+               alpha: float, split_k: bool) -> tuple:
+    return (bias.shape, bias.stride(), bias.dtype, xp & 15, bias.get_device(), beta, alpha,
+            *_mm_key(a, b, ap, bp, split_k))
+
+
+def _bind_lean(key: tuple, build: "Callable[[], Callable[..., torch.Tensor] | None]") -> None:
+    """_LEAN[key] = build() or False, except while the current stream captures a CUDA graph: a lean
+    function keeps its allocation template for good, and one taken from a capture's private pool
+    would pin that pool after the graph is gone. The next call outside a capture binds the key."""
+    if torch.cuda.is_current_stream_capturing():
+        return
+    if len(_LEAN) >= 4096:
+        _LEAN.clear()
+    _LEAN[key] = build() or False
+
+
 def mm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None,
        use_tma: bool | None = None, programs: int | None = None, split_k: bool = False,
-       split_chunk: int = SPLIT_K_CHUNK) -> torch.Tensor:
+       split_chunk: int = SPLIT_K_CHUNK, lean: bool = True) -> torch.Tensor:
     """(M,K) @ (K,N) -> (M,N) in a.dtype, any strides. split_k: the split-K bits (split_k_chunk);
-    split_chunk exists for the tests' small shapes."""
+    split_chunk exists for the tests' small shapes. A repeat default call on CUDA (no config, TMA
+    choice, program count or chunk asked) runs the launch its key's first call bound (`_LEAN`):
+    same kernel, same arguments, same bits. lean=False: the general path every time (the lean
+    path's reference in tests/gpu)."""
+    if lean and a.is_cuda and config is None and use_tma is None and programs is None and split_chunk == SPLIT_K_CHUNK:
+        ap, bp = a.data_ptr(), b.data_ptr()
+        key = _mm_key(a, b, ap, bp, split_k)
+        bound = _LEAN.get(key)
+        if bound:
+            return bound(None, a, b, 0, ap, bp)
+        out = _mm(a, b, None, None, None, split_k, split_chunk)
+        if bound is None:
+            _bind_lean(key, lambda: mm_lean(a, b, split_k=split_k))
+        return out
+    return _mm(a, b, config, use_tma, programs, split_k, split_chunk)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, config: MatmulConfig | None, use_tma: bool | None,
+        programs: int | None, split_k: bool, split_chunk: int) -> torch.Tensor:
+    """mm's general path."""
     _check(a, b, "mm")
     (m, k), n = a.shape, b.shape[1]
     out = torch.empty((m, n), device=a.device, dtype=a.dtype)
@@ -758,9 +814,26 @@ def mm(a: torch.Tensor, b: torch.Tensor, *, config: MatmulConfig | None = None,
 
 def addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1.0,
           alpha: float = 1.0, config: MatmulConfig | None = None,
-          use_tma: bool | None = None, split_k: bool = False, split_chunk: int = SPLIT_K_CHUNK) -> torch.Tensor:
+          use_tma: bool | None = None, split_k: bool = False, split_chunk: int = SPLIT_K_CHUNK,
+          lean: bool = True) -> torch.Tensor:
     """beta * bias + alpha * (a @ b), bias broadcast to (M,N) like aten::addmm; fp32 epilogue.
-    split_k, split_chunk: as for mm."""
+    split_k, split_chunk, lean: as for mm (beta == 0 always takes the general path)."""
+    if lean and a.is_cuda and config is None and use_tma is None and split_chunk == SPLIT_K_CHUNK and beta != 0:
+        xp, ap, bp = bias.data_ptr(), a.data_ptr(), b.data_ptr()
+        key = _addmm_key(bias, a, b, xp, ap, bp, beta, alpha, split_k)
+        bound = _LEAN.get(key)
+        if bound:
+            return bound(bias, a, b, xp, ap, bp)
+        out = _addmm(bias, a, b, beta, alpha, None, None, split_k, split_chunk)
+        if bound is None:
+            _bind_lean(key, lambda: addmm_lean(bias, a, b, beta=beta, alpha=alpha, split_k=split_k))
+        return out
+    return _addmm(bias, a, b, beta, alpha, config, use_tma, split_k, split_chunk)
+
+
+def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float,
+           config: MatmulConfig | None, use_tma: bool | None, split_k: bool, split_chunk: int) -> torch.Tensor:
+    """addmm's general path."""
     _check(a, b, "addmm")
     (m, k), n = a.shape, b.shape[1]
     sx = _bias_strides(bias, m, n)
@@ -778,7 +851,12 @@ def mm_lean(a: torch.Tensor, b: torch.Tensor, *, split_k: bool = False) -> "Call
     is mm(a2, b2, split_k=split_k) for any a2, b2 that match a, b in dtype, shape, strides, device
     and data_ptr() % 16 (the caller's key), with the compiled launch bound: one allocation, the
     TMA descriptors (the weight's cached per pointer) and one C call. Same compiled kernel, same
-    argument values: same bits. None where there is no such launch (see `_fire`)."""
+    argument values: same bits. None where there is no such launch (see `_fire`). The one that
+    call bound (`_LEAN`) where it bound one."""
+    if a.is_cuda:
+        bound = _LEAN.get(_mm_key(a, b, a.data_ptr(), b.data_ptr(), split_k))
+        if bound is not None:
+            return bound or None
     return _lean(_fire(a, b, None, 0.0, 1.0, split_k), 0.0, 1.0, split_k)  # mm: beta 0, as mm() passes it
 
 
@@ -788,6 +866,10 @@ def addmm_lean(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: fl
     `f(bias2, a2, b2, bias2.data_ptr(), a2.data_ptr(), b2.data_ptr())`."""
     if beta == 0:  # bias unread: the general path (rare)
         return None
+    if a.is_cuda:
+        bound = _LEAN.get(_addmm_key(bias, a, b, bias.data_ptr(), a.data_ptr(), b.data_ptr(), beta, alpha, split_k))
+        if bound is not None:
+            return bound or None
     return _lean(_fire(a, b, bias, float(beta), float(alpha), split_k), beta, alpha, split_k)
 
 
@@ -806,8 +888,8 @@ def _lean(fire: "tuple[Callable[[int, int, int, int], None], torch.Tensor, int, 
             go = ready(dev)
         if not go:  # a hook to call, or another current device: the general path handles both
             if bias is None:
-                return mm(a, b, split_k=split_k)
-            return addmm(bias, a, b, beta=beta, alpha=alpha, split_k=split_k)
+                return _mm(a, b, None, None, None, split_k, SPLIT_K_CHUNK)
+            return _addmm(bias, a, b, beta, alpha, None, None, split_k, SPLIT_K_CHUNK)
         out = empty_like(like)
         op = out.data_ptr()
         launcher.hits += launches

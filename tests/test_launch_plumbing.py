@@ -241,15 +241,17 @@ def test_matmul_lean_function_passes_the_pointers_and_hands_over_on_a_hook(monke
     """matmul's lean function (the part that runs without a GPU): mm puts the output in the bias
     slot (as `_launch` passes it), addmm its bias pointer; each call allocates a new output like
     the template and counts a hit; with a Triton launch hook installed it hands over to the
-    general mm / addmm, which call the hook."""
+    general path of mm / addmm (`_mm` / `_addmm`: the default call, which calls the hook)."""
     from detllm_kernels import matmul
 
     monkeypatch.setattr(matmul, "_current_device", lambda: 0)
     fired: list[tuple] = []
     general: list[str] = []
-    monkeypatch.setattr(matmul, "mm", lambda a, b, split_k: general.append("mm") or "mm out")
-    monkeypatch.setattr(matmul, "addmm", lambda bias, a, b, beta, alpha, split_k: general.append(
-        f"addmm {beta} {alpha}") or "addmm out")
+    # the general paths themselves, not mm / addmm, whose repeat calls would take this lean function again
+    monkeypatch.setattr(matmul, "_mm", lambda a, b, config, use_tma, programs, split_k, chunk: general.append(
+        f"mm {config} {use_tma} {programs} {chunk == matmul.SPLIT_K_CHUNK}") or "mm out")
+    monkeypatch.setattr(matmul, "_addmm", lambda bias, a, b, beta, alpha, config, use_tma, split_k, chunk: general.append(
+        f"addmm {beta} {alpha} {config} {use_tma}") or "addmm out")
     like = _launch.template((4, 3), torch.float32, torch.device("cpu"))
     assert matmul._lean(None, 1.0, 1.0, False) is None
     lean = matmul._lean((lambda *p: fired.append(p), like, 0, 1), 0.5, 2.0, False)
@@ -275,7 +277,7 @@ def test_matmul_lean_function_passes_the_pointers_and_hands_over_on_a_hook(monke
         assert lean(torch.ones(3), "a", "b", 333, 111, 222) == "addmm out"
     finally:
         chain.remove(print)
-    assert general == ["mm", "addmm 0.5 2.0"] and len(fired) == 2
+    assert general == ["mm None None None True", "addmm 0.5 2.0 None None"] and len(fired) == 2
 
 
 def test_hot_cuda_ops_count_their_own_calls(monkeypatch: pytest.MonkeyPatch) -> None:

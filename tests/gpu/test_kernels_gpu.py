@@ -303,7 +303,9 @@ def _lean_cases() -> list[tuple[str, Any, Any, Any]]:
 def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any, Any]]:
     """mm / addmm: TMA with (K, N) and (N, K) weights at decode and prefill, pointer loads (fp32,
     a misaligned activation), a bias with beta and alpha, and a weight that moves every call (the
-    weight's descriptor is cached per pointer)."""
+    weight's descriptor is cached per pointer). The references take the wrapper's general path
+    (lean=False), since its own repeat calls are lean; the "km." cases are those repeat calls
+    (`matmul._LEAN`), through the mode's ops or not."""
     from pytest_detllm.invariant import cuda
 
     g = torch.Generator(device=DEV)
@@ -326,37 +328,55 @@ def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any,
 
     return [
         ("mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
-         lambda x: cuda.mm(x, w), lambda x: km.mm(x, w)),
+         lambda x: cuda.mm(x, w), lambda x: km.mm(x, w, lean=False)),
         ("mm bf16 (N,K) weight [16,4096]@W.t()", new((16, 4096), BF16),
-         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t())),
+         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t(), lean=False)),
         ("mm bf16 prefill [300,4096]@W.t()", new((300, 4096), BF16),
-         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t())),
+         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t(), lean=False)),
         ("mm bf16 prefill (K,N) [1100,768]@W", new((1100, 768), BF16),
-         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc)),
+         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
         ("mm fp32 [5,1024]@W (pointer loads)", new((5, 1024), F32),
-         lambda x: cuda.mm(x, w32), lambda x: km.mm(x, w32)),
+         lambda x: cuda.mm(x, w32), lambda x: km.mm(x, w32, lean=False)),
         ("mm bf16 new weight every call [2,768]@W", pair((2, 768), (768, 2304)),
-         lambda p: cuda.mm(*p), lambda p: km.mm(*p)),
+         lambda p: cuda.mm(*p), lambda p: km.mm(*p, lean=False)),
         ("addmm bf16 Conv1D [1,768]@[768,2304]", new((1, 768), BF16),
-         lambda x: cuda.addmm(bc, x, wc), lambda x: km.addmm(bc, x, wc)),
+         lambda x: cuda.addmm(bc, x, wc), lambda x: km.addmm(bc, x, wc, lean=False)),
         ("addmm bf16 Conv1D beta alpha [64,768]", new((64, 768), BF16),
-         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0), lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0)),
+         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0),
+         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0, lean=False)),
         ("addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16),
-         lambda x: cuda.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16)),
+         lambda x: cuda.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16, lean=False)),
         (f"mm bf16 row split (K,N) [{ms},768]@W", new((ms, 768), BF16),
-         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc)),
+         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
         (f"addmm bf16 row split Conv1D beta alpha misaligned [{ms},768]", mis((ms, 768), BF16),
-         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0), lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0)),
+         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0),
+         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0, lean=False)),
         (f"addmm bf16 row split full bias [{ms},768]", new((ms, 768), BF16),
-         lambda x: cuda.addmm(rows, x, wc), lambda x: km.addmm(rows, x, wc)),
+         lambda x: cuda.addmm(rows, x, wc), lambda x: km.addmm(rows, x, wc, lean=False)),
         (f"mm bf16 last wave in halves [1024,512]@W.t() (N = {wh.shape[0]})", new((1024, 512), BF16),
-         lambda x: cuda.mm(x, wh.t()), lambda x: km.mm(x, wh.t())),
+         lambda x: cuda.mm(x, wh.t()), lambda x: km.mm(x, wh.t(), lean=False)),
+        ("km.mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
+         lambda x: km.mm(x, w), lambda x: km.mm(x, w, lean=False)),
+        ("km.mm bf16 prefill (K,N) [1100,768]@W", new((1100, 768), BF16),
+         lambda x: km.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
+        ("km.mm fp32 [5,1024]@W (pointer loads)", new((5, 1024), F32),
+         lambda x: km.mm(x, w32), lambda x: km.mm(x, w32, lean=False)),
+        ("km.addmm bf16 Conv1D beta alpha [64,768]", new((64, 768), BF16),
+         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0),
+         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0, lean=False)),
+        ("km.addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16),
+         lambda x: km.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16, lean=False)),
+        (f"km.mm bf16 row split (K,N) [{ms},768]@W", new((ms, 768), BF16),
+         lambda x: km.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
+        (f"km.mm bf16 last wave in halves [1024,512]@W.t() (N = {wh.shape[0]})", new((1024, 512), BF16),
+         lambda x: km.mm(x, wh.t()), lambda x: km.mm(x, wh.t(), lean=False)),
     ]
 
 
 def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
-    """mean.dim, _fused_rms_norm, (log_)softmax, mm and addmm: the first call of a key takes the general path
-    and binds its launch; later calls of that key run the bound launch (pointers as ints, one C
+    """mean.dim, _fused_rms_norm, (log_)softmax, mm and addmm through the mode, and detllm_kernels'
+    own mm and addmm: the first call of a key takes the general path and binds its launch; later
+    calls of that key run the bound launch (pointers as ints, one C
     call; `Launcher.hits` counts it). Each gives the bits of the kernel wrapper on the general
     launch path, for new inputs of the key, misaligned pointers (another key), several chunks per
     row, and with a Triton launch hook installed (the lean path then hands over to
@@ -367,9 +387,11 @@ def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
     from pytest_detllm.invariant import cuda
 
     launchers = {"mean": mean._LAUNCH, "rms_norm": rmsnorm._LAUNCH, "log_softmax": softmax._LAUNCH,
-                 "softmax": softmax._LAUNCH, "mm": _MmHits(), "addmm": _MmHits()}
+                 "softmax": softmax._LAUNCH, "mm": _MmHits(), "addmm": _MmHits(), "km.mm": _MmHits(),
+                 "km.addmm": _MmHits()}
     tables = {"mean": cuda._MEAN_LEAN, "rms_norm": cuda._RMS_LEAN, "log_softmax": cuda._SOFTMAX_LEAN,
-              "softmax": cuda._SOFTMAX_LEAN, "mm": cuda._MM_LEAN, "addmm": cuda._MM_LEAN}
+              "softmax": cuda._SOFTMAX_LEAN, "mm": cuda._MM_LEAN, "addmm": cuda._MM_LEAN, "km.mm": matmul._LEAN,
+              "km.addmm": matmul._LEAN}
     g = torch.Generator(device=DEV)
     g.manual_seed(11)
     seen: list[Any] = []
@@ -459,20 +481,24 @@ def test_no_lean_function_is_bound_inside_a_graph_capture() -> None:
     g = torch.Generator(device=DEV)
     g.manual_seed(13)
     x, w = kc._randn((3, 640), BF16, DEV, g), kc._randn((640, 1536), BF16, DEV, g)
-    km.mm(x, w)  # compile and plan outside the capture (the general path's first call)
+    km.mm(x, w, lean=False)  # compile and plan outside the capture (the general path's first call)
     torch.cuda.synchronize()
     cuda._MM_LEAN.clear()
+    km.matmul._LEAN.clear()
     side = torch.cuda.Stream()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side):
         with torch.cuda.graph(graph, stream=side):
             y = cuda.mm(x, w)
-    assert not cuda._MM_LEAN, "a lean function was bound inside the capture"
+            z = km.mm(x, w)
+    assert not cuda._MM_LEAN and not km.matmul._LEAN, "a lean function was bound inside the capture"
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(y, km.mm(x, w))
+    ref = km.mm(x, w, lean=False)
+    assert torch.equal(y, ref) and torch.equal(z, ref)
     cuda.mm(x, w)
     assert len(cuda._MM_LEAN) == 1 and all(cuda._MM_LEAN.values()), "the call after the capture bound no launch"
+    assert len(km.matmul._LEAN) == 1 and all(km.matmul._LEAN.values()), "km.mm's table: no launch bound"
 
 
 def test_allocation_template_gives_contiguous_strides() -> None:
