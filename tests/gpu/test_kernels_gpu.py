@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -303,9 +304,9 @@ def _lean_cases() -> list[tuple[str, Any, Any, Any]]:
 def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any, Any]]:
     """mm / addmm: TMA with (K, N) and (N, K) weights at decode and prefill, pointer loads (fp32,
     a misaligned activation), a bias with beta and alpha, and a weight that moves every call (the
-    weight's descriptor is cached per pointer). The references take the wrapper's general path
-    (lean=False), since its own repeat calls are lean; the "km." cases are those repeat calls
-    (`matmul._LEAN`), through the mode's ops or not."""
+    weight's descriptor is cached per pointer). Each call runs through the mode's op and, as a
+    "km." case, through detllm_kernels' own (`matmul._LEAN`); the reference is the wrapper's
+    general path (lean=False), since its own repeat calls are lean."""
     from pytest_detllm.invariant import cuda
 
     g = torch.Generator(device=DEV)
@@ -326,51 +327,33 @@ def _matmul_lean_cases(km: Any, new: Any, mis: Any) -> list[tuple[str, Any, Any,
     # lean launch binds B's second, half-width descriptor.
     wh = kc._randn((kc.rest_halves_shape(sms), 512), BF16, DEV, g)
 
-    return [
-        ("mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
-         lambda x: cuda.mm(x, w), lambda x: km.mm(x, w, lean=False)),
-        ("mm bf16 (N,K) weight [16,4096]@W.t()", new((16, 4096), BF16),
-         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t(), lean=False)),
-        ("mm bf16 prefill [300,4096]@W.t()", new((300, 4096), BF16),
-         lambda x: cuda.mm(x, w.t()), lambda x: km.mm(x, w.t(), lean=False)),
-        ("mm bf16 prefill (K,N) [1100,768]@W", new((1100, 768), BF16),
-         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
-        ("mm fp32 [5,1024]@W (pointer loads)", new((5, 1024), F32),
-         lambda x: cuda.mm(x, w32), lambda x: km.mm(x, w32, lean=False)),
-        ("mm bf16 new weight every call [2,768]@W", pair((2, 768), (768, 2304)),
-         lambda p: cuda.mm(*p), lambda p: km.mm(*p, lean=False)),
-        ("addmm bf16 Conv1D [1,768]@[768,2304]", new((1, 768), BF16),
-         lambda x: cuda.addmm(bc, x, wc), lambda x: km.addmm(bc, x, wc, lean=False)),
+    # (name, input, call(op, x)) with op the mode's mm / addmm or detllm_kernels' own
+    calls: list[tuple[str, Any, Any]] = [
+        ("mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16), lambda f, x: f(x, w)),
+        ("mm bf16 (N,K) weight [16,4096]@W.t()", new((16, 4096), BF16), lambda f, x: f(x, w.t())),
+        ("mm bf16 prefill [300,4096]@W.t()", new((300, 4096), BF16), lambda f, x: f(x, w.t())),
+        ("mm bf16 prefill (K,N) [1100,768]@W", new((1100, 768), BF16), lambda f, x: f(x, wc)),
+        ("mm fp32 [5,1024]@W (pointer loads)", new((5, 1024), F32), lambda f, x: f(x, w32)),
+        ("mm bf16 new weight every call [2,768]@W", pair((2, 768), (768, 2304)), lambda f, p: f(*p)),
+        ("addmm bf16 Conv1D [1,768]@[768,2304]", new((1, 768), BF16), lambda f, x: f(bc, x, wc)),
         ("addmm bf16 Conv1D beta alpha [64,768]", new((64, 768), BF16),
-         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0),
-         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0, lean=False)),
-        ("addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16),
-         lambda x: cuda.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16, lean=False)),
-        (f"mm bf16 row split (K,N) [{ms},768]@W", new((ms, 768), BF16),
-         lambda x: cuda.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
+         lambda f, x: f(bc, x, wc, beta=0.5, alpha=2.0)),
+        ("addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16), lambda f, x: f(b16, x, w16)),
+        (f"mm bf16 row split (K,N) [{ms},768]@W", new((ms, 768), BF16), lambda f, x: f(x, wc)),
         (f"addmm bf16 row split Conv1D beta alpha misaligned [{ms},768]", mis((ms, 768), BF16),
-         lambda x: cuda.addmm(bc, x, wc, beta=0.5, alpha=2.0),
-         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0, lean=False)),
-        (f"addmm bf16 row split full bias [{ms},768]", new((ms, 768), BF16),
-         lambda x: cuda.addmm(rows, x, wc), lambda x: km.addmm(rows, x, wc, lean=False)),
+         lambda f, x: f(bc, x, wc, beta=0.5, alpha=2.0)),
+        (f"addmm bf16 row split full bias [{ms},768]", new((ms, 768), BF16), lambda f, x: f(rows, x, wc)),
         (f"mm bf16 last wave in halves [1024,512]@W.t() (N = {wh.shape[0]})", new((1024, 512), BF16),
-         lambda x: cuda.mm(x, wh.t()), lambda x: km.mm(x, wh.t(), lean=False)),
-        ("km.mm bf16 (K,N) weight [1,4096]@W", new((1, 4096), BF16),
-         lambda x: km.mm(x, w), lambda x: km.mm(x, w, lean=False)),
-        ("km.mm bf16 prefill (K,N) [1100,768]@W", new((1100, 768), BF16),
-         lambda x: km.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
-        ("km.mm fp32 [5,1024]@W (pointer loads)", new((5, 1024), F32),
-         lambda x: km.mm(x, w32), lambda x: km.mm(x, w32, lean=False)),
-        ("km.addmm bf16 Conv1D beta alpha [64,768]", new((64, 768), BF16),
-         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0),
-         lambda x: km.addmm(bc, x, wc, beta=0.5, alpha=2.0, lean=False)),
-        ("km.addmm fp16 misaligned [7,1100] (pointer loads)", mis((7, 1100), F16),
-         lambda x: km.addmm(b16, x, w16), lambda x: km.addmm(b16, x, w16, lean=False)),
-        (f"km.mm bf16 row split (K,N) [{ms},768]@W", new((ms, 768), BF16),
-         lambda x: km.mm(x, wc), lambda x: km.mm(x, wc, lean=False)),
-        (f"km.mm bf16 last wave in halves [1024,512]@W.t() (N = {wh.shape[0]})", new((1024, 512), BF16),
-         lambda x: km.mm(x, wh.t()), lambda x: km.mm(x, wh.t(), lean=False)),
+         lambda f, x: f(x, wh.t())),
     ]
+    ops = {"mm": (cuda.mm, km.mm), "addmm": (cuda.addmm, km.addmm)}
+    cases = []
+    for name, make, call in calls:
+        mode_op, km_op = ops[name.split()[0]]
+        general = functools.partial(km_op, lean=False)
+        cases.append((name, make, functools.partial(call, mode_op), functools.partial(call, general)))
+        cases.append(("km." + name, make, functools.partial(call, km_op), functools.partial(call, general)))
+    return cases
 
 
 def test_lean_paths_give_the_bits_of_the_paths_they_replace() -> None:
