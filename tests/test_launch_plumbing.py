@@ -375,3 +375,84 @@ def test_pdl_only_on_hopper_and_only_when_asked(monkeypatch: pytest.MonkeyPatch)
         a, b = torch.empty((16, 64), dtype=torch.bfloat16), torch.empty((64, 64), dtype=torch.bfloat16)
         meta = matmul._plan(a, b, (0, *a.stride()), (0, *b.stride()), 1, 16, 64, 64, False, 1.0, None, False, 4, 0)[1]
         assert meta["PDL"] is pdl and meta["launch_pdl"] is pdl
+
+
+class _FakeCudaTensor:
+    """What detllm_kernels.mm / addmm read of an operand before they pick a path: a CUDA tensor's
+    shape, strides, dtype, device and pointer, without a GPU."""
+
+    is_cuda = True
+
+    def __init__(self, shape: tuple[int, ...], ptr: int, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.shape, self.dtype, self._ptr = torch.Size(shape), dtype, ptr
+
+    def stride(self) -> tuple[int, ...]:
+        return torch.empty(self.shape, device="meta").stride()
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+    def get_device(self) -> int:
+        return 0
+
+
+def test_kernels_mm_binds_a_key_once_and_serves_its_repeat_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """detllm_kernels.mm / addmm on CUDA (matmul._LEAN), the part that runs without a GPU: a key's
+    first default call takes the general path and binds its launch, repeat calls (new pointers,
+    same alignment) run that launch, and the mode's `mm_lean` gets the same function, not a second
+    one. The general path serves: lean=False, an explicit config, another alignment (another key),
+    `triton_kernel_only()` (another key: the Gluon tile may not serve there), addmm with beta 0, and
+    every call while a CUDA graph is captured (nothing is bound there)."""
+    from detllm_kernels import matmul
+
+    general: list[str] = []
+    built: list[str] = []
+    served: list[tuple] = []
+
+    def fake_lean(tag: str) -> Any:
+        built.append(tag)
+        return lambda bias, a, b, xp, ap, bp: served.append((tag, xp, ap, bp)) or f"lean {tag}"
+
+    monkeypatch.setattr(matmul, "_LEAN", {})
+    monkeypatch.setattr(matmul, "_mm", lambda a, b, *rest: general.append(f"mm {rest}") or "general mm")
+    monkeypatch.setattr(matmul, "_addmm", lambda bias, a, b, beta, alpha, *rest: general.append(
+        f"addmm {beta} {alpha}") or "general addmm")
+    monkeypatch.setattr(matmul, "_fire", lambda a, b, bias, beta, alpha, split_k: (
+        "bias" if bias is not None else "mm", beta, alpha, split_k))
+    monkeypatch.setattr(matmul, "_lean", lambda fire, beta, alpha, split_k: fake_lean(f"{fire[0]} {beta} {alpha}"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    if matmul._gluon is not None:  # as on Hopper with the verified Triton (here: whatever this Triton is)
+        monkeypatch.setattr(matmul._gluon, "ENABLED", True)
+    w = _FakeCudaTensor((64, 32), 4096)
+
+    assert matmul.mm(_FakeCudaTensor((8, 64), 1024), w) == "general mm" and len(general) == 1
+    assert built == ["mm 0.0 1.0"] and len(matmul._LEAN) == 1
+    assert matmul.mm(_FakeCudaTensor((8, 64), 2048), w) == "lean mm 0.0 1.0"  # same key: 2048 % 16 == 1024 % 16
+    assert served == [("mm 0.0 1.0", 0, 2048, 4096)] and len(general) == 1
+    assert matmul.mm_lean(_FakeCudaTensor((8, 64), 3072), w) is matmul._LEAN[next(iter(matmul._LEAN))]
+    assert built == ["mm 0.0 1.0"], "mm_lean built a second function for a bound key"
+
+    matmul.mm(_FakeCudaTensor((8, 64), 2048), w, lean=False)
+    matmul.mm(_FakeCudaTensor((8, 64), 2048), w, config=matmul.MatmulConfig(64, 64, 8, 4, 3))
+    assert len(general) == 3 and len(served) == 1
+    matmul.mm(_FakeCudaTensor((8, 64), 2050), w)  # misaligned: another key, bound on its first call
+    assert len(general) == 4 and len(matmul._LEAN) == 2
+    if matmul._gluon is not None:
+        with matmul.triton_kernel_only():
+            matmul.mm(_FakeCudaTensor((8, 64), 2048), w)
+        assert len(general) == 5 and len(matmul._LEAN) == 3, "triton_kernel_only() reused the Gluon key's launch"
+
+    bias = _FakeCudaTensor((32,), 8192)
+    n = len(general)
+    assert matmul.addmm(bias, _FakeCudaTensor((8, 64), 1024), w, beta=0.5, alpha=2.0) == "general addmm"
+    assert matmul.addmm(bias, _FakeCudaTensor((8, 64), 1024), w, beta=0.5, alpha=2.0) == "lean bias 0.5 2.0"
+    assert matmul.addmm(bias, _FakeCudaTensor((8, 64), 1024), w, beta=1.0, alpha=2.0) == "general addmm"
+    matmul.addmm(bias, _FakeCudaTensor((8, 64), 1024), w, beta=0.0)
+    matmul.addmm(bias, _FakeCudaTensor((8, 64), 1024), w, beta=0.0)
+    assert general[n:] == ["addmm 0.5 2.0", "addmm 1.0 2.0", "addmm 0.0 1.0", "addmm 0.0 1.0"]
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    keys = len(matmul._LEAN)
+    matmul.mm(_FakeCudaTensor((5, 64), 1024), w)
+    matmul.mm(_FakeCudaTensor((5, 64), 1024), w)
+    assert len(matmul._LEAN) == keys and general[-2:] == [general[-1]] * 2, "a launch was bound inside a capture"
