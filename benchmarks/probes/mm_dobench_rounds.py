@@ -51,17 +51,20 @@ def parse_tile(spec: str) -> MatmulConfig:
                         block_k=bk, tma="ptr" not in opts)
 
 
-def bound_launch(x: torch.Tensor, w: torch.Tensor, cfg: MatmulConfig) -> Callable[[int], torch.Tensor]:
+def bound_launch(x: torch.Tensor, w: torch.Tensor, cfg: MatmulConfig) -> Callable[..., torch.Tensor]:
     """km.mm's lean launch for (x, w) bound with `cfg` as the table's entry (matmul_config patched for
     the one binding call; the plan and launch tables emptied around it, so production's entries
-    neither serve it nor keep it). Call with the operands' rotating-buffer index."""
+    neither serve it nor keep it). Bound under triton_kernel_only(), so a shape the Gluon tile
+    would take still runs `cfg`. Called as f(None, a, b, 0, a.data_ptr(), b.data_ptr()) for
+    operands shaped, strided and aligned as (x, w)."""
     saved = kmm.matmul_config
     kmm._LEAN.clear()
     kmm._PLANS.clear()
     kmm.matmul_config = lambda *_a, **_k: cfg
     try:
-        km.mm(x, w)  # the general path's first call plans and compiles; lean binds the launch
-        f = km.mm_lean(x, w)
+        with kmm.triton_kernel_only():
+            km.mm(x, w)  # the general path's first call plans and compiles; lean binds the launch
+            f = km.mm_lean(x, w)
     finally:
         kmm.matmul_config = saved
         kmm._LEAN.clear()
